@@ -1,0 +1,1 @@
+"""LangGraph state machines of sage-agent (installed as sage_agent.graphs)."""

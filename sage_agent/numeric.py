@@ -1,0 +1,111 @@
+"""Numbers in model answers, and the paper's math metrics (EM, MAE, MSE, NER)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+# One number: optional sign and currency, digits with optional thousands commas,
+# an optional decimal part, or a simple fraction "a/b".
+_NUMBER = re.compile(
+    r"(?<![\w.])(?P<sign>[-\u2212+]?)\s*\$?\s*"
+    r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+    r"(?:\s*/\s*(?P<den>\d+(?:\.\d+)?))?"
+)
+
+
+def parse_number(text: str | None) -> float | None:
+    """The numeric answer in ``text``, or None when there is none.
+
+    Handles thousands commas ("1,234"), currency ("$5"), percent ("50%" is 50, as GSM8K
+    writes answers), decimals, simple fractions ("3/4"), negatives ("-7", "−7") and
+    worked answers: after an "=" the first number following the last "=" is taken
+    ("16-3-4 = 9" is 9); otherwise the last number in the text ("He has 19 pens." is 19).
+    NaN and infinity are not numbers here.
+    """
+    if text is None:
+        return None
+    text = str(text)
+    if "=" in text:
+        tail = text.rsplit("=", 1)[1]
+        if _NUMBER.search(tail):
+            return _to_float(_NUMBER.search(tail))
+    matches = list(_NUMBER.finditer(text))
+    return _to_float(matches[-1]) if matches else None
+
+
+def _to_float(match: re.Match[str] | None) -> float | None:
+    if match is None:
+        return None
+    value = float(match["num"].replace(",", ""))
+    if match["den"] is not None:
+        denominator = float(match["den"])
+        if denominator == 0:
+            return None
+        value /= denominator
+    if match["sign"] in ("-", "\u2212"):
+        value = -value
+    return value if math.isfinite(value) else None
+
+
+def numbers_match(a: float | None, b: float | None) -> bool:
+    """Equal up to float noise (relative 1e-6): 0.1 + 0.2 matches 0.3, 19 does not match 19.5."""
+    if a is None or b is None:
+        return False
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+
+
+def format_number(value: float) -> str:
+    """A reference string for a computed value: integers without ".0", else up to 6 decimals."""
+    if not math.isfinite(value):
+        raise ValueError(f"cannot format a non-finite number: {value}")
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+@dataclass(frozen=True)
+class MathMetrics:
+    """The paper's metrics over a set of answers.
+
+    em: exact match rate over all answers; mae / mse: mean absolute / squared error over
+    the answers a number could be extracted from (None when there is none); ner: numeric
+    extraction rate, the share of answers holding a number; n: answers scored.
+    """
+
+    em: float
+    mae: float | None
+    mse: float | None
+    ner: float
+    n: int
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return asdict(self)
+
+
+def math_metrics(predictions: Sequence[str], references: Sequence[str | float]) -> MathMetrics:
+    """EM, MAE, MSE and NER of ``predictions`` against numeric ``references``."""
+    if len(predictions) != len(references):
+        raise ValueError(
+            f"{len(predictions)} predictions but {len(references)} references; they must pair up"
+        )
+    if not predictions:
+        raise ValueError("no predictions to score")
+    gold = []
+    for i, reference in enumerate(references):
+        value = reference if isinstance(reference, int | float) else parse_number(reference)
+        if value is None or not math.isfinite(value):
+            raise ValueError(f"reference {i} ({reference!r}) is not a finite number")
+        gold.append(float(value))
+    extracted = [parse_number(p) for p in predictions]
+    hits = sum(numbers_match(p, g) for p, g in zip(extracted, gold, strict=True))
+    errors = [p - g for p, g in zip(extracted, gold, strict=True) if p is not None]
+    return MathMetrics(
+        em=hits / len(gold),
+        mae=sum(abs(e) for e in errors) / len(errors) if errors else None,
+        mse=sum(e * e for e in errors) / len(errors) if errors else None,
+        ner=len(errors) / len(gold),
+        n=len(gold),
+    )

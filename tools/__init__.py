@@ -1,0 +1,1 @@
+"""LangChain tools of sage-agent (installed as sage_agent.tools)."""
