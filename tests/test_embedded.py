@@ -1,0 +1,66 @@
+"""The embedded models: SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2, offline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from langchain_core.messages import AIMessage
+
+from sage_agent import ChatSage, Trigger, arithmetic_verifier
+from sage_agent.cli import main
+from sage_agent.demo import ATOMIC_PROMPT
+
+pytestmark = pytest.mark.embedded
+
+
+def test_invoke_reports_logprobs_and_margin(embedded_chat: ChatSage) -> None:
+    result = embedded_chat.invoke("What is 2+3?")
+    assert isinstance(result, AIMessage) and result.content
+    meta = result.response_metadata
+    assert meta["model_name"] == "SmolLM2-135M-Instruct"
+    assert meta["logprobs"]["content"] and len(meta["logits_margin"]) > 0
+    assert meta["logits_margin_mean"] > 0
+    assert result.usage_metadata["output_tokens"] > 0
+
+
+def test_stream_yields_words(embedded_chat: ChatSage) -> None:
+    chunks = [c.content for c in embedded_chat.stream("Say hello to the world.")]
+    assert sum(1 for c in chunks if c) >= 3
+
+
+def test_batch_matches_single_calls(embedded_chat: ChatSage) -> None:
+    prompts = [ATOMIC_PROMPT.format(expression=e) for e in ("4*6", "24-5", "100/4", "7+8+9")]
+    singles = [embedded_chat.invoke(p).content for p in prompts]
+    assert [m.content for m in embedded_chat.batch(prompts)] == singles
+
+
+def test_default_embeddings_are_offline_and_normalised(embedded_embeddings) -> None:
+    vectors = np.array(
+        embedded_embeddings.embed_documents(
+            ["Tom has 3 apples.", "Tom has 7 apples.", "The stock market fell sharply today."]
+        )
+    )
+    assert vectors.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
+
+
+def test_trigger_on_real_answers(embedded_chat: ChatSage, embedded_embeddings) -> None:
+    trigger = Trigger(embeddings=embedded_embeddings, verifier=arithmetic_verifier)
+    answer = embedded_chat.invoke(ATOMIC_PROMPT.format(expression="3+5"))
+    result = trigger.score(
+        answer.text,
+        expression="3+5",
+        logits_margin=answer.response_metadata["logits_margin"],
+    )
+    assert result.reference == "8" and result.mode == "reference"
+    assert set(result.metrics) >= {"lm", "bleu", "rouge_l", "cosine"}
+    assert result.failed == (not result.numeric_match)
+    assert trigger.score("8", "8", logits_margin=4.0).anomaly_score < 0.2
+    assert trigger.score("The weather is nice.", "8", logits_margin=4.0).failed
+
+
+def test_demo_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--problems", "2", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "atomic steps" in out and "step EM" in out

@@ -1,0 +1,34 @@
+"""The built-in word-problem generator."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from sage_agent import evaluate_expression, parse_number
+from sage_agent.problems import generate_problems
+
+
+def test_same_seed_same_problems() -> None:
+    assert generate_problems(20, seed=4) == generate_problems(20, seed=4)
+    assert generate_problems(20, seed=4) != generate_problems(20, seed=5)
+
+
+def test_records_are_consistent_gsm8k_socratic() -> None:
+    for record in generate_problems(200, seed=0):
+        *steps, final = record["answer"].split("\n")
+        assert final.startswith("#### ") and len(steps) >= 2
+        last_value = None
+        for line in steps:
+            assert " ** " in line
+            ((expression, value),) = re.findall(r"<<([^=]+)=([^>]+)>>", line)
+            assert evaluate_expression(expression) == pytest.approx(float(value))
+            assert float(value) >= 0 and float(value).is_integer()
+            last_value = value
+        assert parse_number(final) == float(last_value)
+
+
+def test_negative_count_is_refused() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        generate_problems(-1)
