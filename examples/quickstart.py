@@ -1,6 +1,6 @@
 """Quick start: the embedded model as a LangChain chat model, and the Trigger.
 
-    python examples/quickstart.py
+python examples/quickstart.py
 """
 
 from sage_agent import ChatSage, Trigger, arithmetic_verifier, math_metrics

@@ -6,7 +6,6 @@ and the Trigger scores every answer against the arithmetic verifier's reference.
 
 from __future__ import annotations
 
-import re
 import time
 
 from tqdm import tqdm
@@ -14,19 +13,22 @@ from tqdm import tqdm
 from sage_agent.chat_model import ChatSage
 from sage_agent.numeric import math_metrics
 from sage_agent.problems import generate_problems
+from sage_agent.steps import steps_from_gsm8k
 from sage_agent.trigger import Trigger
 from sage_agent.verifier import arithmetic_verifier
 
 ATOMIC_PROMPT = "Compute {expression}. Reply with the number only."
 """The atomic-step prompt: on GSM8K atoms this wording beats a terse "a-b=" by far."""
 
-_ANNOTATION = re.compile(r"<<([^=<>]+)=[^<>]*>>")
-
 
 def run_demo(problems: int = 12, seed: int = 0, batch_size: int = 16) -> int:
     started = time.perf_counter()
     records = generate_problems(problems, seed=seed)
-    expressions = [e for r in records for e in _ANNOTATION.findall(r["answer"])]
+    expressions = [
+        step.expression
+        for i, record in enumerate(records)
+        for step in steps_from_gsm8k(record, task_id=f"demo-{i}")
+    ]
     print(f"sage-agent demo: {problems} generated problems, {len(expressions)} atomic steps")
 
     print("Loading the embedded SmolLM2-135M-Instruct ...", flush=True)

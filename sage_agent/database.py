@@ -1,0 +1,93 @@
+"""The project's SQLite file: one schema version, a lock timeout, clear errors.
+
+Every component (buffer, LoRA Store, runs) keeps its tables in the same file through
+sqlite-utils. The file records the schema version it was written with; a file from
+another version is refused before anything is written to it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be used; the message says why and what to do."""
+
+
+class DatabaseLocked(DatabaseError):
+    """Another process held the database lock for longer than the timeout."""
+
+
+class SchemaVersionError(DatabaseError):
+    """The file was written by a sage-agent with another schema version."""
+
+
+def open_database(path: str | Path, *, timeout: float = 10.0) -> sqlite_utils.Database:
+    """Open (or create) the project's database file and check its schema version.
+
+    ``timeout`` is how long a write waits for another process's lock before
+    :class:`DatabaseLocked` is raised.
+    """
+    path = Path(path)
+    if not path.parent.exists():
+        raise DatabaseError(f"folder {path.parent} does not exist; create it or pick another --db")
+    try:
+        connection = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+        db = sqlite_utils.Database(connection)
+        _check_version(db, path)
+    except sqlite3.DatabaseError as error:
+        raise DatabaseError(f"{path} is not a sage-agent SQLite database: {error}") from error
+    return db
+
+
+def _check_version(db: sqlite_utils.Database, path: Path) -> None:
+    if "meta" not in db.table_names():
+        if [t for t in db.table_names() if not t.startswith("sqlite_")]:
+            raise SchemaVersionError(
+                f"{path} holds tables but no sage-agent schema version; it was not written by "
+                "sage-agent. Pick another --db; nothing was changed."
+            )
+        with transaction(db):
+            db["meta"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
+        return
+    row = next(db["meta"].rows_where("key = ?", ["schema_version"]), None)
+    found = int(row["value"]) if row else None
+    if found != SCHEMA_VERSION:
+        newer = found is not None and found > SCHEMA_VERSION
+        raise SchemaVersionError(
+            f"{path} has schema version {found}, this sage-agent reads version "
+            f"{SCHEMA_VERSION}. "
+            + ("Upgrade sage-agent to read it." if newer else "Start a new database file.")
+            + " Nothing was changed."
+        )
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT: the write lock is taken up front, so a transaction either
+    waits for the lock (up to the timeout given to open_database) or fails before it has
+    done anything; an error inside rolls everything back. sqlite-utils' own writes nest
+    inside as savepoints."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as error:
+        if "locked" not in str(error) and "busy" not in str(error):
+            raise
+        path = db.execute("PRAGMA database_list").fetchone()[2]
+        raise DatabaseLocked(
+            f"{path} is locked by another process. Stop the other sage-agent run or raise "
+            "the lock timeout; nothing was written."
+        ) from error
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

@@ -1,0 +1,101 @@
+"""Atomic steps, and reading them from GSM8K records.
+
+A GSM8K answer holds one line per step and a last line "#### <final answer>"; calculator
+annotations ``<<expr=result>>`` mark each computation. In the socratic variant a line
+starts with a sub-question and " ** ". Each annotation is one atomic step.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sage_agent.numeric import numbers_match, parse_number
+
+_OPERATORS = {"+": "+", "-": "-", "−": "-", "*": "*", "×": "*", "/": "/", "÷": "/", "%": "%"}
+_OPERATOR_ORDER = "+-*/%^"
+_BINARY_OPERATOR = re.compile(r"(?<=[\d)])\s*(\*\*|[-+*/%×÷−])\s*(?=[-−(\d.$])")
+_ANNOTATION = re.compile(r"<<([^=<>]*)=([^<>]*)>>")
+_NUMBER_TOKEN = re.compile(r"\d+(?:\.\d+)?")
+
+
+def operator_signature(expression: str) -> str:
+    """The binary operators of an expression in a fixed order: "16-3-4" is "-", "4*6+2"
+    is "+*", "2**3" is "^"; "" when there is none. Unary minus is not an operator."""
+    found = {"^" if op == "**" else _OPERATORS[op] for op in _BINARY_OPERATOR.findall(expression)}
+    return "".join(op for op in _OPERATOR_ORDER if op in found)
+
+
+@dataclass
+class AtomicStep:
+    """One step of a task. ``depends_on`` lists the indices of earlier steps whose answers
+    this step's expression uses (substituted before answering)."""
+
+    id: str
+    task_id: str
+    index: int
+    question: str
+    expression: str | None = None
+    reference: str | None = None
+    tag: str = "default"
+    depends_on: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class MalformedTask(ValueError):
+    """A task record that cannot be split into steps; the message names what is missing."""
+
+
+def final_answer(answer: str) -> str:
+    """The text after the "#### " line of a GSM8K answer."""
+    for line in reversed(answer.strip().split("\n")):
+        if line.startswith("####"):
+            value = line[4:].strip()
+            if value:
+                return value
+    raise MalformedTask('answer has no "#### <final answer>" line')
+
+
+def steps_from_gsm8k(record: dict[str, Any], task_id: str) -> list[AtomicStep]:
+    """One AtomicStep per calculator annotation of a GSM8K record (socratic or plain).
+
+    The question is the socratic sub-question when there is one, else the step's sentence
+    with its annotations removed. A step depends on an earlier step when its expression
+    holds that step's result.
+    """
+    if not isinstance(record.get("answer"), str) or not isinstance(record.get("question"), str):
+        raise MalformedTask('a task needs string fields "question" and "answer"')
+    final_answer(record["answer"])
+    steps: list[AtomicStep] = []
+    for line in record["answer"].strip().split("\n"):
+        if line.startswith("####"):
+            continue
+        sub_question, _, worked = line.rpartition(" ** ")
+        for expression, result in _ANNOTATION.findall(line):
+            expression = expression.strip()
+            index = len(steps)
+            question = sub_question.strip() or _ANNOTATION.sub("", worked).strip()
+            values = [parse_number(token) for token in _NUMBER_TOKEN.findall(expression)]
+            depends_on = [
+                earlier.index
+                for earlier in steps
+                if any(numbers_match(v, parse_number(earlier.reference)) for v in values)
+            ]
+            steps.append(
+                AtomicStep(
+                    id=f"{task_id}:{index}",
+                    task_id=task_id,
+                    index=index,
+                    question=question,
+                    expression=expression,
+                    reference=result.strip(),
+                    tag=operator_signature(expression) or "default",
+                    depends_on=depends_on,
+                )
+            )
+    if not steps:
+        raise MalformedTask("answer has no calculator annotations <<expr=result>>")
+    return steps
