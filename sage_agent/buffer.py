@@ -50,7 +50,21 @@ class BufferConfig:
         default=5,
         metadata={"help": "After an unstable clustering, new samples before the next try."},
     )
+    max_buffer: int = field(
+        default=200,
+        metadata={
+            "help": "A tag's buffer never holds more; past it the oldest samples leave it "
+            "(status 'expired'), so a tag that never clusters stably costs bounded time."
+        },
+    )
     min_cluster_size: int = field(default=5, metadata={"help": "HDBSCAN min_cluster_size."})
+    min_samples: int = field(
+        default=1,
+        metadata={
+            "help": "HDBSCAN min_samples. On buffers of 25 atomic-step prompts, 1 leaves about "
+            "40% as noise where HDBSCAN's default (min_cluster_size) leaves about 80%."
+        },
+    )
     ari_threshold: float = field(
         default=0.8, metadata={"help": "Stable needs ARI against the reference >= this."}
     )
@@ -84,12 +98,18 @@ class BufferConfig:
         for name in ("tau", "ari_threshold", "centroid_threshold", "merge_threshold"):
             if not -1.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [-1, 1], not {getattr(self, name)}")
+        if self.min_samples < 1:
+            raise ValueError(f"min_samples must be at least 1, not {self.min_samples}")
         if self.min_cluster_size < 2:
             raise ValueError(f"min_cluster_size must be at least 2, not {self.min_cluster_size}")
         if self.buffer_size < self.min_cluster_size:
             raise ValueError(
                 f"buffer_size ({self.buffer_size}) must be at least min_cluster_size "
                 f"({self.min_cluster_size})"
+            )
+        if self.max_buffer < self.buffer_size:
+            raise ValueError(
+                f"max_buffer ({self.max_buffer}) must be at least buffer_size ({self.buffer_size})"
             )
         if self.recluster_every < 1:
             raise ValueError(f"recluster_every must be at least 1, not {self.recluster_every}")
@@ -101,9 +121,14 @@ class BufferConfig:
 
 @dataclass(frozen=True)
 class Assignment:
-    """Where an added sample went. cluster_id is None unless status is assigned or clustered."""
+    """Where an added sample went. cluster_id is None unless status is assigned or clustered.
 
-    status: Literal["assigned", "buffered", "clustered"]
+    assigned: joined a cluster by gamma; buffered: waits in its tag's buffer; clustered:
+    its add started a stable clustering that put it in a cluster; noise: its add started a
+    stable clustering that left it out (it stays in the database, not in the buffer).
+    """
+
+    status: Literal["assigned", "buffered", "clustered", "noise"]
     sample_id: int
     tag: str
     cluster_id: int | None = None
@@ -212,8 +237,9 @@ class TriggerBuffer:
     clustering of a seeded ``subsample_fraction`` of the same samples. A clustering with
     no cluster at all (only noise) is never stable.
 
-    Samples that HDBSCAN leaves as noise stay in the buffer for the next clustering;
-    clustered samples leave it.
+    A stable clustering empties the buffer: clustered samples join their clusters, and
+    the ones HDBSCAN left as noise leave the buffer with status "noise". An unstable one
+    leaves the buffer as it was, up to ``max_buffer`` samples.
     """
 
     def __init__(
@@ -360,10 +386,19 @@ class TriggerBuffer:
         waiting = self.db.execute(
             "SELECT COUNT(*) FROM samples WHERE tag = ? AND status = 'buffered'", [tag]
         ).fetchone()[0]
+        if waiting > self.config.max_buffer:
+            self.db.execute(
+                "UPDATE samples SET status = 'expired' WHERE id IN (SELECT id FROM samples "
+                "WHERE tag = ? AND status = 'buffered' ORDER BY id LIMIT ?)",
+                [tag, waiting - self.config.max_buffer],
+            )
         if waiting >= self.config.buffer_size and pending >= self.config.recluster_every:
             placed = self._cluster_buffer(tag)
-            if sample_id in placed:
-                return Assignment("clustered", sample_id, tag, placed[sample_id])
+            if placed:
+                cluster_id = placed.get(sample_id)
+                if cluster_id is None:
+                    return Assignment("noise", sample_id, tag)
+                return Assignment("clustered", sample_id, tag, cluster_id)
         return Assignment("buffered", sample_id, tag)
 
     def _tag_state(self, tag: str) -> dict[str, Any]:
@@ -427,8 +462,8 @@ class TriggerBuffer:
     # batch clustering
 
     def _cluster_buffer(self, tag: str) -> dict[int, int]:
-        """Cluster the tag's buffer; on a stable result, create the clusters. Returns
-        sample id -> new cluster id for the samples that left the buffer."""
+        """Cluster the tag's buffer; on a stable result, create the clusters and empty the
+        buffer. Returns sample id -> new cluster id (empty when unstable)."""
         rows = list(
             self.db.execute(
                 "SELECT id, embedding, keywords FROM samples "
@@ -438,8 +473,10 @@ class TriggerBuffer:
         )
         ids = [r[0] for r in rows]
         vectors = np.stack([_vector(r[1]) for r in rows])
-        labels = _hdbscan(vectors, self.config.min_cluster_size)
+        started = time.perf_counter()
+        labels = _hdbscan(vectors, self.config)
         check = self._stability(tag, ids, vectors, labels)
+        seconds = time.perf_counter() - started
         state = self._tag_state(tag)
         self.db["tags"].update(tag, {"pending": 0, "attempts": state["attempts"] + 1})
         self.db["clusterings"].insert(
@@ -448,6 +485,7 @@ class TriggerBuffer:
                 "created": time.time(),
                 "sample_ids": json.dumps(ids),
                 "labels": json.dumps(labels.tolist()),
+                "seconds": seconds,
                 **check,
             }
         )
@@ -480,6 +518,11 @@ class TriggerBuffer:
             )
             self._join(cluster_id, members, via="hdbscan")
             placed.update({m[0]: cluster_id for m in members})
+        noise = [ids[i] for i in np.flatnonzero(labels < 0)]
+        self.db.execute(
+            f"UPDATE samples SET status = 'noise' WHERE id IN ({','.join('?' * len(noise))})",
+            noise,
+        )
         self.db["tags"].update(tag, {"stable": 1})
         merged_into = self._merge(tag)
         return {s: merged_into.get(c, c) for s, c in placed.items()}
@@ -510,7 +553,7 @@ class TriggerBuffer:
             reference = (
                 "subsample",
                 subset,
-                _hdbscan(vectors[subset], self.config.min_cluster_size),
+                _hdbscan(vectors[subset], self.config),
             )
 
         kind, subset, reference_labels = reference
@@ -647,6 +690,7 @@ class TriggerBuffer:
                     "ari": float,
                     "centroid_cosine": float,
                     "stable": int,
+                    "seconds": float,
                 },
                 pk="id",
                 if_not_exists=True,
@@ -677,13 +721,17 @@ def _sample(row: dict[str, Any]) -> BufferedSample:
     return BufferedSample(id=row["id"], text=row["text"], tag=row["tag"], payload=payload)
 
 
-def _hdbscan(vectors: np.ndarray, min_cluster_size: int) -> np.ndarray:
+def _hdbscan(vectors: np.ndarray, config: BufferConfig) -> np.ndarray:
     """HDBSCAN labels (-1 is noise). Vectors are unit length, so Euclidean distance
     orders pairs as cosine does. A buffer of one kind of failure is one cluster, hence
     allow_single_cluster."""
-    if len(vectors) < min_cluster_size:
+    if len(vectors) < config.min_cluster_size:
         return np.full(len(vectors), -1)
-    clusterer = hdbscan.HDBSCAN(min_cluster_size=min_cluster_size, allow_single_cluster=True)
+    clusterer = hdbscan.HDBSCAN(
+        min_cluster_size=config.min_cluster_size,
+        min_samples=config.min_samples,
+        allow_single_cluster=True,
+    )
     return clusterer.fit_predict(vectors).astype(int)
 
 

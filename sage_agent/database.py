@@ -42,6 +42,10 @@ def open_database(path: str | Path, *, timeout: float = 10.0) -> sqlite_utils.Da
         connection = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
         db = sqlite_utils.Database(connection)
         _check_version(db, path)
+        # WAL: readers (sage-agent trace) never block the writer, and a commit needs no
+        # fsync of the main file; NORMAL sync keeps every commit across a process crash.
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
     except sqlite3.DatabaseError as error:
         raise DatabaseError(f"{path} is not a sage-agent SQLite database: {error}") from error
     return db

@@ -127,6 +127,27 @@ def test_stable_tag_assigns_by_gamma(db_path: Path) -> None:
     assert stranger.status == "buffered" and stranger.cluster_id is None
 
 
+def test_stable_clustering_empties_the_buffer(db_path: Path) -> None:
+    buffer = _buffer(db_path)
+    buffer.add_many(_texts("abc", 8), tags=["t"] * 24)
+    outlier = buffer.add("q: nothing like the others", tag="t")  # the 25th: starts clustering
+    assert outlier.status == "noise" and outlier.cluster_id is None
+    assert buffer.buffered() == [] and len(buffer.clusters("t")) == 3
+    statuses = dict(buffer.db.execute("SELECT status, COUNT(*) FROM samples GROUP BY status"))
+    assert statuses == {"clustered": 24, "noise": 1}
+
+
+def test_a_never_stable_buffer_is_capped(db_path: Path) -> None:
+    buffer = _buffer(db_path, max_buffer=30)
+    only_noise = mock.patch("sage_agent.buffer._hdbscan", lambda v, _: np.full(len(v), -1))
+    with only_noise:
+        buffer.add_many(_texts("abcd", 10), tags=["t"] * 40)
+    assert buffer.stable_tags() == []
+    assert [s.id for s in buffer.buffered("t")] == list(range(11, 41))  # the newest 30
+    expired = buffer.db.execute("SELECT COUNT(*) FROM samples WHERE status = 'expired'")
+    assert expired.fetchone()[0] == 10
+
+
 def test_tags_are_clustered_separately(db_path: Path) -> None:
     buffer = _buffer(db_path)
     buffer.add_many(_texts("ab", 12), tags=["x"] * 24)  # 24 < T: nothing yet

@@ -64,3 +64,36 @@ def test_demo_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--problems", "2", "--seed", "3"]) == 0
     out = capsys.readouterr().out
     assert "atomic steps" in out and "step EM" in out
+
+
+def test_buffer_on_600_atoms_is_homogeneous_and_persistent(embedded_embeddings, tmp_path) -> None:
+    from sklearn.metrics import homogeneity_score
+
+    from sage_agent.buffer import TriggerBuffer
+    from sage_agent.problems import generate_problems
+    from sage_agent.steps import steps_from_gsm8k
+
+    steps = [
+        step
+        for i, record in enumerate(generate_problems(300, seed=11))
+        for step in steps_from_gsm8k(record, task_id=str(i))
+    ][:600]
+    assert len(steps) == 600
+    path = tmp_path / "sage.sqlite"
+    buffer = TriggerBuffer(path, embeddings=embedded_embeddings)
+    for step in steps:  # one add at a time, as a stream
+        buffer.add(
+            f"{step.question} Compute {step.expression}.",
+            payload={"expression": step.expression, "reference": step.reference},
+        )
+    clusters = buffer.clusters()
+    assert len(clusters) >= 4
+    operator = {s.expression: s.tag for s in steps}
+    truth = [operator[m.payload["expression"]] for c in clusters for m in c.samples]
+    found = [c.id for c in clusters for _ in c.samples]
+    assert len(found) >= 200
+    assert homogeneity_score(truth, found) >= 0.9
+    reopened = TriggerBuffer(path, embeddings=embedded_embeddings).clusters()
+    assert [(c.id, c.size, [m.id for m in c.samples]) for c in reopened] == [
+        (c.id, c.size, [m.id for m in c.samples]) for c in clusters
+    ]
