@@ -186,7 +186,7 @@ def plot(table: dict[str, dict[str, float]], out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
-def markdown_table(rows: list[dict], first: str) -> str:
+def markdown_table(rows: list[dict]) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
@@ -229,9 +229,9 @@ def main() -> None:
         f"Machine: {os.cpu_count()} CPU cores. Embedder: all-MiniLM-L6-v2 (embedded), "
         f"vectors computed once before streaming. Seed {args.seed}.\n\n"
         f"## Ablation ({args.atoms} GSM8K atoms, operator-signature labels)\n\n"
-        + markdown_table([{"variant": k, **v} for k, v in table.items()], "variant")
+        + markdown_table([{"variant": k, **v} for k, v in table.items()])
         + "\n\n![ablation](buffer_ablation.png)\n\n## Scale (full SBC)\n\n"
-        + markdown_table(scale_rows, "samples")
+        + markdown_table(scale_rows)
         + "\n"
     )
     print(f"\nwritten to {RESULTS / 'buffer.md'}")

@@ -1,6 +1,8 @@
 """sage-agent: trigger-guided LoRA self-adaptation (SAGE) for local models in LangChain."""
 
+from sage_agent.buffer import Assignment, BufferConfig, Cluster, TriggerBuffer
 from sage_agent.chat_model import ChatSage, UnknownModelError
+from sage_agent.database import DatabaseError, DatabaseLocked, SchemaVersionError
 from sage_agent.embedded import (
     EMBEDDED_CHAT_MODEL,
     EMBEDDED_EMBEDDING_MODEL,
@@ -8,17 +10,27 @@ from sage_agent.embedded import (
 )
 from sage_agent.embeddings import default_embeddings
 from sage_agent.numeric import MathMetrics, format_number, math_metrics, parse_number
+from sage_agent.steps import AtomicStep, MalformedTask, steps_from_gsm8k
 from sage_agent.trigger import Trigger, TriggerConfig, TriggerResult
 from sage_agent.verifier import ExpressionError, arithmetic_verifier, evaluate_expression
 
 __all__ = [
     "EMBEDDED_CHAT_MODEL",
     "EMBEDDED_EMBEDDING_MODEL",
+    "Assignment",
+    "AtomicStep",
+    "BufferConfig",
     "ChatSage",
+    "Cluster",
+    "DatabaseError",
+    "DatabaseLocked",
     "EmbeddedModelMissing",
     "ExpressionError",
+    "MalformedTask",
     "MathMetrics",
+    "SchemaVersionError",
     "Trigger",
+    "TriggerBuffer",
     "TriggerConfig",
     "TriggerResult",
     "UnknownModelError",
@@ -28,4 +40,5 @@ __all__ = [
     "format_number",
     "math_metrics",
     "parse_number",
+    "steps_from_gsm8k",
 ]

@@ -136,7 +136,9 @@ class Assignment:
 
 
 @dataclass(frozen=True)
-class BufferedSample:
+class Sample:
+    """A failed sample: its text, structure tag and payload (the step, reference, answer)."""
+
     id: int
     text: str
     tag: str
@@ -154,7 +156,7 @@ class Cluster:
     keywords: frozenset[str]
     version: int
     trained_version: int | None
-    samples: list[BufferedSample]
+    samples: list[Sample]
 
 
 # tags and keywords
@@ -335,7 +337,7 @@ class TriggerBuffer:
             self._cluster_row(cluster_id)
             self.db["clusters"].update(cluster_id, {"trained_version": version})
 
-    def buffered(self, tag: str | None = None) -> list[BufferedSample]:
+    def buffered(self, tag: str | None = None) -> list[Sample]:
         """Samples waiting in the buffer (of one tag, or all), oldest first."""
         where, args = "status = 'buffered'", []
         if tag is not None:
@@ -716,9 +718,9 @@ def _payload_json(payload: dict[str, Any] | None) -> str | None:
         raise TypeError(f"payload is not JSON-serialisable: {error}") from error
 
 
-def _sample(row: dict[str, Any]) -> BufferedSample:
+def _sample(row: dict[str, Any]) -> Sample:
     payload = json.loads(row["payload"]) if row["payload"] else None
-    return BufferedSample(id=row["id"], text=row["text"], tag=row["tag"], payload=payload)
+    return Sample(id=row["id"], text=row["text"], tag=row["tag"], payload=payload)
 
 
 def _hdbscan(vectors: np.ndarray, config: BufferConfig) -> np.ndarray:
