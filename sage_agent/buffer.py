@@ -28,6 +28,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
 from sage_agent.database import open_database, transaction
+from sage_agent.embeddings import LazyEmbeddings
 from sage_agent.steps import operator_signature
 
 Tagger = Callable[[str, dict[str, Any] | None], str]
@@ -224,7 +225,7 @@ def _cluster_keywords(counts: dict[str, int], size: int) -> frozenset[str]:
 # the buffer
 
 
-class TriggerBuffer:
+class TriggerBuffer(LazyEmbeddings):
     """Streaming Buffer Clustering over a SQLite file (see the module docstring).
 
     ``db`` is the path of the project's SQLite file. A new TriggerBuffer on the same file
@@ -257,14 +258,6 @@ class TriggerBuffer:
         self.tagger = tagger
         self._embeddings = embeddings
         self._ensure_tables()
-
-    @property
-    def embeddings(self) -> Embeddings:
-        if self._embeddings is None:
-            from sage_agent.embeddings import default_embeddings
-
-            self._embeddings = default_embeddings()
-        return self._embeddings
 
     # public API
 

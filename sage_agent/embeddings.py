@@ -25,3 +25,17 @@ def default_embeddings(model_name: str | Path | None = None, *, device: str = "c
         model_kwargs={"device": device},
         encode_kwargs={"normalize_embeddings": True},
     )
+
+
+class LazyEmbeddings:
+    """Mixin: ``self.embeddings`` is the Embeddings given at construction (stored in
+    ``self._embeddings``), or the embedded default, loaded on first use, so that
+    constructing a Trigger or a buffer loads no model."""
+
+    _embeddings: Embeddings | None = None
+
+    @property
+    def embeddings(self) -> Embeddings:
+        if self._embeddings is None:
+            self._embeddings = default_embeddings()
+        return self._embeddings

@@ -24,6 +24,7 @@ from langchain_core.embeddings import Embeddings
 from rouge_score.rouge_scorer import RougeScorer
 from sacrebleu.metrics import BLEU
 
+from sage_agent.embeddings import LazyEmbeddings
 from sage_agent.numeric import numbers_match, parse_number
 from sage_agent.verifier import Verifier
 
@@ -101,7 +102,7 @@ class TriggerResult:
         return asdict(self)
 
 
-class Trigger:
+class Trigger(LazyEmbeddings):
     """Scores answers; see the module docstring for the formula.
 
     ``embeddings`` defaults to the embedded all-MiniLM-L6-v2 (loaded on first use).
@@ -121,14 +122,6 @@ class Trigger:
         self.band: tuple[float, float] | None = None
         self._bleu = BLEU(effective_order=True)
         self._rouge = RougeScorer(["rougeL"])
-
-    @property
-    def embeddings(self) -> Embeddings:
-        if self._embeddings is None:
-            from sage_agent.embeddings import default_embeddings
-
-            self._embeddings = default_embeddings()
-        return self._embeddings
 
     def score(
         self,
