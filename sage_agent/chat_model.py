@@ -98,7 +98,7 @@ class ChatSage(BaseChatModel):
     _model: Any = PrivateAttr(default=None)
     _tokenizer: Any = PrivateAttr(default=None)
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
-    _adapters: dict[str, str] = PrivateAttr(default_factory=dict)
+    _adapters: dict[str, str | None] = PrivateAttr(default_factory=dict)
     _active_adapter: str | None = PrivateAttr(default=None)
 
     @property
@@ -426,9 +426,21 @@ class ChatSage(BaseChatModel):
         return self._active_adapter
 
     @property
-    def adapters(self) -> dict[str, str]:
-        """Loaded adapters: name -> the folder each was loaded from."""
+    def adapters(self) -> dict[str, str | None]:
+        """Loaded adapters: name -> the folder each was loaded from (None: made in memory)."""
         return dict(self._adapters)
+
+    def add_adapter(self, name: str, config: Any) -> None:
+        """Add a fresh adapter (a peft ``LoraConfig``) to the base model, e.g. to train it;
+        it is not activated."""
+        if name in self._adapters:
+            raise ValueError(f"an adapter named {name!r} is already loaded")
+        self._ensure_loaded()
+        with self._lock:
+            self._model.add_adapter(config, adapter_name=name)
+            self._adapters[name] = None
+            # add_adapter activates the new adapter in transformers; keep the previous choice.
+            self._apply(self._active_adapter)
 
     def load_adapter(self, path: str | Path, name: str) -> None:
         """Load a peft LoRA adapter from ``path`` under ``name``; it is not activated."""

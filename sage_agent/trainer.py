@@ -1,0 +1,301 @@
+"""Supervised LoRA fine-tuning of ChatSage's model on (prompt, answer) pairs, made fast
+for CPUs.
+
+What makes it fast (each measured in benchmarks/bench_trainer.py):
+
+* the loss covers the answer tokens only, and the output head (576 x 49,152 on SmolLM2)
+  runs only at those positions, not over the whole prompt;
+* bf16 autocast where the CPU supports it (float32 otherwise);
+* one base model for every trial: adapters are added to and deleted from ChatSage's
+  model, never a new wrapped copy;
+* LoRA on the last layers only when ``last_layers`` is set, so backward stops there.
+
+Prompts are rendered with ChatSage's own chat template, so the adapter is trained on
+exactly the text it will answer at inference.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from langchain_core.messages import HumanMessage
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
+
+from sage_agent.chat_model import ChatSage
+from sage_agent.numeric import numbers_match, parse_number
+
+DEFAULT_TARGET_MODULES = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+
+Progress = Callable[[int, int, float], None]
+"""Called after each optimiser step with (step, total steps, loss)."""
+
+
+@dataclass(frozen=True)
+class TrainingPair:
+    """A prompt as the user would send it, and the answer the model should give."""
+
+    prompt: str
+    answer: str
+
+
+@dataclass
+class LoRATrainConfig:
+    """One LoRA training run."""
+
+    rank: int = field(default=16, metadata={"help": "LoRA rank r."})
+    alpha: float = field(default=32.0, metadata={"help": "LoRA alpha (scale = alpha / r)."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate."})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    epochs: int = field(default=4, metadata={"help": "Passes over the training pairs."})
+    batch_size: int = field(default=16, metadata={"help": "Pairs per optimiser step."})
+    target_modules: tuple[str, ...] = field(
+        default=DEFAULT_TARGET_MODULES, metadata={"help": "Module names that get LoRA."}
+    )
+    last_layers: int | None = field(
+        default=None,
+        metadata={"help": "LoRA on the last N decoder layers only (None: all layers)."},
+    )
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 autocast; None: when the CPU supports it."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of initialisation and shuffling."})
+
+    def __post_init__(self) -> None:
+        if self.rank < 1 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("rank, epochs and batch_size must be at least 1")
+        if not self.learning_rate > 0 or not 0 <= self.dropout < 1 or not self.alpha > 0:
+            raise ValueError(
+                f"need learning_rate > 0, 0 <= dropout < 1 and alpha > 0: {self.learning_rate}, "
+                f"{self.dropout}, {self.alpha}"
+            )
+        if self.last_layers is not None and self.last_layers < 1:
+            raise ValueError(f"last_layers must be at least 1, not {self.last_layers}")
+        if not self.target_modules:
+            raise ValueError("target_modules is empty")
+
+    def lora_config(self, num_layers: int) -> LoraConfig:
+        layers = None
+        if self.last_layers is not None:
+            layers = list(range(max(0, num_layers - self.last_layers), num_layers))
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            layers_to_transform=layers,
+            task_type="CAUSAL_LM",
+        )
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    adapter: str
+    loss: float
+    """Mean training loss of the last epoch."""
+    seconds: float
+    samples_per_second: float
+    steps: int
+
+
+@functools.cache
+def cpu_supports_bf16() -> bool:
+    """True where the CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _encode(chat: ChatSage, pairs: Sequence[TrainingPair]) -> list[tuple[list[int], list[int]]]:
+    """Token ids and labels per pair: the rendered prompt is masked (-100), the answer and
+    the end-of-turn token are learned."""
+    tokenizer = chat.tokenizer
+    encoded = []
+    for pair in pairs:
+        if not pair.answer.strip():
+            raise ValueError(f"training pair with an empty answer: {pair.prompt[:60]!r}")
+        prompt = tokenizer(chat._render([HumanMessage(pair.prompt)]), add_special_tokens=False)
+        answer = tokenizer(pair.answer + tokenizer.eos_token, add_special_tokens=False)
+        ids = prompt["input_ids"] + answer["input_ids"]
+        labels = [-100] * len(prompt["input_ids"]) + answer["input_ids"]
+        encoded.append((ids, labels))
+    return encoded
+
+
+def _collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (row_ids, row_labels) in enumerate(batch):
+        ids[row, : len(row_ids)] = torch.tensor(row_ids)
+        labels[row, : len(row_labels)] = torch.tensor(row_labels)
+        mask[row, : len(row_ids)] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over the answer tokens, and their count. The decoder runs on the
+    whole sequence; the output head only where a label is."""
+    hidden = model.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    where = targets != -100
+    logits = model.get_output_embeddings()(hidden[:, :-1][where])
+    return F.cross_entropy(logits.float(), targets[where]), int(where.sum())
+
+
+def train_lora(
+    chat: ChatSage,
+    name: str,
+    pairs: Sequence[TrainingPair],
+    config: LoRATrainConfig | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Add adapter ``name`` to the chat model's base model and train it on ``pairs``.
+
+    Only that adapter's weights train; the adapter stays loaded (not activated) for
+    evaluation and saving, and ``chat.delete_adapter(name)`` frees it. The same seed gives
+    the same adapter.
+    """
+    config = config or LoRATrainConfig()
+    if not pairs:
+        raise ValueError("no training pairs")
+    model = chat.hf_model
+    encoded = _encode(chat, pairs)
+    torch.manual_seed(config.seed)
+    chat.add_adapter(name, config.lora_config(model.config.num_hidden_layers))
+    trainable = []
+    for param_name, param in model.named_parameters():
+        param.requires_grad = f".{name}." in param_name
+        if param.requires_grad:
+            trainable.append(param)
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+    use_bf16 = cpu_supports_bf16() if config.bf16 is None else config.bf16
+    order = random.Random(config.seed)
+    steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
+    total, step, epoch_losses = steps_per_epoch * config.epochs, 0, []
+    started = time.perf_counter()
+    with chat.using_adapter(name), chat._lock:
+        model.train()
+        try:
+            for _ in range(config.epochs):
+                indices = list(range(len(encoded)))
+                order.shuffle(indices)
+                epoch_losses = []
+                for start in range(0, len(indices), config.batch_size):
+                    batch = _collate(
+                        [encoded[i] for i in indices[start : start + config.batch_size]],
+                        chat.tokenizer.pad_token_id,
+                    )
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                        loss, _ = answer_loss(model, batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    step += 1
+                    epoch_losses.append(loss.item())
+                    if progress is not None:
+                        progress(step, total, epoch_losses[-1])
+        finally:
+            model.eval()
+            for param in trainable:
+                param.requires_grad = False
+    seconds = time.perf_counter() - started
+    return TrainResult(
+        adapter=name,
+        loss=sum(epoch_losses) / len(epoch_losses),
+        seconds=seconds,
+        samples_per_second=len(encoded) * config.epochs / seconds,
+        steps=step,
+    )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    exact_match: float
+    loss: float
+    answers: list[str]
+
+
+def evaluate(
+    chat: ChatSage,
+    adapter: str | None,
+    pairs: Sequence[TrainingPair],
+    *,
+    max_tokens: int = 12,
+    batch_size: int = 16,
+) -> Evaluation:
+    """Exact match (numbers compared as numbers) of greedy answers, and the answer-token
+    loss, with ``adapter`` active (None: the base model)."""
+    if not pairs:
+        raise ValueError("no evaluation pairs")
+    model = chat.hf_model
+    encoded = _encode(chat, pairs)
+    with chat.using_adapter(adapter):
+        answers = [
+            m.text for m in chat.bind(max_tokens=max_tokens).batch([p.prompt for p in pairs])
+        ]
+        total_loss, total_tokens = 0.0, 0
+        with chat._lock, torch.inference_mode():
+            for start in range(0, len(encoded), batch_size):
+                batch = _collate(encoded[start : start + batch_size], chat.tokenizer.pad_token_id)
+                loss, tokens = answer_loss(model, batch)
+                total_loss += float(loss) * tokens
+                total_tokens += tokens
+    hits = sum(_same_answer(a, p.answer) for a, p in zip(answers, pairs, strict=True))
+    return Evaluation(
+        exact_match=hits / len(pairs), loss=total_loss / total_tokens, answers=answers
+    )
+
+
+def _same_answer(prediction: str, reference: str) -> bool:
+    expected = parse_number(reference)
+    if expected is None:
+        return prediction.strip() == reference.strip()
+    return numbers_match(parse_number(prediction), expected)
+
+
+def save_adapter(chat: ChatSage, name: str, folder: str | Path) -> Path:
+    """Write adapter ``name`` in peft's format (adapter_config.json and
+    adapter_model.safetensors), loadable by ``ChatSage.load_adapter`` and by peft."""
+    if name not in chat.adapters:
+        raise KeyError(f"no adapter named {name!r} is loaded")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = chat.hf_model
+    weights = get_peft_model_state_dict(model, adapter_name=name)
+    save_file(
+        {k: v.detach().contiguous() for k, v in weights.items()},
+        folder / "adapter_model.safetensors",
+    )
+    config = model.peft_config[name]
+    config.save_pretrained(str(folder))
+    # peft reads base_model_name_or_path only as a hint; record the chat model's id.
+    path = folder / "adapter_config.json"
+    data = json.loads(path.read_text())
+    data["base_model_name_or_path"] = chat.model_name
+    path.write_text(json.dumps(data, indent=2))
+    return folder
