@@ -113,6 +113,13 @@ def test_messages_render_with_roles(tiny_chat: ChatSage) -> None:
     assert text.endswith("<|im_start|>assistant\n")
 
 
+def test_system_prompt_replaces_the_template_default(tiny_model_dir: Path) -> None:
+    model = ChatSage(model=str(tiny_model_dir), system_prompt="be brief")
+    assert model._render([HumanMessage("hi")]).startswith("<|im_start|>system\nbe brief<|im_end|>")
+    own = model._render([SystemMessage("mine"), HumanMessage("hi")])
+    assert "be brief" not in own and own.startswith("<|im_start|>system\nmine")
+
+
 def test_prompt_longer_than_context_is_refused(tiny_chat: ChatSage) -> None:
     with pytest.raises(ValueError, match="exceeds the context"):
         tiny_chat.invoke("pens " * 400)
