@@ -1,0 +1,616 @@
+"""LoRA Store: Cluster-aware LoRA Optimisation (paper Algorithm 2) and the adapter pool.
+
+``optimize(cluster)`` splits the cluster's samples into train and validation, trains n
+random configurations from the search space on the one base model, ranks them by
+validation exact match then validation loss, searches the neighbourhood (rank and
+learning rate) of the top k, ranks everything again and keeps the best three that pass
+the regression gate. Kept adapters are written in peft's format to a temporary folder,
+renamed into ``root/<adapter id>/`` and only then registered in SQLite with a checksum of
+their weights; every trial is logged in the ``trials`` table whether kept or not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from langchain_core.embeddings import Embeddings
+from tqdm.auto import tqdm
+
+from sage_agent.buffer import Cluster
+from sage_agent.chat_model import ChatSage
+from sage_agent.database import open_database, transaction
+from sage_agent.embeddings import LazyEmbeddings
+from sage_agent.trainer import LoRATrainConfig, TrainingPair, evaluate, save_adapter, train_lora
+
+log = logging.getLogger(__name__)
+
+StoreEvent = dict[str, Any]
+"""A progress event: {"event": "trial_started" | "trial_done" | ..., ...}."""
+
+
+class StoreError(RuntimeError):
+    """optimize() cannot run on this input; the message says why."""
+
+
+class CorruptAdapter(RuntimeError):
+    """An adapter's files do not match their checksum; it is marked broken, never loaded."""
+
+
+@dataclass
+class StoreConfig:
+    """Search space, budgets and pool limits of the LoRA Store."""
+
+    ranks: tuple[int, ...] = field(default=(4, 8, 16, 32), metadata={"help": "LoRA ranks."})
+    alpha_ratios: tuple[float, ...] = field(
+        default=(1.0, 2.0), metadata={"help": "alpha = ratio * rank."}
+    )
+    learning_rates: tuple[float, float] = field(
+        default=(3e-4, 3e-3), metadata={"help": "Learning-rate range, sampled log-uniformly."}
+    )
+    dropouts: tuple[float, ...] = field(default=(0.0, 0.05), metadata={"help": "LoRA dropouts."})
+    epochs: tuple[int, ...] = field(default=(2, 3, 4), metadata={"help": "Epoch counts."})
+    last_layers: tuple[int | None, ...] = field(
+        default=(None, 10),
+        metadata={"help": "Target layers: None for all, N for the last N (faster)."},
+    )
+    n_random: int = field(default=4, metadata={"help": "n: random configurations first."})
+    top_k: int = field(
+        default=2, metadata={"help": "k: configurations whose neighbourhood is searched."}
+    )
+    keep: int = field(default=3, metadata={"help": "Adapters kept per cluster."})
+    max_trials: int = field(default=8, metadata={"help": "Trial budget of one optimize()."})
+    max_seconds: float = field(
+        default=900.0, metadata={"help": "Time budget of one optimize(); no trial starts after it."}
+    )
+    min_samples: int = field(default=12, metadata={"help": "Smallest cluster to train on."})
+    validation_fraction: float = field(
+        default=0.25, metadata={"help": "Share of a cluster's samples held out for ranking."}
+    )
+    canary_margin: float = field(
+        default=0.05,
+        metadata={"help": "An adapter losing more canary exact match than this is discarded."},
+    )
+    max_on_disk: int = field(default=50, metadata={"help": "N: adapters kept on disk."})
+    max_loaded: int = field(default=4, metadata={"help": "M: adapters loaded in memory (LRU)."})
+    route_threshold: float = field(
+        default=0.6, metadata={"help": "Routing needs centroid cosine at least this."}
+    )
+    batch_size: int = field(default=16, metadata={"help": "Training batch size."})
+    seed: int = field(default=0, metadata={"help": "Seed of the split and the search."})
+    lock_timeout: float = field(default=10.0, metadata={"help": "Database lock timeout (s)."})
+
+    def __post_init__(self) -> None:
+        for name in ("ranks", "alpha_ratios", "dropouts", "epochs", "last_layers"):
+            if not getattr(self, name):
+                raise ValueError(f"search space {name} is empty")
+        low, high = self.learning_rates
+        if not 0 < low <= high:
+            raise ValueError(f"learning_rates must satisfy 0 < low <= high: {self.learning_rates}")
+        if any(r < 1 for r in self.ranks) or any(e < 1 for e in self.epochs):
+            raise ValueError("ranks and epochs must be at least 1")
+        if any(not 0 <= d < 1 for d in self.dropouts) or any(a <= 0 for a in self.alpha_ratios):
+            raise ValueError("dropouts must lie in [0, 1) and alpha_ratios be positive")
+        if any(n is not None and n < 1 for n in self.last_layers):
+            raise ValueError("last_layers entries must be None or at least 1")
+        if min(self.n_random, self.top_k, self.keep, self.max_trials) < 1:
+            raise ValueError("n_random, top_k, keep and max_trials must be at least 1")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must lie in (0, 1): {self.validation_fraction}")
+        if self.min_samples < 4:
+            raise ValueError(f"min_samples must be at least 4, not {self.min_samples}")
+        if self.max_loaded < 1 or self.max_on_disk < self.keep:
+            raise ValueError("max_loaded must be at least 1 and max_on_disk at least keep")
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """A registered adapter (a row of the ``adapters`` table)."""
+
+    id: str
+    cluster_id: int
+    tag: str
+    rank: int
+    """Its place among its cluster's adapters: 1 is the best."""
+    config: dict[str, Any]
+    val_em: float
+    val_loss: float
+    base_val_em: float
+    canary_em: float | None
+    train_seconds: float
+    samples: int
+    path: str
+    checksum: str
+    status: str
+    created: float
+    last_used: float | None
+    uses: int
+    wins: int
+
+
+@dataclass
+class _Trial:
+    number: int
+    config: LoRATrainConfig
+    name: str
+    val_em: float = 0.0
+    val_loss: float = math.inf
+    seconds: float = 0.0
+
+
+class LoRAStore(LazyEmbeddings):
+    """The LoRA Store over the project's SQLite file and an adapter folder ``root``.
+
+    ``canary`` pairs are steps the base model answers right; an adapter whose exact match
+    on them falls more than ``canary_margin`` below the base model's is discarded (this
+    keeps the paper's "preserve accuracy" requirement). Add them with ``add_canary``.
+    """
+
+    def __init__(
+        self,
+        db: str | Path,
+        root: str | Path,
+        model: ChatSage,
+        config: StoreConfig | None = None,
+        embeddings: Embeddings | None = None,
+    ) -> None:
+        self.config = config or StoreConfig()
+        self.db = open_database(db, timeout=self.config.lock_timeout)
+        self.root = Path(root)
+        self.model = model
+        self._embeddings = embeddings
+        self._loaded: OrderedDict[str, None] = OrderedDict()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise StoreError(f"adapter folder {self.root} is not writable: {error}") from error
+        self._ensure_tables()
+
+    # CLO
+
+    def optimize(
+        self,
+        cluster: Cluster,
+        *,
+        max_seconds: float | None = None,
+        progress: Callable[[StoreEvent], None] | None = None,
+    ) -> list[AdapterRecord]:
+        """Run Cluster-aware LoRA Optimisation on ``cluster``; returns the kept adapters,
+        best first (empty when none beat the base model and passed the gate)."""
+        budget = self.config.max_seconds if max_seconds is None else max_seconds
+        if budget <= 0:
+            raise StoreError(f"time budget must be positive, not {budget}")
+        train, val = self._split(cluster)
+        emit = progress or (lambda _event: None)
+        started = time.perf_counter()
+        base = evaluate(self.model, None, val)
+        canary = self.canary()
+        base_canary = evaluate(self.model, None, canary).exact_match if canary else None
+        rng = random.Random(f"{self.config.seed}:{cluster.id}:{cluster.version}")
+        run_id = uuid.uuid4().hex[:8]
+        trials: list[_Trial] = []
+
+        def run(config: LoRATrainConfig, bar: tqdm) -> None:
+            if time.perf_counter() - started > budget or len(trials) >= self.config.max_trials:
+                return
+            trial = _Trial(len(trials) + 1, config, f"trial-{run_id}-{len(trials) + 1}")
+            trials.append(trial)
+            emit(
+                {
+                    "event": "trial_started",
+                    "trial": trial.number,
+                    "of": self.config.max_trials,
+                    "cluster_id": cluster.id,
+                    "config": _config_dict(config),
+                }
+            )
+            result = train_lora(self.model, trial.name, train, config)
+            scores = evaluate(self.model, trial.name, val)
+            trial.val_em, trial.val_loss, trial.seconds = (
+                scores.exact_match,
+                scores.loss,
+                result.seconds,
+            )
+            emit(
+                {
+                    "event": "trial_done",
+                    "trial": trial.number,
+                    "cluster_id": cluster.id,
+                    "val_em": trial.val_em,
+                    "val_loss": trial.val_loss,
+                    "seconds": result.seconds,
+                }
+            )
+            bar.update(1)
+            bar.set_postfix(best_em=max(t.val_em for t in trials))
+
+        with tqdm(
+            total=self.config.max_trials,
+            desc=f"LoRA search, cluster {cluster.id}",
+            unit="trial",
+            leave=False,
+        ) as bar:
+            for _ in range(self.config.n_random):
+                run(self._sample(rng), bar)
+            for leader in sorted(trials, key=_ranking)[: self.config.top_k]:
+                for neighbour in self._neighbours(leader.config):
+                    run(neighbour, bar)
+
+        if not trials:
+            raise StoreError(f"time budget of {budget:g} s was used up before the first trial")
+        previous = self.adapters(cluster.id)
+        try:
+            kept = self._keep(cluster, trials, train, base.exact_match, canary, base_canary, emit)
+        finally:
+            for trial in trials:
+                if trial.name in self.model.adapters:
+                    self.model.delete_adapter(trial.name)
+        if kept:  # the new adapters saw the cluster's current members; retire the old ones
+            for old in previous:
+                self.remove(old.id)
+        self._evict()
+        return kept
+
+    def _split(self, cluster: Cluster) -> tuple[list[TrainingPair], list[TrainingPair]]:
+        pairs, missing = [], 0
+        for sample in cluster.samples:
+            reference = (sample.payload or {}).get("reference")
+            if reference is None or not str(reference).strip():
+                missing += 1
+                continue
+            pairs.append(TrainingPair(sample.text, str(reference)))
+        if len(pairs) < self.config.min_samples:
+            raise StoreError(
+                f"cluster {cluster.id} has {len(pairs)} samples with a reference "
+                f"({missing} without one); training needs at least {self.config.min_samples}"
+            )
+        random.Random(f"{self.config.seed}:{cluster.id}").shuffle(pairs)
+        n_val = max(2, round(len(pairs) * self.config.validation_fraction))
+        return pairs[n_val:], pairs[:n_val]
+
+    def _sample(self, rng: random.Random) -> LoRATrainConfig:
+        rank = rng.choice(self.config.ranks)
+        low, high = self.config.learning_rates
+        return LoRATrainConfig(
+            rank=rank,
+            alpha=rank * rng.choice(self.config.alpha_ratios),
+            learning_rate=math.exp(rng.uniform(math.log(low), math.log(high))),
+            dropout=rng.choice(self.config.dropouts),
+            epochs=rng.choice(self.config.epochs),
+            last_layers=rng.choice(self.config.last_layers),
+            batch_size=self.config.batch_size,
+            seed=self.config.seed,
+        )
+
+    def _neighbours(self, config: LoRATrainConfig) -> list[LoRATrainConfig]:
+        """Half and double the rank (within the search space's ranks, alpha scaled
+        along), then half and double the learning rate (within its range)."""
+        ranks = sorted(self.config.ranks)
+        position = ranks.index(config.rank) if config.rank in ranks else 0
+        low, high = self.config.learning_rates
+        found = []
+        for step in (-1, 1):
+            if 0 <= position + step < len(ranks):
+                rank = ranks[position + step]
+                found.append(_replace(config, rank=rank, alpha=config.alpha * rank / config.rank))
+        for factor in (0.5, 2.0):
+            rate = config.learning_rate * factor
+            if low <= rate <= high:
+                found.append(_replace(config, learning_rate=rate))
+        return found
+
+    def _keep(self, cluster, trials, train, base_em, canary, base_canary, emit):
+        kept: list[AdapterRecord] = []
+        for trial in sorted(trials, key=_ranking):
+            outcome, canary_em = "kept", None
+            if len(kept) == self.config.keep:
+                outcome = f"ranked below the {self.config.keep} kept"
+            elif trial.val_em <= base_em:
+                outcome = f"validation EM {trial.val_em:.3f} does not beat the base {base_em:.3f}"
+            elif canary:
+                canary_em = evaluate(self.model, trial.name, canary).exact_match
+                if canary_em < base_canary - self.config.canary_margin:
+                    outcome = (
+                        f"canary EM {canary_em:.3f} is below the base {base_canary:.3f} "
+                        f"by more than {self.config.canary_margin}"
+                    )
+            if outcome == "kept":
+                kept.append(
+                    self._register(cluster, trial, len(kept) + 1, len(train), base_em, canary_em)
+                )
+                emit(
+                    {
+                        "event": "adapter_kept",
+                        "cluster_id": cluster.id,
+                        "adapter": kept[-1].id,
+                        "val_em": trial.val_em,
+                    }
+                )
+            else:
+                log.info("cluster %s, trial %s discarded: %s", cluster.id, trial.number, outcome)
+            self._log_trial(
+                cluster, trial, outcome, canary_em, kept[-1].id if outcome == "kept" else None
+            )
+        return kept
+
+    # files and registry
+
+    def _register(
+        self,
+        cluster: Cluster,
+        trial: _Trial,
+        rank: int,
+        samples: int,
+        base_em: float,
+        canary_em: float | None,
+    ) -> AdapterRecord:
+        adapter_id = uuid.uuid4().hex[:12]
+        temporary = self.root / f".tmp-{adapter_id}"
+        final = self.root / adapter_id
+        save_adapter(self.model, trial.name, temporary)
+        for path in temporary.iterdir():
+            _fsync(path)
+        checksum = _checksum(temporary)
+        os.replace(temporary, final)
+        _fsync(self.root)
+        row = {
+            "id": adapter_id,
+            "cluster_id": cluster.id,
+            "tag": cluster.tag,
+            "rank": rank,
+            "config": json.dumps(_config_dict(trial.config)),
+            "val_em": trial.val_em,
+            "val_loss": trial.val_loss,
+            "base_val_em": base_em,
+            "canary_em": canary_em,
+            "train_seconds": trial.seconds,
+            "samples": samples,
+            "centroid": np.asarray(cluster.centroid, dtype=np.float32).tobytes(),
+            "path": str(final),
+            "checksum": checksum,
+            "status": "ready",
+            "created": time.time(),
+            "last_used": None,
+            "uses": 0,
+            "wins": 0,
+        }
+        with transaction(self.db):
+            self.db["adapters"].insert(row)
+        return _record(row)
+
+    def _log_trial(self, cluster, trial, outcome, canary_em, adapter_id) -> None:
+        with transaction(self.db):
+            self.db["trials"].insert(
+                {
+                    "cluster_id": cluster.id,
+                    "cluster_version": cluster.version,
+                    "number": trial.number,
+                    "config": json.dumps(_config_dict(trial.config)),
+                    "val_em": trial.val_em,
+                    "val_loss": trial.val_loss,
+                    "canary_em": canary_em,
+                    "seconds": trial.seconds,
+                    "outcome": outcome,
+                    "adapter_id": adapter_id,
+                    "created": time.time(),
+                }
+            )
+
+    def adapters(
+        self, cluster_id: int | None = None, *, status: str | None = "ready"
+    ) -> list[AdapterRecord]:
+        """Registered adapters, by cluster then rank."""
+        clauses, args = [], []
+        if cluster_id is not None:
+            clauses, args = ["cluster_id = ?"], [cluster_id]
+        if status is not None:
+            clauses.append("status = ?")
+            args.append(status)
+        rows = self.db["adapters"].rows_where(
+            " AND ".join(clauses) or None, args, order_by="cluster_id, rank"
+        )
+        return [_record(r) for r in rows]
+
+    def get(self, adapter_id: str) -> AdapterRecord:
+        row = next(self.db["adapters"].rows_where("id = ?", [adapter_id]), None)
+        if row is None:
+            raise KeyError(f"no adapter {adapter_id!r} in the registry")
+        return _record(row)
+
+    def load(self, adapter_id: str) -> str:
+        """Load a registered adapter into the chat model (verifying its checksum) and
+        return the name it is loaded under; keeps at most ``max_loaded`` in memory."""
+        record = self.get(adapter_id)
+        if record.status != "ready":
+            raise CorruptAdapter(f"adapter {adapter_id} is {record.status}; it is not loaded")
+        if adapter_id in self._loaded:
+            self._loaded.move_to_end(adapter_id)
+            return adapter_id
+        found = _checksum(Path(record.path)) if Path(record.path).is_dir() else None
+        if found != record.checksum:
+            with transaction(self.db):
+                self.db["adapters"].update(adapter_id, {"status": "broken"})
+            raise CorruptAdapter(
+                f"adapter {adapter_id} at {record.path} does not match its checksum "
+                "(missing or changed files); marked broken and not loaded"
+            )
+        self.model.load_adapter(record.path, adapter_id)
+        self._loaded[adapter_id] = None
+        while len(self._loaded) > self.config.max_loaded:
+            oldest, _ = self._loaded.popitem(last=False)
+            if self.model.active_adapter == oldest:
+                self.model.set_adapter(None)
+            self.model.delete_adapter(oldest)
+        return adapter_id
+
+    def record_use(self, adapter_id: str, *, won: bool) -> None:
+        """Count a use of an adapter, and a win when its answer passed the Trigger."""
+        with transaction(self.db):
+            row = self.get(adapter_id)
+            self.db["adapters"].update(
+                adapter_id,
+                {"uses": row.uses + 1, "wins": row.wins + int(won), "last_used": time.time()},
+            )
+
+    def remove(self, adapter_id: str) -> None:
+        """Delete an adapter: files and row together."""
+        record = self.get(adapter_id)
+        if adapter_id in self._loaded:
+            if self.model.active_adapter == adapter_id:
+                self.model.set_adapter(None)
+            self.model.delete_adapter(adapter_id)
+            del self._loaded[adapter_id]
+        with transaction(self.db):
+            self.db["adapters"].delete(adapter_id)
+            shutil.rmtree(record.path, ignore_errors=True)
+
+    def _evict(self) -> None:
+        """Past ``max_on_disk`` ready adapters, remove the least recently used."""
+        ready = self.db.execute(
+            "SELECT id FROM adapters WHERE status = 'ready' "
+            "ORDER BY COALESCE(last_used, created) DESC"
+        ).fetchall()
+        for (adapter_id,) in ready[self.config.max_on_disk :]:
+            log.info("evicting adapter %s (pool limit %d)", adapter_id, self.config.max_on_disk)
+            self.remove(adapter_id)
+
+    # routing
+
+    def route(self, text: str, tag: str | None = None) -> list[AdapterRecord]:
+        """The adapters of the cluster whose centroid is nearest to ``text`` (cosine at least
+        ``route_threshold``, same tag when one is given), best first; [] when none is."""
+        rows = list(
+            self.db.execute(
+                "SELECT cluster_id, centroid FROM adapters WHERE status = 'ready'"
+                + (" AND tag = ?" if tag is not None else "")
+                + " GROUP BY cluster_id",
+                [tag] if tag is not None else [],
+            )
+        )
+        if not rows:
+            return []
+        vector = np.asarray(self.embeddings.embed_query(text), dtype=np.float64)
+        vector /= np.linalg.norm(vector) or 1.0
+        best, best_cosine = None, self.config.route_threshold
+        for cluster_id, blob in rows:
+            centroid = np.frombuffer(blob, dtype=np.float32).astype(np.float64)
+            cosine = float(vector @ centroid / (np.linalg.norm(centroid) or 1.0))
+            if cosine >= best_cosine:
+                best, best_cosine = cluster_id, cosine
+        return [] if best is None else self.adapters(best)
+
+    # canary
+
+    def add_canary(self, pairs: Sequence[TrainingPair]) -> None:
+        """Add steps the base model answers right to the regression-gate canary set."""
+        with transaction(self.db):
+            self.db["canary"].insert_all(
+                [{"prompt": p.prompt, "answer": p.answer} for p in pairs], ignore=True
+            )
+
+    def canary(self) -> list[TrainingPair]:
+        return [TrainingPair(r["prompt"], r["answer"]) for r in self.db["canary"].rows]
+
+    def _ensure_tables(self) -> None:
+        with transaction(self.db):
+            self.db["adapters"].create(
+                {
+                    "id": str,
+                    "cluster_id": int,
+                    "tag": str,
+                    "rank": int,
+                    "config": str,
+                    "val_em": float,
+                    "val_loss": float,
+                    "base_val_em": float,
+                    "canary_em": float,
+                    "train_seconds": float,
+                    "samples": int,
+                    "centroid": bytes,
+                    "path": str,
+                    "checksum": str,
+                    "status": str,
+                    "created": float,
+                    "last_used": float,
+                    "uses": int,
+                    "wins": int,
+                },
+                pk="id",
+                if_not_exists=True,
+            )
+            self.db["trials"].create(
+                {
+                    "id": int,
+                    "cluster_id": int,
+                    "cluster_version": int,
+                    "number": int,
+                    "config": str,
+                    "val_em": float,
+                    "val_loss": float,
+                    "canary_em": float,
+                    "seconds": float,
+                    "outcome": str,
+                    "adapter_id": str,
+                    "created": float,
+                },
+                pk="id",
+                if_not_exists=True,
+            )
+            self.db["canary"].create(
+                {"prompt": str, "answer": str}, pk="prompt", if_not_exists=True
+            )
+            self.db["adapters"].create_index(["cluster_id"], if_not_exists=True)
+
+
+def _ranking(trial: _Trial) -> tuple[float, float]:
+    """Best first: higher validation exact match, then lower validation loss."""
+    return (-trial.val_em, trial.val_loss)
+
+
+def _replace(config: LoRATrainConfig, **changes: Any) -> LoRATrainConfig:
+    return LoRATrainConfig(**{**asdict(config), **changes})
+
+
+def _config_dict(config: LoRATrainConfig) -> dict[str, Any]:
+    data = asdict(config)
+    data["target_modules"] = list(data["target_modules"])
+    return data
+
+
+def _record(row: dict[str, Any]) -> AdapterRecord:
+    data = {k: v for k, v in row.items() if k != "centroid"}
+    data["config"] = json.loads(data["config"])
+    return AdapterRecord(**data)
+
+
+def _checksum(folder: Path) -> str:
+    """SHA-256 over the adapter's files (names and contents), in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

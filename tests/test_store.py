@@ -1,0 +1,225 @@
+"""LoRA Store on the tiny llama: CLO, atomic saving and the registry, checksums, routing,
+the regression gate, pool limits, and bad input."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sage_agent import ChatSage
+from sage_agent.buffer import Cluster, Sample
+from sage_agent.store import CorruptAdapter, LoRAStore, StoreConfig, StoreError
+from sage_agent.trainer import TrainingPair
+
+# A task the tiny random model can learn in seconds: every answer is "7".
+LEARNABLE = StoreConfig(
+    learning_rates=(5e-3, 2e-2),
+    epochs=(6,),
+    ranks=(4, 8),
+    last_layers=(None,),
+    max_trials=5,
+    n_random=3,
+    top_k=1,
+)
+
+
+def make_cluster(
+    embeddings,
+    cluster_id: int = 1,
+    words: str = "apples",
+    n: int = 20,
+    version: int = 1,
+    reference: str | None = "7",
+) -> Cluster:
+    samples = [
+        Sample(
+            cluster_id * 1000 + i,
+            f"Compute {i}+{7 - i}. {words}",
+            "+",
+            {"reference": reference} if reference is not None else {},
+        )
+        for i in range(n)
+    ]
+    centroid = np.mean(embeddings.embed_documents([s.text for s in samples]), axis=0)
+    return Cluster(
+        cluster_id, "+", n, centroid / np.linalg.norm(centroid), frozenset(), version, None, samples
+    )
+
+
+@pytest.fixture
+def chat(tiny_model_dir: Path) -> ChatSage:
+    return ChatSage(model=str(tiny_model_dir), max_tokens=4)
+
+
+@pytest.fixture
+def store(chat: ChatSage, tmp_path: Path, bow_embeddings) -> LoRAStore:
+    return LoRAStore(
+        tmp_path / "sage.sqlite", tmp_path / "adapters", chat, LEARNABLE, embeddings=bow_embeddings
+    )
+
+
+def test_optimize_keeps_three_ranked_adapters(
+    store: LoRAStore, chat: ChatSage, bow_embeddings
+) -> None:
+    events = []
+    kept = store.optimize(make_cluster(bow_embeddings), progress=events.append)
+    assert [k.rank for k in kept] == [1, 2, 3]
+    assert all(k.val_em > k.base_val_em for k in kept)
+    ranking = [(-k.val_em, k.val_loss) for k in kept]
+    assert ranking == sorted(ranking)
+    for record in kept:
+        folder = Path(record.path)
+        assert folder.parent == store.root and folder.name == record.id
+        assert {p.name for p in folder.iterdir()} == {
+            "adapter_config.json",
+            "adapter_model.safetensors",
+        }
+    assert not list(store.root.glob(".tmp-*"))
+    assert chat.adapters == {}  # no trial adapter left in memory
+    trials = list(store.db["trials"].rows)
+    assert len(trials) == 5  # every trial logged, kept or not
+    assert sum(t["outcome"] == "kept" for t in trials) == 3
+    names = [e["event"] for e in events]
+    assert names.count("trial_started") == names.count("trial_done") == 5
+    assert names.count("adapter_kept") == 3
+    # 3 random trials, then the neighbourhood of the best: its other rank and, where the
+    # learning-rate range allows, half and double its rate, up to the budget of 5.
+    configs = [t["config"] for t in trials]
+    assert len({c for c in configs}) == 5
+
+
+def test_registry_survives_a_new_store(
+    store: LoRAStore, chat: ChatSage, tmp_path: Path, bow_embeddings
+) -> None:
+    kept = store.optimize(make_cluster(bow_embeddings))
+    again = LoRAStore(
+        tmp_path / "sage.sqlite", tmp_path / "adapters", chat, LEARNABLE, embeddings=bow_embeddings
+    )
+    assert again.adapters() == kept
+    assert again.get(kept[0].id).checksum == kept[0].checksum
+
+
+def test_reoptimizing_a_cluster_retires_its_old_adapters(store, bow_embeddings) -> None:
+    first = store.optimize(make_cluster(bow_embeddings, version=1))
+    second = store.optimize(make_cluster(bow_embeddings, version=2))
+    assert [a.id for a in store.adapters(1)] == [a.id for a in second]
+    assert not any(Path(a.path).exists() for a in first)
+
+
+def test_route_finds_the_nearest_cluster(store: LoRAStore, bow_embeddings) -> None:
+    assert store.route("Compute 3+4. apples") == []  # nothing registered yet
+    kept = store.optimize(make_cluster(bow_embeddings))
+    assert [a.id for a in store.route("Compute 3+4. apples")] == [a.id for a in kept]
+    assert store.route("Compute 3+4. apples", tag="*") == []
+    assert store.route("an unrelated sentence about weather") == []
+
+
+def test_load_verifies_the_checksum(store: LoRAStore, chat: ChatSage, bow_embeddings) -> None:
+    best, second, _ = store.optimize(make_cluster(bow_embeddings))
+    assert store.load(best.id) == best.id and best.id in chat.adapters
+    weights = Path(second.path) / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # truncated on disk
+    with pytest.raises(CorruptAdapter, match="does not match its checksum"):
+        store.load(second.id)
+    assert store.get(second.id).status == "broken"
+    assert second.id not in chat.adapters
+    with pytest.raises(CorruptAdapter, match="broken"):
+        store.load(second.id)
+    assert [a.id for a in store.adapters(1)] == [best.id, store.adapters(1)[1].id]
+
+
+def test_loaded_adapters_are_an_lru_of_max_loaded(chat, tmp_path, bow_embeddings) -> None:
+    store = LoRAStore(
+        tmp_path / "db.sqlite",
+        tmp_path / "a",
+        chat,
+        StoreConfig(**{**LEARNABLE.__dict__, "max_loaded": 2}),
+        embeddings=bow_embeddings,
+    )
+    ids = [a.id for a in store.optimize(make_cluster(bow_embeddings))]
+    store.load(ids[0])
+    store.load(ids[1])
+    store.load(ids[0])  # ids[0] is now the most recent
+    store.load(ids[2])  # evicts ids[1]
+    assert set(chat.adapters) == {ids[0], ids[2]}
+
+
+def test_pool_limit_deletes_files_and_rows_together(chat, tmp_path, bow_embeddings) -> None:
+    store = LoRAStore(
+        tmp_path / "db.sqlite",
+        tmp_path / "a",
+        chat,
+        StoreConfig(**{**LEARNABLE.__dict__, "max_on_disk": 4}),
+        embeddings=bow_embeddings,
+    )
+    first = store.optimize(make_cluster(bow_embeddings, cluster_id=1))
+    store.record_use(first[0].id, won=True)
+    second = store.optimize(make_cluster(bow_embeddings, cluster_id=2, words="pears"))
+    remaining = {a.id for a in store.adapters()}
+    assert len(remaining) == 4
+    assert first[0].id in remaining  # recently used survives
+    assert {a.id for a in second} <= remaining
+    on_disk = {p.name for p in store.root.iterdir() if not p.name.startswith(".")}
+    assert on_disk == remaining
+    used = store.get(first[0].id)
+    assert (used.uses, used.wins) == (1, 1) and used.last_used is not None
+
+
+def test_regression_gate_discards_adapters_that_forget(
+    store: LoRAStore, chat: ChatSage, bow_embeddings
+) -> None:
+    # A canary is what the base model answers right: here, its own answers to other prompts.
+    prompts = [f"Compute {i}*{i}. pears" for i in range(6)]
+    answers = chat.bind(max_tokens=12).batch(prompts)  # as evaluate() answers them
+    store.add_canary([TrainingPair(p, m.text) for p, m in zip(prompts, answers, strict=True)])
+    kept = store.optimize(make_cluster(bow_embeddings))  # adapters learn to answer "7"
+    assert kept == []
+    outcomes = [t["outcome"] for t in store.db["trials"].rows]
+    assert any("canary EM 0.000 is below the base 1.000" in o for o in outcomes), outcomes
+    assert list(store.root.iterdir()) == []
+
+
+def test_bad_input(store: LoRAStore, chat: ChatSage, bow_embeddings, tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="training needs at least 12"):
+        store.optimize(make_cluster(bow_embeddings, n=8))
+    with pytest.raises(StoreError, match="20 without one"):
+        store.optimize(make_cluster(bow_embeddings, reference=None))
+    with pytest.raises(StoreError, match="time budget must be positive"):
+        store.optimize(make_cluster(bow_embeddings), max_seconds=0)
+    with pytest.raises(KeyError, match="no adapter 'nope'"):
+        store.load("nope")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permissions; use a file instead
+            locked = tmp_path / "a-file"
+            locked.write_text("")
+        with pytest.raises(StoreError, match="not writable"):
+            LoRAStore(tmp_path / "x.sqlite", locked / "adapters", chat, LEARNABLE)
+    finally:
+        os.chmod(tmp_path / "locked", 0o700)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"ranks": ()},
+        {"learning_rates": (1e-3, 1e-4)},
+        {"learning_rates": (0.0, 1e-3)},
+        {"epochs": (0,)},
+        {"dropouts": (1.0,)},
+        {"n_random": 0},
+        {"validation_fraction": 1.0},
+        {"min_samples": 2},
+        {"max_on_disk": 1},
+        {"last_layers": (0,)},
+    ],
+)
+def test_bad_config(config: dict) -> None:
+    with pytest.raises(ValueError):
+        StoreConfig(**config)

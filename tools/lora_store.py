@@ -1,0 +1,88 @@
+"""LangChain tools over the LoRA Store: train adapters for a cluster, route a text."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Literal
+
+from langchain_core.tools import BaseTool, ToolException
+from pydantic import BaseModel, ConfigDict, Field
+
+from sage_agent.buffer import TriggerBuffer
+from sage_agent.store import LoRAStore, StoreError
+
+
+class LoRAStoreArgs(BaseModel):
+    cluster_id: int = Field(description="Id of the failure cluster to train adapters for.")
+    budget_seconds: float | None = Field(
+        default=None, gt=0, description="Time budget of the search; the store's default if unset."
+    )
+
+
+class LoRAStoreTool(BaseTool):
+    """Runs Cluster-aware LoRA Optimisation on a cluster of the Trigger Buffer. Returns a
+    short summary; the adapter records are the tool message's artifact. Failures (a
+    cluster too small, a used-up budget, out of memory) become an error ToolMessage."""
+
+    name: str = "lora_store"
+    description: str = (
+        "Train LoRA adapters for a cluster of failed steps and keep the best three. "
+        "Input: the cluster id and an optional time budget in seconds."
+    )
+    args_schema: type[BaseModel] = LoRAStoreArgs
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    handle_tool_error: bool = True
+    store: LoRAStore
+    buffer: TriggerBuffer
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    def _run(
+        self, cluster_id: int, budget_seconds: float | None = None, **_: Any
+    ) -> tuple[str, list[dict[str, Any]]]:
+        try:
+            cluster = self.buffer.cluster(cluster_id)
+            kept = self.store.optimize(cluster, max_seconds=budget_seconds)
+        except (KeyError, StoreError, MemoryError) as error:
+            raise ToolException(f"lora_store failed for cluster {cluster_id}: {error}") from error
+        self.buffer.mark_trained(cluster.id, cluster.version)
+        if not kept:
+            return (
+                f"No adapter for cluster {cluster.id} (tag {cluster.tag!r}) beat the base "
+                "model and passed the regression gate.",
+                [],
+            )
+        best = kept[0]
+        summary = (
+            f"Kept {len(kept)} adapters for cluster {cluster.id} (tag {cluster.tag!r}, "
+            f"{cluster.size} samples): best {best.id} with validation EM {best.val_em:.2f} "
+            f"(base {best.base_val_em:.2f})."
+        )
+        return summary, [asdict(record) for record in kept]
+
+
+class RouteAdapterArgs(BaseModel):
+    text: str = Field(description="The step to answer.")
+    tag: str | None = Field(default=None, description="Its structure tag, if known.")
+
+
+class RouteAdapterTool(BaseTool):
+    """The adapters routed to a text (nearest cluster centroid above the threshold)."""
+
+    name: str = "route_adapter"
+    description: str = "Find the LoRA adapters trained on failures like this step, best first."
+    args_schema: type[BaseModel] = RouteAdapterArgs
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    store: LoRAStore
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    def _run(self, text: str, tag: str | None = None, **_: Any) -> tuple[str, list[dict[str, Any]]]:
+        routed = self.store.route(text, tag=tag)
+        if not routed:
+            return "No adapter is close enough; answer with the base model.", []
+        return (
+            f"{len(routed)} adapters of cluster {routed[0].cluster_id}: "
+            + ", ".join(f"{r.id} (EM {r.val_em:.2f})" for r in routed),
+            [asdict(record) for record in routed],
+        )
