@@ -5,9 +5,9 @@
 
 Each atom is the atomic-step prompt ("Compute 16-3-4. Reply with the number only."), the
 text a failed sample carries. Ablation: GSM8K atoms, labelled by operator signature,
-streamed through four variants of
-the same TriggerBuffer: HDBSCAN alone (one buffer, every clustering kept), + stability
-check, + merge, and full SBC (operator tags, gamma assignment, stability, merge). Scores
+streamed through four variants of the same TriggerBuffer: HDBSCAN alone (one buffer,
+every clustering kept), + stability check, + merge, and full SBC (operator tags, gamma
+assignment, stability, merge). Scores
 over the clustered atoms: homogeneity, completeness, ARI, NMI against the operator label,
 mean cosine of members to their centroid, the spread of cluster sizes (coefficient of
 variation) and the share of atoms clustered.
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shlex
 import sys
 import tempfile
@@ -35,6 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import matplotlib
 import numpy as np
+from common import gsm8k_steps
 from langchain_core.embeddings import Embeddings
 from sklearn.metrics import (
     adjusted_rand_score,
@@ -45,7 +45,7 @@ from sklearn.metrics import (
 
 from sage_agent import default_embeddings
 from sage_agent.buffer import BufferConfig, TriggerBuffer
-from sage_agent.steps import MalformedTask, steps_from_gsm8k
+from sage_agent.demo import ATOMIC_PROMPT
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -77,21 +77,15 @@ class PrecomputedEmbeddings(Embeddings):
         return self.vectors[text]
 
 
-def load_atoms(path: Path, limit: int | None, seed: int) -> list[tuple[str, str]]:
-    """(text, operator signature) per atomic step, from problems in a seeded order."""
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    random.Random(seed).shuffle(records)
+def load_atoms(path: Path, limit: int, seed: int) -> list[tuple[str, str]]:
+    """(atomic-step prompt, operator signature) of the first ``limit`` steps that have an
+    operator: a failure sample is the prompt the model failed on."""
     atoms = []
-    for i, record in enumerate(records):
-        try:
-            steps = steps_from_gsm8k(record, task_id=str(i))
-        except MalformedTask:
-            continue
-        atoms += [
-            (f"{s.question} Compute {s.expression}.", s.tag) for s in steps if s.tag != "default"
-        ]
-        if limit and len(atoms) >= limit:
-            return atoms[:limit]
+    for step in gsm8k_steps(path, seed):
+        if step.tag != "default":
+            atoms.append((ATOMIC_PROMPT.format(expression=step.expression), step.tag))
+            if len(atoms) == limit:
+                break
     return atoms
 
 

@@ -19,9 +19,7 @@ benchmarks/results/trainer.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import random
 import shlex
 import sys
 import tempfile
@@ -31,11 +29,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from common import gsm8k_steps
 from langchain_core.messages import HumanMessage
 from peft import LoraConfig, get_peft_model
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-from sage_agent import ChatSage, MalformedTask, steps_from_gsm8k
+from sage_agent import ChatSage
 from sage_agent.demo import ATOMIC_PROMPT
 from sage_agent.embedded import smollm2_gguf
 from sage_agent.trainer import (
@@ -51,22 +50,14 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def load_pairs(path: Path, tag: str, count: int, seed: int) -> list[TrainingPair]:
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    random.Random(seed).shuffle(records)
-    pairs = []
-    for i, record in enumerate(records):
-        try:
-            steps = steps_from_gsm8k(record, task_id=str(i))
-        except MalformedTask:
-            continue
-        pairs += [
-            TrainingPair(ATOMIC_PROMPT.format(expression=s.expression), s.reference)
-            for s in steps
-            if s.tag == tag
-        ]
-        if len(pairs) >= count:
-            return pairs[:count]
-    raise SystemExit(f"only {len(pairs)} atoms with tag {tag!r} in {path}")
+    pairs = [
+        TrainingPair(ATOMIC_PROMPT.format(expression=step.expression), step.reference)
+        for step in gsm8k_steps(path, seed)
+        if step.tag == tag
+    ][:count]
+    if len(pairs) < count:
+        raise SystemExit(f"only {len(pairs)} atoms with tag {tag!r} in {path}")
+    return pairs
 
 
 def baseline(train: list[TrainingPair], config: LoRATrainConfig, folder: Path) -> float:

@@ -83,7 +83,7 @@ def test_buffer_on_600_atoms_is_homogeneous_and_persistent(embedded_embeddings, 
     buffer = TriggerBuffer(path, embeddings=embedded_embeddings)
     for step in steps:  # one add at a time, as a stream
         buffer.add(
-            f"{step.question} Compute {step.expression}.",
+            ATOMIC_PROMPT.format(expression=step.expression),
             payload={"expression": step.expression, "reference": step.reference},
         )
     clusters = buffer.clusters()
