@@ -30,6 +30,7 @@ import numpy as np
 from langchain_core.embeddings import Embeddings
 from tqdm.auto import tqdm
 
+from sage_agent.augment import augment_pairs
 from sage_agent.buffer import Cluster
 from sage_agent.chat_model import ChatSage
 from sage_agent.database import open_database, transaction
@@ -77,6 +78,13 @@ class StoreConfig:
         default=900.0, metadata={"help": "Time budget of one optimize(); no trial starts after it."}
     )
     min_samples: int = field(default=12, metadata={"help": "Smallest cluster to train on."})
+    augment: int = field(
+        default=4,
+        metadata={
+            "help": "Verifier-labelled variants added per training sample whose payload has "
+            "an expression (see sage_agent.augment); 0 trains on the cluster's samples alone."
+        },
+    )
     validation_fraction: float = field(
         default=0.25, metadata={"help": "Share of a cluster's samples held out for ranking."}
     )
@@ -110,6 +118,8 @@ class StoreConfig:
             raise ValueError("n_random, top_k, keep and max_trials must be at least 1")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must lie in (0, 1): {self.validation_fraction}")
+        if self.augment < 0:
+            raise ValueError(f"augment must be non-negative, not {self.augment}")
         if self.min_samples < 4:
             raise ValueError(f"min_samples must be at least 4, not {self.min_samples}")
         if self.max_loaded < 1 or self.max_on_disk < self.keep:
@@ -268,21 +278,26 @@ class LoRAStore(LazyEmbeddings):
         return kept
 
     def _split(self, cluster: Cluster) -> tuple[list[TrainingPair], list[TrainingPair]]:
-        pairs, missing = [], 0
+        examples, missing = [], 0
         for sample in cluster.samples:
-            reference = (sample.payload or {}).get("reference")
+            payload = sample.payload or {}
+            reference = payload.get("reference")
             if reference is None or not str(reference).strip():
                 missing += 1
                 continue
-            pairs.append(TrainingPair(sample.text, str(reference)))
-        if len(pairs) < self.config.min_samples:
+            examples.append((TrainingPair(sample.text, str(reference)), payload.get("expression")))
+        if len(examples) < self.config.min_samples:
             raise StoreError(
-                f"cluster {cluster.id} has {len(pairs)} samples with a reference "
+                f"cluster {cluster.id} has {len(examples)} samples with a reference "
                 f"({missing} without one); training needs at least {self.config.min_samples}"
             )
-        random.Random(f"{self.config.seed}:{cluster.id}").shuffle(pairs)
-        n_val = max(2, round(len(pairs) * self.config.validation_fraction))
-        return pairs[n_val:], pairs[:n_val]
+        rng = random.Random(f"{self.config.seed}:{cluster.id}")
+        rng.shuffle(examples)
+        n_val = max(2, round(len(examples) * self.config.validation_fraction))
+        train, val = examples[n_val:], examples[:n_val]
+        # Validation stays the cluster's own samples; only training gets variants.
+        extra = augment_pairs(train, self.config.augment, rng) if self.config.augment else []
+        return [p for p, _ in train] + extra, [p for p, _ in val]
 
     def _sample(self, rng: random.Random) -> LoRATrainConfig:
         rank = rng.choice(self.config.ranks)

@@ -91,6 +91,23 @@ def test_optimize_keeps_three_ranked_adapters(
     assert len({c for c in configs}) == 5
 
 
+def test_training_is_augmented_with_verifier_variants(chat, tmp_path, bow_embeddings) -> None:
+    store = LoRAStore(
+        tmp_path / "db.sqlite",
+        tmp_path / "a",
+        chat,
+        StoreConfig(**{**LEARNABLE.__dict__, "augment": 2}),
+        embeddings=bow_embeddings,
+    )
+    cluster = make_cluster(bow_embeddings)
+    for sample in cluster.samples:  # "Compute i+(7-i). apples" with its expression
+        sample.payload["expression"] = sample.text.split()[1].rstrip(".")
+    train, val = store._split(cluster)
+    assert len(val) == 5 and len(train) == 15 * 3
+    assert {p.prompt for p in val} <= {s.text for s in cluster.samples}  # validation is real
+    assert all(p.answer == "7" for p in train[:15])
+
+
 def test_registry_survives_a_new_store(
     store: LoRAStore, chat: ChatSage, tmp_path: Path, bow_embeddings
 ) -> None:
