@@ -49,6 +49,12 @@ def make_cluster(
     )
 
 
+def _store_with(chat: ChatSage, tmp_path: Path, embeddings, **changes) -> LoRAStore:
+    """A store with LEARNABLE's search space and ``changes`` to its config."""
+    config = StoreConfig(**{**LEARNABLE.__dict__, **changes})
+    return LoRAStore(tmp_path / "db.sqlite", tmp_path / "a", chat, config, embeddings=embeddings)
+
+
 @pytest.fixture
 def chat(tiny_model_dir: Path) -> ChatSage:
     return ChatSage(model=str(tiny_model_dir), max_tokens=4)
@@ -92,13 +98,7 @@ def test_optimize_keeps_three_ranked_adapters(
 
 
 def test_training_is_augmented_with_verifier_variants(chat, tmp_path, bow_embeddings) -> None:
-    store = LoRAStore(
-        tmp_path / "db.sqlite",
-        tmp_path / "a",
-        chat,
-        StoreConfig(**{**LEARNABLE.__dict__, "augment": 2}),
-        embeddings=bow_embeddings,
-    )
+    store = _store_with(chat, tmp_path, bow_embeddings, augment=2)
     cluster = make_cluster(bow_embeddings)
     for sample in cluster.samples:  # "Compute i+(7-i). apples" with its expression
         sample.payload["expression"] = sample.text.split()[1].rstrip(".")
@@ -150,13 +150,7 @@ def test_load_verifies_the_checksum(store: LoRAStore, chat: ChatSage, bow_embedd
 
 
 def test_loaded_adapters_are_an_lru_of_max_loaded(chat, tmp_path, bow_embeddings) -> None:
-    store = LoRAStore(
-        tmp_path / "db.sqlite",
-        tmp_path / "a",
-        chat,
-        StoreConfig(**{**LEARNABLE.__dict__, "max_loaded": 2}),
-        embeddings=bow_embeddings,
-    )
+    store = _store_with(chat, tmp_path, bow_embeddings, max_loaded=2)
     ids = [a.id for a in store.optimize(make_cluster(bow_embeddings))]
     store.load(ids[0])
     store.load(ids[1])
@@ -166,13 +160,7 @@ def test_loaded_adapters_are_an_lru_of_max_loaded(chat, tmp_path, bow_embeddings
 
 
 def test_pool_limit_deletes_files_and_rows_together(chat, tmp_path, bow_embeddings) -> None:
-    store = LoRAStore(
-        tmp_path / "db.sqlite",
-        tmp_path / "a",
-        chat,
-        StoreConfig(**{**LEARNABLE.__dict__, "max_on_disk": 4}),
-        embeddings=bow_embeddings,
-    )
+    store = _store_with(chat, tmp_path, bow_embeddings, max_on_disk=4)
     first = store.optimize(make_cluster(bow_embeddings, cluster_id=1))
     store.record_use(first[0].id, won=True)
     second = store.optimize(make_cluster(bow_embeddings, cluster_id=2, words="pears"))
