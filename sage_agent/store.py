@@ -314,8 +314,8 @@ class LoRAStore(LazyEmbeddings):
         )
 
     def _neighbours(self, config: LoRATrainConfig) -> list[LoRATrainConfig]:
-        """Half and double the rank (within the search space's ranks, alpha scaled
-        along), then half and double the learning rate (within its range)."""
+        """The next smaller and larger rank of the search space (alpha scaled along),
+        then half and double the learning rate (within its range)."""
         ranks = sorted(self.config.ranks)
         position = ranks.index(config.rank) if config.rank in ranks else 0
         low, high = self.config.learning_rates
@@ -468,11 +468,13 @@ class LoRAStore(LazyEmbeddings):
         self.model.load_adapter(record.path, adapter_id)
         self._loaded[adapter_id] = None
         while len(self._loaded) > self.config.max_loaded:
-            oldest, _ = self._loaded.popitem(last=False)
-            if self.model.active_adapter == oldest:
-                self.model.set_adapter(None)
-            self.model.delete_adapter(oldest)
+            self._unload(next(iter(self._loaded)))  # the least recently used
         return adapter_id
+
+    def _unload(self, adapter_id: str) -> None:
+        # ChatSage.delete_adapter falls back to the base model if this one was active.
+        self.model.delete_adapter(adapter_id)
+        del self._loaded[adapter_id]
 
     def record_use(self, adapter_id: str, *, won: bool) -> None:
         """Count a use of an adapter, and a win when its answer passed the Trigger."""
@@ -487,10 +489,7 @@ class LoRAStore(LazyEmbeddings):
         """Delete an adapter: files and row together."""
         record = self.get(adapter_id)
         if adapter_id in self._loaded:
-            if self.model.active_adapter == adapter_id:
-                self.model.set_adapter(None)
-            self.model.delete_adapter(adapter_id)
-            del self._loaded[adapter_id]
+            self._unload(adapter_id)
         with transaction(self.db):
             self.db["adapters"].delete(adapter_id)
             shutil.rmtree(record.path, ignore_errors=True)
