@@ -22,7 +22,7 @@ import torch
 
 from sage_agent import ChatSage, Trigger, arithmetic_verifier, default_embeddings
 from sage_agent.demo import ATOMIC_PROMPT
-from sage_agent.problems import generate_problems
+from sage_agent.problems import generate_steps
 
 
 def _timed(fn):
@@ -38,12 +38,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/foundation.md"))
     args = parser.parse_args()
 
-    expressions = [
-        line.split("<<")[1].split("=")[0]
-        for record in generate_problems(64, seed=0)
-        for line in record["answer"].split("\n")
-        if "<<" in line
-    ]
+    expressions = [step.expression for step in generate_steps(64, seed=0)]
     prompts = [ATOMIC_PROMPT.format(expression=e) for e in expressions]
     rows: list[tuple[str, str]] = []
 

@@ -12,8 +12,7 @@ from tqdm import tqdm
 
 from sage_agent.chat_model import ChatSage
 from sage_agent.numeric import math_metrics
-from sage_agent.problems import generate_problems
-from sage_agent.steps import steps_from_gsm8k
+from sage_agent.problems import generate_steps
 from sage_agent.trigger import Trigger
 from sage_agent.verifier import arithmetic_verifier
 
@@ -23,12 +22,7 @@ ATOMIC_PROMPT = "Compute {expression}. Reply with the number only."
 
 def run_demo(problems: int = 12, seed: int = 0, batch_size: int = 16) -> int:
     started = time.perf_counter()
-    records = generate_problems(problems, seed=seed)
-    expressions = [
-        step.expression
-        for i, record in enumerate(records)
-        for step in steps_from_gsm8k(record, task_id=f"demo-{i}")
-    ]
+    expressions = [step.expression for step in generate_steps(problems, seed=seed)]
     print(f"sage-agent demo: {problems} generated problems, {len(expressions)} atomic steps")
 
     print("Loading the embedded SmolLM2-135M-Instruct ...", flush=True)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sage_agent.numeric import format_number
+from sage_agent.steps import AtomicStep, steps_from_gsm8k
 from sage_agent.verifier import evaluate_expression
 
 _NAMES = ["Tom", "Ana", "Ravi", "Mei", "Lena", "Omar", "Sofia", "Kofi", "Ines", "Jack"]
@@ -144,3 +145,12 @@ def generate_problems(n: int, seed: int = 0) -> list[dict[str, str]]:
         lines.append(f"#### {values[-1]}")
         records.append({"question": question, "answer": "\n".join(lines)})
     return records
+
+
+def generate_steps(n: int, seed: int = 0) -> list[AtomicStep]:
+    """The atomic steps of ``n`` generated problems, in order."""
+    return [
+        step
+        for i, record in enumerate(generate_problems(n, seed=seed))
+        for step in steps_from_gsm8k(record, task_id=f"generated-{seed}-{i}")
+    ]

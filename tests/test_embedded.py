@@ -70,14 +70,9 @@ def test_buffer_on_600_atoms_is_homogeneous_and_persistent(embedded_embeddings, 
     from sklearn.metrics import homogeneity_score
 
     from sage_agent.buffer import TriggerBuffer
-    from sage_agent.problems import generate_problems
-    from sage_agent.steps import steps_from_gsm8k
+    from sage_agent.problems import generate_steps
 
-    steps = [
-        step
-        for i, record in enumerate(generate_problems(300, seed=11))
-        for step in steps_from_gsm8k(record, task_id=str(i))
-    ][:600]
+    steps = generate_steps(300, seed=11)[:600]
     assert len(steps) == 600
     path = tmp_path / "sage.sqlite"
     buffer = TriggerBuffer(path, embeddings=embedded_embeddings)

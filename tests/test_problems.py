@@ -32,3 +32,12 @@ def test_records_are_consistent_gsm8k_socratic() -> None:
 def test_negative_count_is_refused() -> None:
     with pytest.raises(ValueError, match="non-negative"):
         generate_problems(-1)
+
+
+def test_generate_steps_flattens_the_problems_in_order() -> None:
+    from sage_agent.problems import generate_steps
+    from sage_agent.steps import steps_from_gsm8k
+
+    records = generate_problems(10, seed=4)
+    expected = [s.expression for i, r in enumerate(records) for s in steps_from_gsm8k(r, str(i))]
+    assert [s.expression for s in generate_steps(10, seed=4)] == expected
