@@ -35,8 +35,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
 from sage_agent import ChatSage
-from sage_agent.demo import ATOMIC_PROMPT
 from sage_agent.embedded import smollm2_gguf
+from sage_agent.steps import ATOMIC_PROMPT
 from sage_agent.trainer import (
     DEFAULT_TARGET_MODULES,
     LoRATrainConfig,

@@ -157,6 +157,8 @@ class Cluster:
     keywords: frozenset[str]
     version: int
     trained_version: int | None
+    trained_size: int | None
+    """How many members the cluster had when adapters were last trained on it."""
     samples: list[Sample]
 
 
@@ -324,11 +326,14 @@ class TriggerBuffer(LazyEmbeddings):
         )
         return [self._cluster(row, with_samples=True) for row in rows]
 
-    def mark_trained(self, cluster_id: int, version: int) -> None:
-        """Record that adapters were trained on ``version`` of the cluster's members."""
+    def mark_trained(self, cluster_id: int, version: int, size: int | None = None) -> None:
+        """Record that adapters were trained on ``version`` of the cluster's members
+        (``size`` of them), so a caller can retrain once the cluster has grown."""
         with transaction(self.db):
             self._cluster_row(cluster_id)
-            self.db["clusters"].update(cluster_id, {"trained_version": version})
+            self.db["clusters"].update(
+                cluster_id, {"trained_version": version, "trained_size": size}
+            )
 
     def buffered(self, tag: str | None = None) -> list[Sample]:
         """Samples waiting in the buffer (of one tag, or all), oldest first."""
@@ -504,6 +509,7 @@ class TriggerBuffer(LazyEmbeddings):
                         "keyword_counts": "{}",
                         "version": 0,
                         "trained_version": None,
+                        "trained_size": None,
                         "merged_into": None,
                         "created": now,
                         "updated": now,
@@ -631,6 +637,7 @@ class TriggerBuffer(LazyEmbeddings):
             keywords=_cluster_keywords(json.loads(row["keyword_counts"]), row["size"]),
             version=row["version"],
             trained_version=row["trained_version"],
+            trained_size=row["trained_size"],
             samples=samples,
         )
 
@@ -660,6 +667,7 @@ class TriggerBuffer(LazyEmbeddings):
                     "keyword_counts": str,
                     "version": int,
                     "trained_version": int,
+                    "trained_size": int,
                     "merged_into": int,
                     "created": float,
                     "updated": float,

@@ -1,23 +1,338 @@
-"""The sage-agent command line."""
+"""The sage-agent command line: a thin layer over SageAgent, the store and the buffer.
+
+Errors the user can fix (a missing file, an unknown model or thread, a locked or foreign
+database) print one line to stderr and exit with 1; usage errors exit with 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from sage_agent.buffer import TriggerBuffer
+from sage_agent.chat_model import ChatSage, UnknownModelError
+from sage_agent.data import DataError
+from sage_agent.database import DatabaseError
+from sage_agent.decompose import DecompositionError
+from sage_agent.embedded import EmbeddedModelMissing
+from sage_agent.store import LoRAStore, StoreError
+
+USER_ERRORS = (
+    DataError,
+    DatabaseError,
+    DecompositionError,
+    EmbeddedModelMissing,
+    UnknownModelError,
+    StoreError,
+    KeyError,
+    FileNotFoundError,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sage-agent", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="the embedded default end to end, offline")
-    demo.add_argument("--problems", type=int, default=12, help="generated problems (default 12)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the problem generator")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        from sage_agent.demo import run_demo
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="sage-agent: %(message)s")
+    try:
+        return args.handler(args)
+    except USER_ERRORS as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"sage-agent: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "\nsage-agent: interrupted; the run resumes with `sage-agent run --resume`",
+            file=sys.stderr,
+        )
+        return 130
 
-        return run_demo(problems=args.problems, seed=args.seed)
-    return 2
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sage-agent", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="the embedded default end to end, offline")
+    demo.add_argument("--problems", type=int, default=80, help="most generated problems to run")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the problem generator")
+    demo.add_argument("--db", type=Path, default=Path("sage-demo.db"))
+    demo.set_defaults(handler=_demo)
+
+    for name, text in (
+        ("run", "stream tasks through the graph, training adapters as clusters get ready"),
+        ("eval", "answer tasks with routing to existing adapters; trains nothing"),
+    ):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--data", type=Path, required=name == "run" or None)
+        command.add_argument("--limit", type=int, default=None, help="first N tasks only")
+        command.add_argument("--db", type=Path, default=Path("sage.db"))
+        command.add_argument("--model", default=None, help="hub id or local path")
+        command.add_argument(
+            "--decompose", choices=("socratic", "annotations", "llm"), default="socratic"
+        )
+        command.add_argument(
+            "--substitute",
+            choices=("references", "answers"),
+            default="references",
+            help="what later steps use: the references (score each step on its own) or "
+            "the model's own earlier answers",
+        )
+        command.add_argument("--strict", action="store_true", help="stop at a malformed line")
+        command.add_argument("--json", action="store_true", help="one JSON object on stdout")
+        if name == "run":
+            command.add_argument(
+                "--resume", action="store_true", help="continue the latest unfinished run"
+            )
+            command.add_argument("--budget", type=float, default=None, help="seconds per search")
+        else:
+            command.add_argument("--no-adapters", action="store_true", help="base model only")
+        command.set_defaults(handler=_run)
+
+    trace = sub.add_parser("trace", help="a thread step by step")
+    trace.add_argument("thread", nargs="?", help="thread id (default: the latest)")
+    trace.add_argument("--db", type=Path, default=Path("sage.db"))
+    trace.add_argument("--format", choices=("table", "json", "mermaid", "html"), default="table")
+    trace.add_argument("--out", type=Path, default=None, help="write to this file")
+    trace.set_defaults(handler=_trace)
+
+    adapters = sub.add_parser("adapters", help="the registered adapters")
+    adapters.add_argument("action", choices=("list", "show", "rm"))
+    adapters.add_argument("id", nargs="?")
+    adapters.add_argument("--db", type=Path, default=Path("sage.db"))
+    adapters.add_argument("--json", action="store_true")
+    adapters.set_defaults(handler=_adapters)
+
+    clusters = sub.add_parser("clusters", help="the failure clusters")
+    clusters.add_argument("action", choices=("list",))
+    clusters.add_argument("--db", type=Path, default=Path("sage.db"))
+    clusters.add_argument("--json", action="store_true")
+    clusters.set_defaults(handler=_clusters)
+    return parser
+
+
+def _existing(db: Path) -> Path:
+    if not db.is_file():
+        raise FileNotFoundError(f"no database at {db}; pass --db or run `sage-agent run` first")
+    return db
+
+
+# run / eval
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sage_agent.agent import RunError, SageAgent
+    from sage_agent.data import read_tasks
+    from sage_agent.decompose import LLMDecomposer, annotation_decomposer, socratic_decomposer
+
+    resume = getattr(args, "resume", False)
+    agent_options: dict[str, Any] = {"model": args.model, "substitute": args.substitute}
+    if args.decompose == "annotations":
+        agent_options["decomposer"] = annotation_decomposer
+    elif args.decompose == "socratic":
+        agent_options["decomposer"] = socratic_decomposer
+    agent = SageAgent(args.db, **agent_options)
+    if args.decompose == "llm":
+        agent.decomposer = LLMDecomposer(agent.model)
+    run_id, options = (
+        None,
+        {
+            "data": str(args.data) if args.data else None,
+            "limit": args.limit,
+            "strict": args.strict,
+        },
+    )
+    if resume:
+        unfinished = agent.unfinished_run()
+        if unfinished is None:
+            raise RunError(f"{args.db} has no unfinished run to resume")
+        run_id, options = unfinished["id"], json.loads(unfinished["options"])
+    if options["data"] is None:
+        raise DataError("--data is required")
+    tasks = read_tasks(options["data"], limit=options["limit"], strict=options["strict"])
+    if not tasks:
+        raise DataError(f"{options['data']} holds no tasks")
+    train = args.command == "run"
+    if train and args.budget is not None:
+        agent.store.config.max_seconds = args.budget
+    summary = _with_progress(
+        agent,
+        tasks,
+        train=train,
+        route=not getattr(args, "no_adapters", False),
+        options=options,
+        run_id=run_id,
+        quiet=args.json,
+    )
+    _print_summary(summary, args.json)
+    return 0
+
+
+def _with_progress(agent, tasks, *, quiet: bool, **run_options):
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks), desc="tasks", unit="task", file=sys.stderr)
+    steps = {"n": 0, "passed": 0}
+
+    def on_event(event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "step_done":
+            steps["n"] += 1
+            steps["passed"] += event["passed"]
+            bar.set_postfix(step_em=f"{steps['passed'] / steps['n']:.0%}")
+        elif kind in ("training", "adapter_kept", "retry", "trial_done") and not quiet:
+            tqdm.write(f"  {_describe(event)}", file=sys.stderr)
+
+    try:
+        return agent.run(tasks, on_event=on_event, on_task=lambda _r: bar.update(1), **run_options)
+    finally:
+        bar.close()
+
+
+def _describe(event: dict[str, Any]) -> str:
+    kind = event["event"]
+    if kind == "training":
+        return f"cluster {event['cluster_id']} is ready: training LoRA adapters"
+    if kind == "trial_done":
+        return (
+            f"trial {event['trial']}: val EM {event['val_em']:.2f}, loss {event['val_loss']:.3f}, "
+            f"{event['seconds']:.0f} s"
+        )
+    if kind == "adapter_kept":
+        return f"adapter {event['adapter']} kept (val EM {event['val_em']:.2f})"
+    return f"retry with adapter {event['adapter']}"
+
+
+def _print_summary(summary: Any, as_json: bool) -> None:
+    data = asdict(summary)
+    if as_json:
+        print(json.dumps(data))
+        return
+    from tabulate import tabulate
+
+    shown = {k: v for k, v in data.items() if k not in ("threads", "errors")}
+    print(tabulate(shown.items(), headers=("metric", "value"), floatfmt=".3f"))
+    for error in data["errors"]:
+        print(f"error: {error}")
+    if data["threads"]:
+        print(f"threads: {len(data['threads'])}, latest {data['threads'][-1]}")
+
+
+# trace
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from sage_agent.agent import SageAgent
+    from sage_agent.trace import latest_thread, render_html, render_mermaid, render_table, trace
+
+    agent = SageAgent(_existing(args.db))
+    if args.format == "mermaid":
+        text = render_mermaid(agent)
+    else:
+        data = trace(agent, args.thread or latest_thread(agent))
+        if args.format == "json":
+            text = json.dumps(data, indent=1, default=str)
+        elif args.format == "html":
+            text = render_html(agent, data)
+        else:
+            text = render_table(data)
+    if args.out is None and args.format == "html":
+        args.out = Path(f"trace-{data['thread'].replace(':', '-')}.html")
+    if args.out is not None:
+        args.out.write_text(text, encoding="utf-8")
+        print(args.out)
+    else:
+        print(text)
+    return 0
+
+
+# adapters / clusters
+
+
+def _adapters(args: argparse.Namespace) -> int:
+    db = _existing(args.db)
+    store = LoRAStore(db, db.with_name(f"{db.stem}-adapters"), ChatSage())
+    if args.action == "list":
+        records = store.adapters(status=None)
+        if args.json:
+            print(json.dumps([asdict(r) for r in records]))
+            return 0
+        from tabulate import tabulate
+
+        print(
+            tabulate(
+                [
+                    [
+                        r.id,
+                        r.cluster_id,
+                        r.tag,
+                        r.rank,
+                        r.val_em,
+                        r.base_val_em,
+                        r.uses,
+                        r.wins,
+                        r.status,
+                    ]
+                    for r in records
+                ],
+                headers=(
+                    "id",
+                    "cluster",
+                    "tag",
+                    "rank",
+                    "val EM",
+                    "base EM",
+                    "uses",
+                    "wins",
+                    "status",
+                ),
+                floatfmt=".2f",
+            )
+        )
+        return 0
+    if not args.id:
+        raise KeyError(f"adapters {args.action} needs an adapter id")
+    if args.action == "show":
+        print(json.dumps(asdict(store.get(args.id)), indent=1))
+    else:
+        store.remove(args.id)
+        print(f"removed adapter {args.id}")
+    return 0
+
+
+def _clusters(args: argparse.Namespace) -> int:
+    buffer = TriggerBuffer(_existing(args.db))
+    clusters = buffer.clusters(with_samples=False)
+    rows = [
+        {
+            "id": c.id,
+            "tag": c.tag,
+            "size": c.size,
+            "keywords": sorted(c.keywords)[:8],
+            "version": c.version,
+            "trained_version": c.trained_version,
+        }
+        for c in clusters
+    ]
+    if args.json:
+        print(json.dumps({"clusters": rows, "buffered": len(buffer.buffered())}))
+        return 0
+    from tabulate import tabulate
+
+    print(tabulate([list(r.values()) for r in rows], headers=list(rows[0]) if rows else ()))
+    print(f"{len(buffer.buffered())} samples waiting in the buffer")
+    return 0
+
+
+# demo
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sage_agent.demo import run_demo
+
+    return run_demo(problems=args.problems, seed=args.seed, db=args.db)
 
 
 if __name__ == "__main__":

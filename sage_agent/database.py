@@ -39,7 +39,10 @@ def open_database(path: str | Path, *, timeout: float = 10.0) -> sqlite_utils.Da
     if not path.parent.exists():
         raise DatabaseError(f"folder {path.parent} does not exist; create it or pick another --db")
     try:
-        connection = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+        # LangGraph runs sync nodes on worker threads; one node at a time uses the file.
+        connection = sqlite3.connect(
+            str(path), timeout=timeout, isolation_level=None, check_same_thread=False
+        )
         db = sqlite_utils.Database(connection)
         _check_version(db, path)
         # WAL: readers (sage-agent trace) never block the writer, and a commit needs no

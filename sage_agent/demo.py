@@ -1,61 +1,93 @@
-"""``sage-agent demo``: the embedded default, offline, on generated arithmetic problems.
+"""``sage-agent demo``: the embedded default end to end, offline.
 
-The embedded SmolLM2-135M answers the atomic steps of seeded multi-step word problems,
-and the Trigger scores every answer against the arithmetic verifier's reference.
+Seeded multi-step word problems from the project's own templates run through the SAGE
+graph on the embedded SmolLM2-135M until a failed step's cluster has been trained and a
+retry with its adapter has answered it right; then a before/after summary and an HTML
+trace. The demo keeps its own database (``sage-demo.db``), started afresh each time.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 
-from tqdm import tqdm
+from sage_agent.agent import RunSummary, SageAgent
+from sage_agent.buffer import BufferConfig
+from sage_agent.problems import generate_problems
+from sage_agent.store import StoreConfig
 
-from sage_agent.chat_model import ChatSage
-from sage_agent.numeric import math_metrics
-from sage_agent.problems import generate_steps
-from sage_agent.trigger import Trigger
-from sage_agent.verifier import arithmetic_verifier
+DEMO_STORE = StoreConfig(
+    ranks=(8, 16),
+    learning_rates=(1e-3, 3e-3),
+    epochs=(3,),
+    last_layers=(15,),
+    n_random=2,
+    top_k=1,
+    max_trials=3,
+    max_seconds=240,
+    min_samples=12,
+)
+"""A small search (3 trials of about a minute): the demo has to finish in minutes."""
 
-ATOMIC_PROMPT = "Compute {expression}. Reply with the number only."
-"""The atomic-step prompt: on GSM8K atoms this wording beats a terse "a-b=" by far."""
+DEMO_BUFFER = BufferConfig(buffer_size=15)
+"""Cluster a tag's failures after 15 of them (the default waits for 25)."""
 
 
-def run_demo(problems: int = 12, seed: int = 0, batch_size: int = 16) -> int:
+def run_demo(problems: int = 80, seed: int = 0, db: str | Path = "sage-demo.db") -> int:
     started = time.perf_counter()
-    expressions = [step.expression for step in generate_steps(problems, seed=seed)]
-    print(f"sage-agent demo: {problems} generated problems, {len(expressions)} atomic steps")
-
-    print("Loading the embedded SmolLM2-135M-Instruct ...", flush=True)
-    chat = ChatSage(max_tokens=16, batch_size=batch_size)
-    chat.hf_model  # noqa: B018 - load before the progress bar starts
-    trigger = Trigger(verifier=arithmetic_verifier)
-
-    answers = []
-    with tqdm(total=len(expressions), desc="answering steps", unit="step") as bar:
-        for start in range(0, len(expressions), batch_size):
-            chunk = expressions[start : start + batch_size]
-            answers += chat.batch([ATOMIC_PROMPT.format(expression=e) for e in chunk])
-            bar.update(len(chunk))
-    results = trigger.score_batch(
-        [a.text for a in answers],
-        expressions=expressions,
-        logits_margins=[a.response_metadata["logits_margin_mean"] for a in answers],
-    )
-
-    print(f"\n{'step':<14} {'answer':<22} {'ref':>6} {'AS':>5} {'margin':>6}  trigger")
-    for expression, answer, result in zip(expressions, answers, results, strict=True):
-        shown = answer.text.replace("\n", " ")[:22]
-        margin = result.metrics["logits_margin"]
-        print(
-            f"{expression:<14} {shown:<22} {result.reference:>6} {result.anomaly_score:5.2f} "
-            f"{margin if margin is not None else float('nan'):6.2f}  "
-            f"{'FAIL' if result.failed else 'pass'}"
-        )
-    metrics = math_metrics([a.text for a in answers], [r.reference for r in results])
-    failures = sum(r.failed for r in results)
+    db = Path(db)
+    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(db.with_name(f"{db.stem}-adapters"), ignore_errors=True)
+    tasks = [
+        {**record, "id": f"demo-{i}"} for i, record in enumerate(generate_problems(problems, seed))
+    ]
     print(
-        f"\nstep EM {metrics.em:.1%}  NER {metrics.ner:.1%}  MAE {metrics.mae or 0:.2f}  "
-        f"failures flagged by the Trigger: {failures}/{len(results)}  "
-        f"({time.perf_counter() - started:.0f} s)"
+        f"sage-agent demo: up to {problems} generated word problems, the embedded "
+        f"SmolLM2-135M-Instruct, database {db}"
     )
+    agent = SageAgent(db, buffer_config=DEMO_BUFFER, store_config=DEMO_STORE)
+
+    from sage_agent.cli import _with_progress
+
+    summary = _with_progress(
+        agent,
+        tasks,
+        quiet=False,
+        train=True,
+        options={"data": "generated", "limit": problems, "seed": seed},
+        stop_when=lambda s: s.retry_success > 0,
+    )
+    _report(agent, summary, time.perf_counter() - started)
     return 0
+
+
+def _report(agent: SageAgent, summary: RunSummary, seconds: float) -> None:
+    from sage_agent.trace import render_html, trace
+
+    print(
+        f"\n{summary.problems} problems, {summary.steps} steps in {seconds:.0f} s: "
+        f"{summary.triggers} failures flagged by the Trigger, {summary.clusters} clusters, "
+        f"{summary.adapters_trained} adapters trained, {summary.retries} retries, "
+        f"{summary.retry_success} fixed by a retry."
+    )
+    print(
+        f"step exact match: {summary.step_em_first:.1%} on first answers, "
+        f"{summary.step_em:.1%} after retries; problems solved: {summary.problem_em:.1%}"
+    )
+    for adapter in agent.store.adapters():
+        print(
+            f"  adapter {adapter.id} (cluster {adapter.cluster_id}, tag {adapter.tag!r}): "
+            f"validation EM {adapter.base_val_em:.0%} base -> {adapter.val_em:.0%}"
+        )
+    if summary.retry_success == 0:
+        print("No retry succeeded within these problems; run with more --problems.")
+    retried = [
+        t for t in summary.threads if any(r["retries"] for r in agent.state(t).get("records", []))
+    ]
+    thread = (retried or summary.threads)[-1]
+    out = Path(f"{agent.db_path.stem}-trace.html")
+    out.write_text(render_html(agent, trace(agent, thread)), encoding="utf-8")
+    print(f"trace of thread {thread}: {out.resolve()}")
+    print(f"  (also: sage-agent trace {thread} --db {agent.db_path})")

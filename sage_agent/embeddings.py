@@ -39,3 +39,22 @@ class LazyEmbeddings:
         if self._embeddings is None:
             self._embeddings = default_embeddings()
         return self._embeddings
+
+
+class LazyDefaultEmbeddings(Embeddings):
+    """The embedded default as one shared ``Embeddings`` that loads on its first call, so
+    that wiring a pipeline (or reading a trace) loads no model."""
+
+    def __init__(self) -> None:
+        self._loaded: Embeddings | None = None
+
+    def _model(self) -> Embeddings:
+        if self._loaded is None:
+            self._loaded = default_embeddings()
+        return self._loaded
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self._model().embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._model().embed_query(text)

@@ -8,7 +8,9 @@ What makes it fast (each measured in benchmarks/bench_trainer.py):
 * bf16 autocast where the CPU supports it (float32 otherwise);
 * one base model for every trial: adapters are added to and deleted from ChatSage's
   model, never a new wrapped copy;
-* LoRA on the last layers only when ``last_layers`` is set, so backward stops there.
+* with ``last_layers`` set, LoRA sits on the last N layers only, and the hidden states
+  entering them are computed once (a ``FrozenPrefix``, shareable by every trial on the same
+  pairs) and then only those N layers run, forward and backward, each epoch.
 
 Prompts are rendered with ChatSage's own chat template, so the adapter is trained on
 exactly the text it will answer at inference.
@@ -21,7 +23,8 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,16 +158,84 @@ def _collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+def answer_loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy over the answer tokens, and their count. The decoder runs on the
-    whole sequence; the output head only where a label is."""
-    hidden = model.get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-    ).last_hidden_state
+    whole sequence (or, when the batch carries ``hidden`` and ``first_layer`` from a
+    FrozenPrefix, on the layers from there on); the output head only where a label is."""
+    decoder = model.get_decoder()
+    if "hidden" in batch:
+        with _only_layers(decoder, batch["first_layer"]):
+            hidden = decoder(
+                inputs_embeds=batch["hidden"],
+                attention_mask=batch["attention_mask"],
+                use_cache=False,
+            ).last_hidden_state
+    else:
+        hidden = decoder(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).last_hidden_state
     targets = batch["labels"][:, 1:]
     where = targets != -100
     logits = model.get_output_embeddings()(hidden[:, :-1][where])
     return F.cross_entropy(logits.float(), targets[where]), int(where.sum())
+
+
+@contextmanager
+def _only_layers(decoder: Any, first: int) -> Iterator[None]:
+    """Run the decoder from layer ``first`` on: its own forward (masks, rotary embeddings,
+    final norm) fed with hidden states instead of token ids, over a shortened layer list."""
+    layers = decoder.layers
+    decoder.layers = torch.nn.ModuleList(list(layers)[first:])
+    try:
+        yield
+    finally:
+        decoder.layers = layers
+
+
+class FrozenPrefix:
+    """The hidden states that enter decoder layer ``first`` for each pair, computed once.
+
+    With LoRA on the last N layers only, the first L - N layers are the frozen base model,
+    so their output does not change while training: computing it once saves their forward
+    pass on every epoch, and one FrozenPrefix serves every trial on the same pairs.
+    """
+
+    def __init__(self, chat: ChatSage, pairs: Sequence[TrainingPair], batch_size: int = 16):
+        self.chat, self.pairs, self.batch_size = chat, list(pairs), batch_size
+        self.encoded = _encode(chat, self.pairs)
+        self._hidden: dict[int, list[torch.Tensor]] = {}
+
+    def hidden(self, first: int, bf16: bool) -> list[torch.Tensor]:
+        """Per pair, a (tokens, hidden size) tensor: the input of layer ``first``."""
+        if first not in self._hidden:
+            model, states = self.chat.hf_model, []
+            with (
+                torch.no_grad(),
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16),
+                self.chat.using_adapter(None),
+            ):
+                for start in range(0, len(self.encoded), self.batch_size):
+                    chunk = self.encoded[start : start + self.batch_size]
+                    batch = _collate(chunk, self.chat.tokenizer.pad_token_id)
+                    output = model.get_decoder()(
+                        input_ids=batch["input_ids"],
+                        attention_mask=batch["attention_mask"],
+                        output_hidden_states=True,
+                        use_cache=False,
+                    )
+                    entering = output.hidden_states[first]
+                    states += [
+                        entering[row, : len(ids)].clone() for row, (ids, _) in enumerate(chunk)
+                    ]
+            self._hidden[first] = states
+        return self._hidden[first]
+
+
+def _with_hidden(batch: dict[str, Any], states: list[torch.Tensor], first: int) -> dict[str, Any]:
+    hidden = torch.zeros((*batch["input_ids"].shape, states[0].shape[-1]), dtype=states[0].dtype)
+    for row, state in enumerate(states):
+        hidden[row, : len(state)] = state
+    return {**batch, "hidden": hidden, "first_layer": first}
 
 
 def train_lora(
@@ -173,27 +244,37 @@ def train_lora(
     pairs: Sequence[TrainingPair],
     config: LoRATrainConfig | None = None,
     progress: Progress | None = None,
+    prefix: FrozenPrefix | None = None,
 ) -> TrainResult:
     """Add adapter ``name`` to the chat model's base model and train it on ``pairs``.
 
     Only that adapter's weights train; the adapter stays loaded (not activated) for
     evaluation and saving, and ``chat.delete_adapter(name)`` frees it. The same seed gives
-    the same adapter.
+    the same adapter. ``prefix`` (a FrozenPrefix of the same pairs) lets several trials
+    with ``last_layers`` share the frozen layers' output.
     """
     config = config or LoRATrainConfig()
     if not pairs:
         raise ValueError("no training pairs")
     model = chat.hf_model
-    encoded = _encode(chat, pairs)
+    use_bf16 = cpu_supports_bf16() if config.bf16 is None else config.bf16
+    layers = model.config.num_hidden_layers
+    first = 0 if config.last_layers is None else max(0, layers - config.last_layers)
+    if prefix is not None and prefix.pairs != list(pairs):
+        raise ValueError("the FrozenPrefix was built for other pairs")
+    if first > 0:
+        prefix = prefix or FrozenPrefix(chat, pairs, config.batch_size)
+        encoded, states = prefix.encoded, prefix.hidden(first, use_bf16)
+    else:
+        encoded, states = _encode(chat, pairs), None
     torch.manual_seed(config.seed)
-    chat.add_adapter(name, config.lora_config(model.config.num_hidden_layers))
+    chat.add_adapter(name, config.lora_config(layers))
     trainable = []
     for param_name, param in model.named_parameters():
         param.requires_grad = f".{name}." in param_name
         if param.requires_grad:
             trainable.append(param)
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
-    use_bf16 = cpu_supports_bf16() if config.bf16 is None else config.bf16
     order = random.Random(config.seed)
     steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
     total, step, epoch_losses = steps_per_epoch * config.epochs, 0, []
@@ -206,10 +287,10 @@ def train_lora(
                 order.shuffle(indices)
                 epoch_losses = []
                 for start in range(0, len(indices), config.batch_size):
-                    batch = _collate(
-                        [encoded[i] for i in indices[start : start + config.batch_size]],
-                        chat.tokenizer.pad_token_id,
-                    )
+                    chosen = indices[start : start + config.batch_size]
+                    batch = _collate([encoded[i] for i in chosen], chat.tokenizer.pad_token_id)
+                    if states is not None:
+                        batch = _with_hidden(batch, [states[i] for i in chosen], first)
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                         loss, _ = answer_loss(model, batch)
                     optimizer.zero_grad(set_to_none=True)

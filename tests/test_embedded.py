@@ -8,7 +8,7 @@ from langchain_core.messages import AIMessage
 
 from sage_agent import ChatSage, Trigger, arithmetic_verifier
 from sage_agent.cli import main
-from sage_agent.demo import ATOMIC_PROMPT
+from sage_agent.steps import ATOMIC_PROMPT
 
 pytestmark = pytest.mark.embedded
 

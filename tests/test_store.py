@@ -45,7 +45,15 @@ def make_cluster(
     ]
     centroid = np.mean(embeddings.embed_documents([s.text for s in samples]), axis=0)
     return Cluster(
-        cluster_id, "+", n, centroid / np.linalg.norm(centroid), frozenset(), version, None, samples
+        cluster_id,
+        "+",
+        n,
+        centroid / np.linalg.norm(centroid),
+        frozenset(),
+        version,
+        None,
+        None,
+        samples,
     )
 
 

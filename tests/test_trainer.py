@@ -12,10 +12,12 @@ from safetensors.torch import load_file
 
 from sage_agent import ChatSage
 from sage_agent.trainer import (
+    FrozenPrefix,
     LoRATrainConfig,
     TrainingPair,
     _collate,
     _encode,
+    _with_hidden,
     answer_loss,
     evaluate,
     save_adapter,
@@ -95,6 +97,24 @@ def test_last_layers_only(chat: ChatSage, tmp_path: Path) -> None:
     train_lora(chat, "last", PAIRS, config)
     keys = load_file(save_adapter(chat, "last", tmp_path / "last") / "adapter_model.safetensors")
     assert keys and all(".layers.1.self_attn.q_proj." in k for k in keys)  # the tiny llama has 2
+
+
+def test_frozen_prefix_gives_the_full_models_loss(chat: ChatSage, tmp_path: Path) -> None:
+    """Training the last layer from cached hidden states is training the same model: the
+    loss through the prefix equals the loss of a full forward pass, and a prefix shared
+    between trials gives the same adapter as a fresh one."""
+    config = LoRATrainConfig(**{**FAST.__dict__, "last_layers": 1})
+    shared = FrozenPrefix(chat, PAIRS)
+    train_lora(chat, "shared", PAIRS, config, prefix=shared)
+    train_lora(chat, "fresh", PAIRS, config)
+    batch = _collate(shared.encoded[:6], chat.tokenizer.pad_token_id)
+    with chat.using_adapter("shared"), torch.no_grad():
+        full, _ = answer_loss(chat.hf_model, batch)
+        cached, _ = answer_loss(chat.hf_model, _with_hidden(batch, shared.hidden(1, False)[:6], 1))
+    assert torch.allclose(full, cached, atol=1e-5)
+    assert evaluate(chat, "shared", PAIRS).loss == evaluate(chat, "fresh", PAIRS).loss
+    with pytest.raises(ValueError, match="other pairs"):
+        train_lora(chat, "other", PAIRS[:3], config, prefix=shared)
 
 
 def test_saved_adapter_round_trips(chat: ChatSage, tmp_path: Path) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from langchain_core.tools import BaseTool, ToolException
+from langchain_core.tools import BaseTool, InjectedToolArg, ToolException
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from sage_agent.buffer import TriggerBuffer
 from sage_agent.store import LoRAStore, StoreError
@@ -17,12 +18,19 @@ class LoRAStoreArgs(BaseModel):
     budget_seconds: float | None = Field(
         default=None, gt=0, description="Time budget of the search; the store's default if unset."
     )
+    # Filled by LangGraph's ToolNode (a ToolRuntime); hidden from the model's schema.
+    runtime: Annotated[Any, InjectedToolArg, SkipJsonSchema()] = None
 
 
 class LoRAStoreTool(BaseTool):
     """Runs Cluster-aware LoRA Optimisation on a cluster of the Trigger Buffer. Returns a
     short summary; the adapter records are the tool message's artifact. Failures (a
-    cluster too small, a used-up budget, out of memory) become an error ToolMessage."""
+    cluster too small, a used-up budget, out of memory) become an error ToolMessage.
+
+    Without ``store`` and ``buffer`` the tool takes them from the LangGraph runtime
+    context (``context.store`` and ``context.buffer``) of the ToolNode that calls it, and
+    streams the store's progress events through the graph's stream writer.
+    """
 
     name: str = "lora_store"
     description: str = (
@@ -32,20 +40,34 @@ class LoRAStoreTool(BaseTool):
     args_schema: type[BaseModel] = LoRAStoreArgs
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
     handle_tool_error: bool = True
-    store: LoRAStore
-    buffer: TriggerBuffer
+    store: LoRAStore | None = None
+    buffer: TriggerBuffer | None = None
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     def _run(
-        self, cluster_id: int, budget_seconds: float | None = None, **_: Any
+        self,
+        cluster_id: int,
+        budget_seconds: float | None = None,
+        runtime: Any = None,
+        **_: Any,
     ) -> tuple[str, list[dict[str, Any]]]:
+        context = None
+        if runtime is not None and (self.store is None or self.buffer is None):
+            from sage_agent.graphs.sage import context_of
+
+            context = context_of(runtime)
+        store = self.store or getattr(context, "store", None)
+        buffer = self.buffer or getattr(context, "buffer", None)
+        if store is None or buffer is None:
+            raise ToolException("lora_store has no LoRA Store or Trigger Buffer to work with")
+        progress = getattr(runtime, "stream_writer", None)
         try:
-            cluster = self.buffer.cluster(cluster_id)
-            kept = self.store.optimize(cluster, max_seconds=budget_seconds)
+            cluster = buffer.cluster(cluster_id)
+            kept = store.optimize(cluster, max_seconds=budget_seconds, progress=progress)
         except (KeyError, StoreError, MemoryError) as error:
             raise ToolException(f"lora_store failed for cluster {cluster_id}: {error}") from error
-        self.buffer.mark_trained(cluster.id, cluster.version)
+        buffer.mark_trained(cluster.id, cluster.version, cluster.size)
         if not kept:
             return (
                 f"No adapter for cluster {cluster.id} (tag {cluster.tag!r}) beat the base "

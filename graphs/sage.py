@@ -1,0 +1,422 @@
+"""The SAGE state machine: decompose a task, answer each step, trigger, buffer, train, retry.
+
+```
+decompose -> route -> answer -> trigger --pass--> advance -> (next step: route) ... finish
+               ^                  | fail
+               |                  v
+               |               buffer --not ready--> advance
+               |                  | cluster ready
+               |                  v
+               +--- retry <--- attach <--- lora_store (ToolNode calling LoRAStoreTool)
+```
+
+Runtime dependencies (model, Trigger, buffer, store, decomposer) come through the
+``SageContext`` context schema; the state holds only serialisable records, so every
+checkpoint can be read back as a trace. Each node writes custom stream events
+(``stream_mode="custom"``): step_started, answered, triggered, buffered, trial_started /
+trial_done / adapter_kept (from the store), attached, retry, step_done, finished.
+"""
+
+from __future__ import annotations
+
+import operator
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from langgraph.prebuilt import ToolNode
+from langgraph.runtime import Runtime
+from typing_extensions import TypedDict
+
+from sage_agent.buffer import TriggerBuffer
+from sage_agent.chat_model import ChatSage
+from sage_agent.decompose import (
+    Decomposer,
+    DecompositionError,
+    socratic_decomposer,
+    substitute,
+)
+from sage_agent.numeric import format_number, numbers_match, parse_number
+from sage_agent.steps import ATOMIC_PROMPT, AtomicStep, MalformedTask, final_answer
+from sage_agent.store import CorruptAdapter, LoRAStore
+from sage_agent.tools import LoRAStoreTool
+from sage_agent.trigger import Trigger
+from sage_agent.verifier import ExpressionError, arithmetic_verifier, evaluate_expression
+
+
+@dataclass
+class SageContext:
+    """What the graph runs with (LangGraph ``context_schema``); never part of the state."""
+
+    model: ChatSage
+    trigger: Trigger
+    buffer: TriggerBuffer | None = None
+    """Where failures are clustered; None: failures are only recorded."""
+    store: LoRAStore | None = None
+    """Routes steps to adapters and trains new ones; None: the base model only."""
+    decomposer: Decomposer = socratic_decomposer
+    substitute: Literal["answers", "references"] = "references"
+    """answers: later steps use the model's own earlier answers (a real agent);
+    references: they use the reference values, so each step is scored on its own."""
+    train: bool = True
+    """Train adapters when a failure's cluster is ready (False: route and answer only)."""
+    route: bool = True
+    """Route steps to existing adapters (False: always the base model)."""
+    max_retries: int = 3
+    """Adapters tried on a failed step after training (the store keeps 3)."""
+    budget_seconds: float | None = None
+    """Time budget of one LoRA search; None: the store's own."""
+    retrain_growth: float = 2.0
+    """A trained cluster is trained again once it has this many times its size then."""
+    prompt: str = ATOMIC_PROMPT
+    max_tokens: int = 16
+    """Answer length limit (an atomic step's answer is a number)."""
+
+
+class SageState(TypedDict, total=False):
+    """Serialisable records only. ``records`` gets one entry per finished step."""
+
+    task: dict[str, Any]
+    steps: list[dict[str, Any]]
+    index: int
+    attempt: dict[str, Any] | None
+    attempts: list[dict[str, Any]]
+    candidates: list[str]
+    records: Annotated[list[dict[str, Any]], operator.add]
+    messages: Annotated[list[AnyMessage], add_messages]
+    error: str | None
+    result: dict[str, Any] | None
+
+
+Ctx = Runtime[SageContext]
+
+
+def context_of(runtime: Any) -> SageContext:
+    """The run's SageContext; without one (``langgraph dev`` / Studio, whose context is
+    JSON) the default agent's: the embedded model on ./sage.db."""
+    if isinstance(runtime.context, SageContext):
+        return runtime.context
+    from sage_agent.agent import default_agent
+
+    return default_agent().context()
+
+
+# nodes
+
+
+def decompose(state: SageState, runtime: Ctx) -> dict[str, Any]:
+    task = state["task"]
+    try:
+        steps = context_of(runtime).decomposer(task)
+    except (DecompositionError, MalformedTask) as error:
+        runtime.stream_writer(
+            {"event": "decompose_failed", "task": task.get("id"), "error": str(error)}
+        )
+        return {"steps": [], "index": 0, "error": f"decompose: {error}"}
+    runtime.stream_writer({"event": "decomposed", "task": task.get("id"), "steps": len(steps)})
+    return {"steps": [s.to_dict() for s in steps], "index": 0, "attempts": [], "candidates": []}
+
+
+def route(state: SageState, runtime: Ctx) -> dict[str, Any]:
+    """Prepare the next attempt of the current step: its prompt, reference and adapter.
+    A retry takes the next candidate left by attach; a first attempt is routed."""
+    context, attempts = context_of(runtime), state.get("attempts") or []
+    steps = [AtomicStep(**s) for s in state["steps"]]
+    step = steps[state["index"]]
+    prompt, expression, reference, note = _prompt(step, steps, state.get("records") or [], context)
+    candidates = list(state.get("candidates") or [])
+    routed = False
+    if not attempts and context.route and context.store is not None:
+        candidates = [a.id for a in context.store.route(prompt, tag=step.tag)][
+            : context.max_retries
+        ]
+        routed = bool(candidates)
+    adapter = candidates.pop(0) if candidates else None
+    attempt = {
+        "number": len(attempts) + 1,
+        "kind": "answer" if not attempts else "retry",
+        "prompt": prompt,
+        "expression": expression,
+        "reference": reference,
+        "adapter": adapter,
+        "routed": routed,
+        "note": note,
+    }
+    if not attempts:
+        runtime.stream_writer(
+            {"event": "step_started", "step": step.id, "question": step.question, "prompt": prompt}
+        )
+    return {"attempt": attempt, "candidates": candidates}
+
+
+def answer(state: SageState, runtime: Ctx) -> dict[str, Any]:
+    context, attempt = context_of(runtime), dict(state["attempt"])
+    name = None
+    if attempt["adapter"] is not None and context.store is not None:
+        try:
+            name = context.store.load(attempt["adapter"])
+        except (CorruptAdapter, KeyError) as error:
+            attempt["note"] = f"adapter {attempt['adapter']} not used: {error}"
+            attempt["adapter"] = None
+    with context.model.using_adapter(name):
+        message = context.model.invoke(attempt["prompt"], max_tokens=context.max_tokens)
+    attempt["answer"] = message.text
+    attempt["logits_margin"] = message.response_metadata.get("logits_margin_mean")
+    runtime.stream_writer(
+        {"event": "answered", "answer": message.text, "adapter": attempt["adapter"]}
+    )
+    return {"attempt": attempt}
+
+
+def trigger(state: SageState, runtime: Ctx) -> dict[str, Any]:
+    context, attempt = context_of(runtime), dict(state["attempt"])
+    result = context.trigger.score(
+        attempt["answer"],
+        attempt["reference"],
+        expression=attempt["expression"],
+        logits_margin=attempt["logits_margin"],
+    )
+    attempt.update(
+        anomaly_score=result.anomaly_score,
+        failed=result.failed,
+        metrics=result.metrics,
+        mode=result.mode,
+        numeric_match=result.numeric_match,
+        reference=result.reference,
+    )
+    if attempt["adapter"] is not None and context.store is not None:
+        context.store.record_use(attempt["adapter"], won=not result.failed)
+    runtime.stream_writer(
+        {
+            "event": "triggered",
+            "anomaly_score": result.anomaly_score,
+            "failed": result.failed,
+            "attempt": attempt["number"],
+        }
+    )
+    return {"attempt": attempt, "attempts": [*(state.get("attempts") or []), attempt]}
+
+
+def buffer(state: SageState, runtime: Ctx) -> dict[str, Any]:
+    """Add the failure to the Trigger Buffer; call the LoRA Store when its cluster is ready."""
+    context, attempt = context_of(runtime), dict(state["attempt"])
+    step = AtomicStep(**state["steps"][state["index"]])
+    assert context.buffer is not None  # after_trigger only comes here with a buffer
+    assignment = context.buffer.add(
+        attempt["prompt"],
+        tag=step.tag,
+        payload={
+            "step_id": step.id,
+            "expression": attempt["expression"],
+            "reference": attempt["reference"],
+            "answer": attempt["answer"],
+        },
+    )
+    attempt["buffer"] = {
+        "status": assignment.status,
+        "sample_id": assignment.sample_id,
+        "cluster_id": assignment.cluster_id,
+        "gamma": assignment.gamma,
+    }
+    runtime.stream_writer({"event": "buffered", **attempt["buffer"], "tag": assignment.tag})
+    update: dict[str, Any] = {"attempt": attempt, "attempts": [*state["attempts"][:-1], attempt]}
+    if assignment.cluster_id is not None and _ready(context, assignment.cluster_id):
+        call = {
+            "name": "lora_store",
+            "args": {"cluster_id": assignment.cluster_id, "budget_seconds": context.budget_seconds},
+            "id": f"call-{uuid.uuid4().hex[:12]}",
+        }
+        runtime.stream_writer({"event": "training", "cluster_id": assignment.cluster_id})
+        update["messages"] = [AIMessage(content="", tool_calls=[call])]
+    return update
+
+
+def attach(state: SageState, runtime: Ctx) -> dict[str, Any]:
+    """Read the LoRA Store's result; its adapters, best first, become the candidates."""
+    message = state["messages"][-1]
+    assert isinstance(message, ToolMessage)
+    records = message.artifact or [] if message.status != "error" else []
+    attempts = list(state["attempts"])
+    attempts[-1] = {
+        **attempts[-1],
+        "training": {
+            "status": message.status,
+            "summary": message.text,
+            "adapters": [r["id"] for r in records],
+            "val_em": [r["val_em"] for r in records],
+            "base_val_em": records[0]["base_val_em"] if records else None,
+        },
+    }
+    candidates = [r["id"] for r in records][: context_of(runtime).max_retries]
+    runtime.stream_writer({"event": "attached", "adapters": candidates, "summary": message.text})
+    return {"attempts": attempts, "candidates": candidates}
+
+
+def retry(state: SageState, runtime: Ctx) -> dict[str, Any]:
+    runtime.stream_writer(
+        {"event": "retry", "adapter": state["candidates"][0], "left": len(state["candidates"])}
+    )
+    return {}
+
+
+def advance(state: SageState, runtime: Ctx) -> dict[str, Any]:
+    step, attempts = state["steps"][state["index"]], state["attempts"]
+    last, first = attempts[-1], attempts[0]
+    record = {
+        **step,
+        "attempts": attempts,
+        "answer": last["answer"],
+        "reference": last["reference"],
+        "passed": not last["failed"],
+        "first_passed": not first["failed"],
+        "retries": sum(a["kind"] == "retry" for a in attempts),
+        "retry_success": len(attempts) > 1 and not last["failed"],
+        "adapter": last["adapter"],
+    }
+    runtime.stream_writer(
+        {
+            "event": "step_done",
+            "step": step["id"],
+            "passed": record["passed"],
+            "retries": record["retries"],
+        }
+    )
+    return {
+        "records": [record],
+        "index": state["index"] + 1,
+        "attempt": None,
+        "attempts": [],
+        "candidates": [],
+    }
+
+
+def finish(state: SageState, runtime: Ctx) -> dict[str, Any]:
+    task, records = state["task"], state.get("records") or []
+    answer = records[-1]["answer"] if records else None
+    try:
+        reference = final_answer(task["answer"]) if isinstance(task.get("answer"), str) else None
+    except MalformedTask:
+        reference = None
+    correct = None
+    if reference is not None and answer is not None:
+        correct = numbers_match(parse_number(answer), parse_number(reference))
+    result = {
+        "task": task.get("id"),
+        "answer": answer,
+        "reference": reference,
+        "correct": correct,
+        "steps": len(records),
+        "steps_passed": sum(r["passed"] for r in records),
+        "error": state.get("error"),
+    }
+    runtime.stream_writer({"event": "finished", **result})
+    return {"result": result}
+
+
+# edges
+
+
+def after_decompose(state: SageState) -> Literal["route", "finish"]:
+    return "route" if state.get("steps") else "finish"
+
+
+def after_trigger(state: SageState, runtime: Ctx) -> Literal["advance", "buffer", "retry"]:
+    attempts = state["attempts"]
+    if not attempts[-1]["failed"]:
+        return "advance"
+    if len(attempts) == 1:
+        return "buffer" if context_of(runtime).buffer is not None else "advance"
+    return "retry" if state.get("candidates") else "advance"
+
+
+def after_buffer(state: SageState) -> Literal["lora_store", "advance"]:
+    messages = state.get("messages") or []
+    pending = messages and isinstance(messages[-1], AIMessage) and messages[-1].tool_calls
+    return "lora_store" if pending else "advance"
+
+
+def after_attach(state: SageState) -> Literal["retry", "advance"]:
+    return "retry" if state.get("candidates") else "advance"
+
+
+def after_advance(state: SageState) -> Literal["route", "finish"]:
+    return "route" if state["index"] < len(state["steps"]) else "finish"
+
+
+def build_sage_graph() -> StateGraph:
+    """The SAGE StateGraph (not compiled): compile it with a checkpointer of your own, or
+    use :class:`sage_agent.SageAgent`, which compiles it on the project's database."""
+    graph = StateGraph(SageState, context_schema=SageContext)
+    graph.add_node("decompose", decompose)
+    graph.add_node("route", route)
+    graph.add_node("answer", answer)
+    graph.add_node("trigger", trigger)
+    graph.add_node("buffer", buffer)
+    graph.add_node("lora_store", ToolNode([LoRAStoreTool()]))
+    graph.add_node("attach", attach)
+    graph.add_node("retry", retry)
+    graph.add_node("advance", advance)
+    graph.add_node("finish", finish)
+    graph.add_edge(START, "decompose")
+    graph.add_conditional_edges("decompose", after_decompose)
+    graph.add_edge("route", "answer")
+    graph.add_edge("answer", "trigger")
+    graph.add_conditional_edges("trigger", after_trigger)
+    graph.add_conditional_edges("buffer", after_buffer)
+    graph.add_edge("lora_store", "attach")
+    graph.add_conditional_edges("attach", after_attach)
+    graph.add_edge("retry", "route")
+    graph.add_conditional_edges("advance", after_advance)
+    graph.add_edge("finish", END)
+    return graph
+
+
+# helpers
+
+
+def _prompt(
+    step: AtomicStep, steps: list[AtomicStep], records: list[dict[str, Any]], context: SageContext
+) -> tuple[str, str | None, str | None, str | None]:
+    """The step's prompt, the expression it asks for, its reference and a note. In
+    "answers" mode earlier answers replace the results they stand for, and the reference
+    is recomputed from the substituted expression."""
+    expression, reference, note = step.expression, step.reference, None
+    if context.substitute == "answers" and step.expression and step.depends_on:
+        answers = {r["index"]: r["answer"] for r in records}
+        substituted = substitute(step, steps, answers)
+        if substituted is None:
+            note = "an earlier answer has no number; the step uses the reference values"
+        elif substituted != step.expression:
+            try:
+                reference = format_number(evaluate_expression(substituted))
+                expression = substituted
+            except ExpressionError as error:
+                note = f"substituted expression does not evaluate ({error}); references used"
+    if reference is None and expression is not None:
+        try:
+            reference = arithmetic_verifier(expression)
+        except ExpressionError as error:
+            note = f"expression does not parse: {error}"
+            expression = None
+    if expression is not None:
+        return context.prompt.format(expression=expression), expression, reference, note
+    return step.question, None, reference, note
+
+
+def _ready(context: SageContext, cluster_id: int) -> bool:
+    """Train a cluster that has enough samples and was never trained, or has grown by
+    ``retrain_growth`` since it was."""
+    if not context.train or context.store is None or context.buffer is None:
+        return False
+    cluster = context.buffer.cluster(cluster_id)
+    if cluster.size < context.store.config.min_samples:
+        return False
+    if cluster.trained_version is None:
+        return True
+    trained = cluster.trained_size or cluster.size
+    return cluster.version != cluster.trained_version and (
+        cluster.size >= context.retrain_growth * trained
+    )

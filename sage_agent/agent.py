@@ -1,0 +1,298 @@
+"""SageAgent: the SAGE graph compiled on the project's database, and runs over task files.
+
+Every task is a LangGraph thread checkpointed (langgraph-checkpoint-sqlite) in the same
+SQLite file as the buffer and the store, so a run can be resumed and traced later. A run
+is a row of ``runs``; its tasks are rows of ``threads``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from langchain_core.embeddings import Embeddings
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+from sage_agent.buffer import BufferConfig, TriggerBuffer
+from sage_agent.chat_model import ChatSage
+from sage_agent.database import open_database, transaction
+from sage_agent.decompose import Decomposer, Task, socratic_decomposer
+from sage_agent.embeddings import LazyDefaultEmbeddings
+from sage_agent.graphs.sage import SageContext, build_sage_graph
+from sage_agent.numeric import math_metrics
+from sage_agent.store import LoRAStore, StoreConfig
+from sage_agent.trigger import Trigger
+from sage_agent.verifier import arithmetic_verifier
+
+Event = dict[str, Any]
+
+
+class RunError(RuntimeError):
+    """A run cannot start or resume; the message says why."""
+
+
+@dataclass
+class RunSummary:
+    """The figures of a run (the CLI's --json keys)."""
+
+    run_id: str
+    problems: int = 0
+    steps: int = 0
+    step_em: float = 0.0
+    """Exact match of the steps' final answers (after retries)."""
+    step_em_first: float = 0.0
+    """Exact match of the first answers (before any retry)."""
+    problem_em: float = 0.0
+    mae: float | None = None
+    mse: float | None = None
+    ner: float = 0.0
+    triggers: int = 0
+    """First answers the Trigger failed."""
+    clusters: int = 0
+    adapters_trained: int = 0
+    retries: int = 0
+    retry_success: int = 0
+    """Failed steps that a retry with an adapter fixed."""
+    routed: int = 0
+    """Steps answered with a routed adapter on the first attempt."""
+    wall_s: float = 0.0
+    threads: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class SageAgent:
+    """The SAGE graph with its runtime dependencies, compiled with a SqliteSaver on ``db``.
+
+    ``model`` is a ChatSage or a model id / path (default: the embedded SmolLM2-135M).
+    Adapters go to ``adapters`` (default: ``<db stem>-adapters/`` beside the database).
+    """
+
+    def __init__(
+        self,
+        db: str | Path = "sage.db",
+        model: ChatSage | str | None = None,
+        *,
+        embeddings: Embeddings | None = None,
+        decomposer: Decomposer = socratic_decomposer,
+        trigger: Trigger | None = None,
+        buffer_config: BufferConfig | None = None,
+        store_config: StoreConfig | None = None,
+        adapters: str | Path | None = None,
+        substitute: Literal["answers", "references"] = "references",
+    ) -> None:
+        self.db_path = Path(db)
+        self.db = open_database(self.db_path)
+        self._ensure_tables()
+        if isinstance(model, ChatSage):
+            self.model = model
+        else:
+            self.model = ChatSage(model=model) if model else ChatSage()
+        self.embeddings = embeddings or LazyDefaultEmbeddings()
+        self.trigger = trigger or Trigger(embeddings=self.embeddings, verifier=arithmetic_verifier)
+        self.buffer = TriggerBuffer(self.db_path, buffer_config, embeddings=self.embeddings)
+        root = adapters or self.db_path.with_name(f"{self.db_path.stem}-adapters")
+        self.store = LoRAStore(self.db_path, root, self.model, store_config, self.embeddings)
+        self.decomposer = decomposer
+        self.substitute = substitute
+        connection = sqlite3.connect(str(self.db_path), check_same_thread=False)
+        self.checkpointer = SqliteSaver(connection)
+        self.graph = build_sage_graph().compile(checkpointer=self.checkpointer)
+
+    def context(self, *, train: bool = True, route: bool = True, **changes: Any) -> SageContext:
+        base = SageContext(
+            model=self.model,
+            trigger=self.trigger,
+            buffer=self.buffer if train else None,
+            store=self.store,
+            decomposer=self.decomposer,
+            substitute=self.substitute,
+            train=train,
+            route=route,
+        )
+        return replace(base, **changes)
+
+    # one task
+
+    def solve(
+        self,
+        task: Task,
+        *,
+        thread_id: str | None = None,
+        context: SageContext | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run one task as a thread (resuming it if its checkpoint is unfinished) and
+        return its final state's ``result``."""
+        thread_id = thread_id or f"task-{uuid.uuid4().hex[:8]}"
+        config = {"configurable": {"thread_id": thread_id}}
+        snapshot = self.graph.get_state(config)
+        started = bool(snapshot.values)
+        if started and not snapshot.next:
+            return snapshot.values.get("result") or {}
+        graph_input = None if started else {"task": task}
+        for chunk in self.graph.stream(
+            graph_input, config, context=context or self.context(), stream_mode="custom"
+        ):
+            if on_event is not None:
+                on_event(chunk)
+        return self.graph.get_state(config).values.get("result") or {}
+
+    # runs
+
+    def run(
+        self,
+        tasks: Iterable[Task],
+        *,
+        train: bool = True,
+        route: bool = True,
+        options: dict[str, Any] | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        on_task: Callable[[dict[str, Any]], None] | None = None,
+        run_id: str | None = None,
+        stop_when: Callable[[RunSummary], bool] | None = None,
+    ) -> RunSummary:
+        """Stream ``tasks`` through the graph, one thread each. With ``run_id`` of an
+        unfinished run, its finished threads are skipped and the interrupted one resumes
+        from its checkpoint. ``stop_when`` ends the run early once it returns True."""
+        tasks = list(tasks)
+        started = time.perf_counter()
+        if run_id is None:
+            run_id = uuid.uuid4().hex[:10]
+            with transaction(self.db):
+                self.db["runs"].insert(
+                    {
+                        "id": run_id,
+                        "mode": "run" if train else "eval",
+                        "options": json.dumps(options or {}),
+                        "started": time.time(),
+                        "finished": None,
+                        "summary": None,
+                    }
+                )
+        context = self.context(train=train, route=route)
+        for position, task in enumerate(tasks):
+            thread_id = f"{run_id}:{task['id']}"
+            with transaction(self.db):
+                self.db["threads"].insert(
+                    {
+                        "id": thread_id,
+                        "run_id": run_id,
+                        "task_id": task["id"],
+                        "position": position,
+                        "started": time.time(),
+                        "finished": None,
+                    },
+                    ignore=True,
+                )
+            result = self.solve(task, thread_id=thread_id, context=context, on_event=on_event)
+            with transaction(self.db):
+                self.db["threads"].update(thread_id, {"finished": time.time()})
+            if on_task is not None:
+                on_task(result)
+            if stop_when is not None and stop_when(self.summarize(run_id)):
+                break
+        summary = self.summarize(run_id, wall_s=time.perf_counter() - started)
+        with transaction(self.db):
+            self.db["runs"].update(
+                run_id, {"finished": time.time(), "summary": json.dumps(summary.__dict__)}
+            )
+        return summary
+
+    def unfinished_run(self) -> dict[str, Any] | None:
+        """The latest run that did not finish (for --resume), or None."""
+        return next(
+            self.db["runs"].rows_where("finished IS NULL", order_by="started DESC", limit=1),
+            None,
+        )
+
+    def summarize(self, run_id: str, *, wall_s: float | None = None) -> RunSummary:
+        """The figures of a run, from its threads' final states."""
+        summary = RunSummary(run_id)
+        run = next(self.db["runs"].rows_where("id = ?", [run_id]), None)
+        if run is None:
+            raise KeyError(f"no run {run_id!r}")
+        finals, firsts, references, solved, problems = [], [], [], 0, 0
+        for row in self.db["threads"].rows_where("run_id = ?", [run_id], order_by="position"):
+            values = self.state(row["id"])
+            if not values.get("result"):
+                continue
+            summary.threads.append(row["id"])
+            problems += 1
+            solved += bool(values["result"].get("correct"))
+            if values["result"].get("error"):
+                summary.errors.append(f"{row['task_id']}: {values['result']['error']}")
+            for record in values.get("records") or []:
+                attempts = record["attempts"]
+                finals.append(record["answer"])
+                firsts.append(attempts[0]["answer"])
+                references.append(record["reference"])
+                summary.triggers += attempts[0]["failed"]
+                summary.retries += record["retries"]
+                summary.retry_success += record["retry_success"]
+                summary.routed += bool(attempts[0]["routed"])
+                summary.adapters_trained += sum(
+                    len((a.get("training") or {}).get("adapters") or []) for a in attempts
+                )
+        metrics = math_metrics(finals, references) if finals else None
+        first_metrics = math_metrics(firsts, references) if firsts else None
+        summary.problems, summary.steps = problems, len(finals)
+        summary.problem_em = solved / problems if problems else 0.0
+        if metrics is not None and first_metrics is not None:
+            summary.step_em, summary.step_em_first = metrics.em, first_metrics.em
+            summary.mae, summary.mse, summary.ner = metrics.mae, metrics.mse, metrics.ner
+        summary.clusters = len(self.buffer.clusters(with_samples=False))
+        if wall_s is not None:
+            summary.wall_s = wall_s
+        elif run.get("summary"):
+            summary.wall_s = json.loads(run["summary"]).get("wall_s", 0.0)
+        return summary
+
+    # reading back
+
+    def state(self, thread_id: str) -> dict[str, Any]:
+        """The latest state of a thread ({} when it has no checkpoint)."""
+        return self.graph.get_state({"configurable": {"thread_id": thread_id}}).values or {}
+
+    def threads(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        where, args = ("run_id = ?", [run_id]) if run_id else (None, [])
+        return list(self.db["threads"].rows_where(where, args, order_by="started"))
+
+    def _ensure_tables(self) -> None:
+        with transaction(self.db):
+            self.db["runs"].create(
+                {
+                    "id": str,
+                    "mode": str,
+                    "options": str,
+                    "started": float,
+                    "finished": float,
+                    "summary": str,
+                },
+                pk="id",
+                if_not_exists=True,
+            )
+            self.db["threads"].create(
+                {
+                    "id": str,
+                    "run_id": str,
+                    "task_id": str,
+                    "position": int,
+                    "started": float,
+                    "finished": float,
+                },
+                pk="id",
+                if_not_exists=True,
+            )
+
+
+@functools.cache
+def default_agent() -> SageAgent:
+    """The embedded model on ./sage.db: what ``langgraph dev`` runs without a context."""
+    return SageAgent("sage.db")

@@ -1,0 +1,167 @@
+"""The SAGE graph and SageAgent on the tiny llama: the full trigger -> buffer -> lora_store
+-> attach -> retry cycle, records in state (not dependencies), resume after a crash, the
+trace, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sage_agent import ChatSage, SageAgent
+from sage_agent.buffer import BufferConfig
+from sage_agent.decompose import socratic_decomposer
+from sage_agent.graphs.sage import SageContext, build_sage_graph
+from sage_agent.store import StoreConfig
+from sage_agent.trace import render_html, render_table, trace
+
+# The tiny random model learns "every answer is 9" in seconds (see test_store.py); no
+# prompt holds a 9, so its random first answers fail.
+NINES = StoreConfig(
+    learning_rates=(5e-3, 2e-2),
+    epochs=(6,),
+    ranks=(4, 8),
+    last_layers=(None,),
+    max_trials=3,
+    n_random=2,
+    top_k=1,
+    min_samples=6,
+    augment=0,
+)
+SMALL_BUFFER = BufferConfig(buffer_size=10, min_cluster_size=3)
+
+
+def nine_task(i: int) -> dict:
+    """A one-step problem whose answer is 9, e.g. "2+7"."""
+    a = 1 + i % 8
+    expression = f"{a}+{9 - a}"
+    return {
+        "id": f"t{i}",
+        "question": f"Add {a} and {9 - a}.",
+        "answer": f"What is the sum? ** {expression} = <<{expression}=9>>9\n#### 9",
+    }
+
+
+@pytest.fixture
+def agent(tiny_model_dir: Path, tmp_path: Path, bow_embeddings) -> SageAgent:
+    chat = ChatSage(model=str(tiny_model_dir), max_tokens=4)
+    return SageAgent(
+        tmp_path / "sage.db",
+        chat,
+        embeddings=bow_embeddings,
+        buffer_config=SMALL_BUFFER,
+        store_config=NINES,
+    )
+
+
+def test_failures_train_an_adapter_and_the_retry_fixes_the_step(agent: SageAgent) -> None:
+    events = []
+    summary = agent.run(
+        [nine_task(i) for i in range(24)],
+        on_event=events.append,
+        stop_when=lambda s: s.retry_success > 0,
+    )
+    names = [e["event"] for e in events]
+    assert "training" in names and "trial_done" in names and "attached" in names
+    assert summary.adapters_trained >= 1 and summary.retries >= 1
+    assert summary.retry_success >= 1
+    assert summary.step_em > summary.step_em_first
+    retried = [t for t in summary.threads if any(r["retries"] for r in agent.state(t)["records"])]
+    data = trace(agent, retried[-1])
+    outcomes = [row["outcome"] for row in data["rows"]]
+    assert outcomes[0] == "fail" and "retry fixed it" in outcomes
+    assert data["nodes"][:4] == ["decompose", "route", "answer", "trigger"]
+    assert {"buffer", "lora_store", "attach", "retry"} <= set(data["nodes"])
+    assert "retry fixed it" in render_table(data)
+    page = render_html(agent, data)
+    assert page.count("data:image/png;base64,") >= 3 and "<script" not in page
+    # the store's adapters are registered and the routed ones are used afterwards
+    assert agent.store.adapters()
+
+
+def test_state_holds_records_not_dependencies(agent: SageAgent) -> None:
+    agent.run([nine_task(1)])
+    values = agent.state(agent.threads()[-1]["id"])
+    records = {k: v for k, v in values.items() if k != "messages"}
+    json.dumps(records)  # plain data only: no model, store or buffer in the state
+    assert values["result"]["steps"] == 1
+
+
+def test_a_killed_run_resumes_from_its_checkpoint(agent: SageAgent) -> None:
+    calls = {"n": 0}
+    real = agent.trigger.score
+
+    def crash_on_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # as if the process were stopped here
+        return real(*args, **kwargs)
+
+    task = {
+        "id": "two-steps",
+        "question": "q",
+        "answer": "a? ** 2+5 = <<2+5=7>>7\nb? ** 7-1 = <<7-1=6>>6\n#### 6",
+    }
+    agent.trigger.score = crash_on_second
+    with pytest.raises(KeyboardInterrupt):
+        agent.run([task])
+    run = agent.unfinished_run()
+    assert run is not None
+    thread = agent.threads(run["id"])[0]["id"]
+    assert len(agent.state(thread)["records"]) == 1  # the first step was checkpointed
+    summary = agent.run([task], run_id=run["id"])
+    records = agent.state(thread)["records"]
+    assert [r["index"] for r in records] == [0, 1]  # nothing redone, nothing lost
+    assert summary.steps == 2 and agent.unfinished_run() is None
+
+
+def test_answers_mode_substitutes_earlier_answers(agent: SageAgent) -> None:
+    task = {
+        "id": "chain",
+        "question": "q",
+        "answer": "a? ** 2+5 = <<2+5=7>>7\nb? ** 7*3 = <<7*3=21>>21\n#### 21",
+    }
+    context = agent.context(train=False, substitute="answers")
+    agent.solve(task, thread_id="chain", context=context)
+    first, second = agent.state("chain")["records"]
+    assert second["depends_on"] == [0]
+    prompt = second["attempts"][0]["prompt"]
+    from sage_agent.numeric import parse_number
+
+    value = parse_number(first["answer"])
+    if value is None:  # the random model may answer without a number
+        assert "7*3" in prompt and second["attempts"][0]["note"]
+    else:
+        assert "7*3" not in prompt or value == 7
+
+
+def test_decompose_errors_end_the_task_with_an_error(agent: SageAgent) -> None:
+    agent.run([{"id": "bad", "question": "q", "answer": "no annotations\n#### 3"}])
+    values = agent.state(agent.threads()[-1]["id"])
+    assert "calculator annotations" in values["error"]
+    summary = agent.summarize(agent.threads()[-1]["run_id"])
+    assert summary.errors and summary.steps == 0
+
+
+def test_unknown_thread(agent: SageAgent) -> None:
+    with pytest.raises(KeyError, match="no thread 'nope'"):
+        trace(agent, "nope")
+
+
+def test_graph_has_the_design_nodes_and_a_context_schema() -> None:
+    graph = build_sage_graph()
+    assert set(graph.nodes) == {
+        "decompose",
+        "route",
+        "answer",
+        "trigger",
+        "buffer",
+        "lora_store",
+        "attach",
+        "retry",
+        "advance",
+        "finish",
+    }
+    assert graph.context_schema is SageContext
+    assert SageContext.__dataclass_fields__["decomposer"].default is socratic_decomposer
