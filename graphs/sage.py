@@ -4,7 +4,7 @@
 decompose -> route -> answer -> trigger --pass--> advance -> (next step: route) ... finish
                ^                  | fail
                |                  v
-               |               buffer --not ready--> advance
+               |               buffer --not ready--> advance (or retry: next routed adapter)
                |                  | cluster ready
                |                  v
                +--- retry <--- attach <--- lora_store (ToolNode calling LoRAStoreTool)
@@ -43,6 +43,7 @@ from sage_agent.numeric import format_number, numbers_match, parse_number
 from sage_agent.steps import ATOMIC_PROMPT, AtomicStep, MalformedTask, final_answer
 from sage_agent.store import CorruptAdapter, LoRAStore
 from sage_agent.tools import LoRAStoreTool
+from sage_agent.trainer import TrainingPair
 from sage_agent.trigger import Trigger
 from sage_agent.verifier import ExpressionError, arithmetic_verifier, evaluate_expression
 
@@ -187,8 +188,12 @@ def trigger(state: SageState, runtime: Ctx) -> dict[str, Any]:
         numeric_match=result.numeric_match,
         reference=result.reference,
     )
+    step = state["steps"][state["index"]]
     if attempt["adapter"] is not None and context.store is not None:
         context.store.record_use(attempt["adapter"], won=not result.failed)
+    elif not result.failed and context.train and context.store is not None:
+        # What the base model answers right is what an adapter must not break.
+        context.store.add_canary([TrainingPair(attempt["prompt"], result.reference)], step["tag"])
     runtime.stream_writer(
         {
             "event": "triggered",
@@ -332,10 +337,14 @@ def after_trigger(state: SageState, runtime: Ctx) -> Literal["advance", "buffer"
     return "retry" if state.get("candidates") else "advance"
 
 
-def after_buffer(state: SageState) -> Literal["lora_store", "advance"]:
+def after_buffer(state: SageState) -> Literal["lora_store", "retry", "advance"]:
+    """Train when the cluster is ready; otherwise try the next routed adapter, if any
+    (the first attempt already used the best one)."""
     messages = state.get("messages") or []
     pending = messages and isinstance(messages[-1], AIMessage) and messages[-1].tool_calls
-    return "lora_store" if pending else "advance"
+    if pending:
+        return "lora_store"
+    return "retry" if state.get("candidates") else "advance"
 
 
 def after_attach(state: SageState) -> Literal["retry", "advance"]:

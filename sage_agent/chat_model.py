@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
@@ -442,7 +443,7 @@ class ChatSage(BaseChatModel):
         if name in self._adapters:
             raise ValueError(f"an adapter named {name!r} is already loaded")
         self._ensure_loaded()
-        with self._lock:
+        with self._lock, _quiet_peft():
             self._model.add_adapter(config, adapter_name=name)
             self._adapters[name] = None
             # add_adapter activates the new adapter in transformers; keep the previous choice.
@@ -456,7 +457,7 @@ class ChatSage(BaseChatModel):
         if name in self._adapters:
             raise ValueError(f"an adapter named {name!r} is already loaded")
         self._ensure_loaded()
-        with self._lock:
+        with self._lock, _quiet_peft():
             try:
                 self._model.load_adapter(str(folder), adapter_name=name)
             except Exception as error:
@@ -478,7 +479,7 @@ class ChatSage(BaseChatModel):
         """Unload adapter ``name`` and free its weights; the base model answers if it was active."""
         if name not in self._adapters:
             raise KeyError(f"no adapter named {name!r} is loaded; loaded: {sorted(self._adapters)}")
-        with self._lock:
+        with self._lock, _quiet_peft():
             self._model.delete_adapter(name)
             del self._adapters[name]
             self._apply(None if self._active_adapter == name else self._active_adapter)
@@ -611,3 +612,13 @@ def _load(model_name: str, dtype: str, device: str) -> tuple[Any, Any]:
         tokenizer.chat_template = _FALLBACK_CHAT_TEMPLATE
     model.to(device).eval()
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """Silence peft's notes on what the design does on purpose: several adapters on one
+    model, and deleting the active one (ChatSage chooses the next itself)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Already found a `peft_config`", UserWarning)
+        warnings.filterwarnings("ignore", "Adapter .* was active", UserWarning)
+        yield

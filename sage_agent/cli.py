@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sage_agent.agent import RunError, SageAgent
 from sage_agent.buffer import TriggerBuffer
 from sage_agent.chat_model import ChatSage, UnknownModelError
 from sage_agent.data import DataError
@@ -23,6 +24,7 @@ from sage_agent.embedded import EmbeddedModelMissing
 from sage_agent.store import LoRAStore, StoreError
 
 USER_ERRORS = (
+    RunError,
     DataError,
     DatabaseError,
     DecompositionError,
@@ -123,7 +125,6 @@ def _existing(db: Path) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sage_agent.agent import RunError, SageAgent
     from sage_agent.data import read_tasks
     from sage_agent.decompose import LLMDecomposer, annotation_decomposer, socratic_decomposer
 
@@ -224,7 +225,6 @@ def _print_summary(summary: Any, as_json: bool) -> None:
 
 
 def _trace(args: argparse.Namespace) -> int:
-    from sage_agent.agent import SageAgent
     from sage_agent.trace import latest_thread, render_html, render_mermaid, render_table, trace
 
     agent = SageAgent(_existing(args.db))

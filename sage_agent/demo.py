@@ -19,16 +19,17 @@ from sage_agent.store import StoreConfig
 
 DEMO_STORE = StoreConfig(
     ranks=(8, 16),
-    learning_rates=(1e-3, 3e-3),
-    epochs=(3,),
+    learning_rates=(1e-3, 4e-3),
+    epochs=(3, 4),
     last_layers=(15,),
-    n_random=2,
+    n_random=3,
     top_k=1,
-    max_trials=3,
-    max_seconds=240,
-    min_samples=12,
+    max_trials=4,
+    max_seconds=150,
+    min_samples=16,
 )
-"""A small search (3 trials of about a minute): the demo has to finish in minutes."""
+"""A small search (4 trials of well under a minute on the last 15 layers): the demo has
+to finish in minutes."""
 
 DEMO_BUFFER = BufferConfig(buffer_size=15)
 """Cluster a tag's failures after 15 of them (the default waits for 25)."""

@@ -92,6 +92,9 @@ class StoreConfig:
         default=0.05,
         metadata={"help": "An adapter losing more canary exact match than this is discarded."},
     )
+    canary_size: int = field(
+        default=48, metadata={"help": "Canaries an adapter is checked on (a seeded sample)."}
+    )
     max_on_disk: int = field(default=50, metadata={"help": "N: adapters kept on disk."})
     max_loaded: int = field(default=4, metadata={"help": "M: adapters loaded in memory (LRU)."})
     route_threshold: float = field(
@@ -210,7 +213,7 @@ class LoRAStore(LazyEmbeddings):
         emit = progress or (lambda _event: None)
         started = time.perf_counter()
         base = evaluate(self.model, None, val)
-        canary = self.canary()
+        canary = self.canary(cluster.tag)
         base_canary = evaluate(self.model, None, canary).exact_match if canary else None
         rng = random.Random(f"{self.config.seed}:{cluster.id}:{cluster.version}")
         run_id = uuid.uuid4().hex[:8]
@@ -295,9 +298,13 @@ class LoRAStore(LazyEmbeddings):
         rng.shuffle(examples)
         n_val = max(2, round(len(examples) * self.config.validation_fraction))
         train, val = examples[n_val:], examples[:n_val]
-        # Validation stays the cluster's own samples; only training gets variants.
+        # Variants of training samples train; variants of validation samples only
+        # validate (a few held-out samples alone make the ranking and the gate noise).
         extra = augment_pairs(train, self.config.augment, rng) if self.config.augment else []
-        return [p for p, _ in train] + extra, [p for p, _ in val]
+        val_extra = augment_pairs(val, self.config.augment, rng) if self.config.augment else []
+        training = [p for p, _ in train] + extra
+        seen = {p.prompt for p in training}
+        return training, [p for p, _ in val] + [p for p in val_extra if p.prompt not in seen]
 
     def _sample(self, rng: random.Random) -> LoRATrainConfig:
         rank = rng.choice(self.config.ranks)
@@ -531,15 +538,26 @@ class LoRAStore(LazyEmbeddings):
 
     # canary
 
-    def add_canary(self, pairs: Sequence[TrainingPair]) -> None:
-        """Add steps the base model answers right to the regression-gate canary set."""
+    def add_canary(self, pairs: Sequence[TrainingPair], tag: str | None = None) -> None:
+        """Add steps the base model answers right to the regression-gate canary set, under
+        their structure tag (the adapters of a cluster are gated on its tag's canaries,
+        the steps they will be routed to)."""
         with transaction(self.db):
             self.db["canary"].insert_all(
-                [{"prompt": p.prompt, "answer": p.answer} for p in pairs], ignore=True
+                [{"prompt": p.prompt, "answer": p.answer, "tag": tag} for p in pairs],
+                ignore=True,
             )
 
-    def canary(self) -> list[TrainingPair]:
-        return [TrainingPair(r["prompt"], r["answer"]) for r in self.db["canary"].rows]
+    def canary(self, tag: str | None = None) -> list[TrainingPair]:
+        """Up to ``canary_size`` canaries (of ``tag`` when given), a seeded sample."""
+        where, args = ("tag = ?", [tag]) if tag is not None else (None, [])
+        rows = list(self.db["canary"].rows_where(where, args, order_by="prompt"))
+        random.Random(self.config.seed).shuffle(rows)
+        return [TrainingPair(r["prompt"], r["answer"]) for r in rows[: self.config.canary_size]]
+
+    def canary_count(self, tag: str | None = None) -> int:
+        where, args = ("tag = ?", [tag]) if tag is not None else (None, [])
+        return self.db["canary"].count_where(where, args)
 
     def _ensure_tables(self) -> None:
         with transaction(self.db):
@@ -587,7 +605,7 @@ class LoRAStore(LazyEmbeddings):
                 if_not_exists=True,
             )
             self.db["canary"].create(
-                {"prompt": str, "answer": str}, pk="prompt", if_not_exists=True
+                {"prompt": str, "answer": str, "tag": str}, pk="prompt", if_not_exists=True
             )
             self.db["adapters"].create_index(["cluster_id"], if_not_exists=True)
 

@@ -23,6 +23,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -367,7 +368,11 @@ def save_adapter(chat: ChatSage, name: str, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = chat.hf_model
-    weights = get_peft_model_state_dict(model, adapter_name=name)
+    with warnings.catch_warnings():
+        # peft looks for the base model's config.json to check the vocabulary; a GGUF
+        # folder has none, and LoRA leaves the vocabulary alone anyway.
+        warnings.filterwarnings("ignore", "Could not find a config file", UserWarning)
+        weights = get_peft_model_state_dict(model, adapter_name=name)
     save_file(
         {k: v.detach().contiguous() for k, v in weights.items()},
         folder / "adapter_model.safetensors",

@@ -111,8 +111,11 @@ def test_training_is_augmented_with_verifier_variants(chat, tmp_path, bow_embedd
     for sample in cluster.samples:  # "Compute i+(7-i). apples" with its expression
         sample.payload["expression"] = sample.text.split()[1].rstrip(".")
     train, val = store._split(cluster)
-    assert len(val) == 5 and len(train) == 15 * 3
-    assert {p.prompt for p in val} <= {s.text for s in cluster.samples}  # validation is real
+    assert 5 < len(val) <= 5 * 3 and len(train) == 15 * 3
+    real = {s.text for s in cluster.samples}
+    held_out = {p.prompt for p in val[:5]}
+    assert held_out <= real and not held_out & {p.prompt for p in train}  # no leak
+    assert not {p.prompt for p in val[5:]} & {p.prompt for p in train}  # variants of val only
     assert all(p.answer == "7" for p in train[:15])
 
 
@@ -188,7 +191,9 @@ def test_regression_gate_discards_adapters_that_forget(
     # A canary is what the base model answers right: here, its own answers to other prompts.
     prompts = [f"Compute {i}*{i}. pears" for i in range(6)]
     answers = chat.bind(max_tokens=12).batch(prompts)  # as evaluate() answers them
-    store.add_canary([TrainingPair(p, m.text) for p, m in zip(prompts, answers, strict=True)])
+    store.add_canary(
+        [TrainingPair(p, m.text) for p, m in zip(prompts, answers, strict=True)], tag="+"
+    )
     kept = store.optimize(make_cluster(bow_embeddings))  # adapters learn to answer "7"
     assert kept == []
     outcomes = [t["outcome"] for t in store.db["trials"].rows]

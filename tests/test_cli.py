@@ -1,0 +1,136 @@
+"""The command line on the tiny llama: run / eval / trace / adapters / clusters, --json
+keys of DESIGN.md, resume, and bad input (exit code 1 and one line, no traceback)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import sage_agent.agent
+from sage_agent.cli import main
+from sage_agent.database import SCHEMA_VERSION, open_database
+
+from .conftest import BagOfWordsEmbeddings
+
+DESIGN_KEYS = {
+    "problems",
+    "steps",
+    "step_em",
+    "problem_em",
+    "mae",
+    "mse",
+    "ner",
+    "triggers",
+    "clusters",
+    "adapters_trained",
+    "retries",
+    "retry_success",
+    "wall_s",
+    "threads",
+}
+
+
+@pytest.fixture(autouse=True)
+def no_embedded_embeddings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sage_agent.agent, "LazyDefaultEmbeddings", BagOfWordsEmbeddings)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    path = tmp_path / "tasks.jsonl"
+    lines = [
+        json.dumps(
+            {
+                "question": f"Tom has {a} boxes of 6 pens and gives away 5. How many are left?",
+                "answer": f"Pens? ** {a}*6 = <<{a}*6={a * 6}>>{a * 6}\n"
+                f"Left? ** {a * 6}-5 = <<{a * 6}-5={a * 6 - 5}>>{a * 6 - 5}\n#### {a * 6 - 5}",
+            }
+        )
+        for a in (2, 3, 4)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _last_json(capsys: pytest.CaptureFixture[str]) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_run_eval_trace_adapters_clusters(data, tmp_path, tiny_model_dir, capsys) -> None:
+    db = tmp_path / "sage.db"
+    common = ["--data", str(data), "--db", str(db), "--model", str(tiny_model_dir), "--json"]
+    assert main(["run", *common]) == 0
+    summary = _last_json(capsys)
+    assert set(summary) >= DESIGN_KEYS
+    assert summary["problems"] == 3 and summary["steps"] == 6 and len(summary["threads"]) == 3
+
+    assert main(["eval", *common, "--limit", "1", "--no-adapters"]) == 0
+    assert _last_json(capsys)["problems"] == 1
+
+    thread = summary["threads"][0]
+    assert main(["trace", thread, "--db", str(db)]) == 0
+    table = capsys.readouterr().out
+    assert "anomaly_score" in table and "Compute 2*6" in table
+    assert main(["trace", "--db", str(db), "--format", "json"]) == 0
+    latest = json.loads(capsys.readouterr().out)
+    assert latest["rows"] and latest["nodes"][0] == "decompose"
+    assert main(["trace", "--db", str(db), "--format", "mermaid"]) == 0
+    assert "lora_store" in capsys.readouterr().out
+    page = tmp_path / "t.html"
+    assert main(["trace", thread, "--db", str(db), "--format", "html", "--out", str(page)]) == 0
+    assert "<h1>Thread" in page.read_text()
+
+    assert main(["adapters", "list", "--db", str(db), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["clusters", "list", "--db", str(db), "--json"]) == 0
+    assert "clusters" in json.loads(capsys.readouterr().out)
+
+
+def test_bad_input_exits_1_with_one_line(data, tmp_path, tiny_model_dir, capsys) -> None:
+    db = tmp_path / "sage.db"
+    cases = [
+        (["run", "--data", str(tmp_path / "missing.jsonl"), "--db", str(db)], "does not exist"),
+        (["trace", "--db", str(tmp_path / "none.db")], "no database at"),
+        (["run", "--resume", "--db", str(db)], "no unfinished run"),
+        (["adapters", "show", "nope", "--db", str(db)], "no adapter 'nope'"),
+        (["trace", "nope", "--db", str(db)], "no thread 'nope'"),
+        (
+            ["run", "--data", str(data), "--db", str(db), "--model", "no/such-model-xyz"],
+            "no/such-model-xyz",
+        ),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(data.read_text() + "{oops\n")
+    argv = ["run", "--data", str(bad), "--db", str(db), "--model", str(tiny_model_dir)]
+    assert main([*argv, "--strict", "--limit", "9"]) == 1
+    assert f"{bad}:4" in capsys.readouterr().err
+
+    newer = tmp_path / "newer.db"
+    open_database(newer)["meta"].update("schema_version", {"value": str(SCHEMA_VERSION + 1)})
+    assert main(["clusters", "list", "--db", str(newer)]) == 1
+    assert "Upgrade sage-agent" in capsys.readouterr().err
+
+
+def test_run_resume_continues_the_unfinished_run(data, tmp_path, tiny_model_dir, capsys) -> None:
+    db = tmp_path / "sage.db"
+    agent = sage_agent.agent.SageAgent(db, str(tiny_model_dir))
+    agent.db["runs"].insert(
+        {
+            "id": "r1",
+            "mode": "run",
+            "started": 1.0,
+            "finished": None,
+            "summary": None,
+            "options": json.dumps({"data": str(data), "limit": 2, "strict": False}),
+        }
+    )
+    assert main(["run", "--resume", "--db", str(db), "--model", str(tiny_model_dir), "--json"]) == 0
+    summary = _last_json(capsys)
+    assert summary["run_id"] == "r1" and summary["problems"] == 2

@@ -1,0 +1,102 @@
+"""Decomposers (data, model, callable), substitution of earlier answers, and reading task
+files with malformed lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+from sage_agent.data import DataError, read_tasks
+from sage_agent.decompose import (
+    DecompositionError,
+    LLMDecomposer,
+    annotation_decomposer,
+    parse_plan,
+    socratic_decomposer,
+    substitute,
+)
+
+TASK = {
+    "id": "pens",
+    "question": "Tom has 4 boxes of 6 pens and gives away 5 pens. How many pens are left?",
+    "answer": "How many pens does Tom have? ** Tom has 4 * 6 = <<4*6=24>>24 pens.\n"
+    "How many are left? ** 24 - 5 = <<24-5=19>>19 pens are left.\n#### 19",
+}
+
+
+def test_socratic_and_annotation_questions() -> None:
+    socratic = socratic_decomposer(TASK)
+    plain = annotation_decomposer(TASK)
+    assert [s.question for s in socratic] == ["How many pens does Tom have?", "How many are left?"]
+    assert plain[0].question == "Tom has 4 * 6 = 24 pens."
+    assert [s.expression for s in socratic] == [s.expression for s in plain] == ["4*6", "24-5"]
+    assert socratic[1].depends_on == [0] and socratic[1].id == "pens:1"
+
+
+def test_data_decomposer_errors_name_the_problem() -> None:
+    with pytest.raises(DecompositionError, match="####"):
+        socratic_decomposer({"id": "x", "question": "q", "answer": "4*6 = <<4*6=24>>24"})
+    with pytest.raises(DecompositionError, match="calculator annotations"):
+        socratic_decomposer({"id": "x", "question": "q", "answer": "twenty-four\n#### 24"})
+
+
+def test_substitute_puts_earlier_answers_in_place_of_their_results() -> None:
+    steps = socratic_decomposer(TASK)
+    assert substitute(steps[1], steps, {0: "23"}) == "23-5"
+    assert substitute(steps[1], steps, {0: "The answer is 24.0"}) == "24-5"
+    assert substitute(steps[1], steps, {0: "I don't know"}) is None
+    assert substitute(steps[0], steps, {}) == "4*6"  # depends on nothing
+
+
+def test_plan_parsing() -> None:
+    plan = "Sure!\n1. How many pens? | 4*6\n2) How many left? | [1] - 5\nDone."
+    steps = parse_plan(plan, "t")
+    assert [s.expression for s in steps] == ["4*6", "24 - 5"]
+    assert [s.reference for s in steps] == ["24", "19"]
+    assert steps[1].depends_on == [0] and steps[1].tag == "-"
+
+
+@pytest.mark.parametrize(
+    ("plan", "message"),
+    [
+        ("I cannot do this.", "no 'k. sub-question | expression' line"),
+        ("1. x | [2]+1", r"uses \[2\], which is not an earlier step"),
+        ("1. x | four times six", "step 1"),
+    ],
+)
+def test_bad_plans_are_rejected_with_the_models_text(plan: str, message: str) -> None:
+    with pytest.raises(DecompositionError, match=message):
+        parse_plan(plan, "t")
+
+
+def test_llm_decomposer_works_with_any_chat_model() -> None:
+    model = FakeListChatModel(responses=["1. Pens? | 4*6\n2. Left? | [1]-5"])
+    steps = LLMDecomposer(model)({"id": "t", "question": TASK["question"]})
+    assert [s.reference for s in steps] == ["24", "19"]
+    with pytest.raises(DecompositionError, match="question"):
+        LLMDecomposer(model)({"id": "t"})
+
+
+def test_read_tasks_skips_malformed_lines_with_a_warning(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(
+        json.dumps(TASK)
+        + "\n{not json\n\n"
+        + json.dumps({"answer": "x"})
+        + "\n"
+        + json.dumps({**TASK, "id": None})
+        + "\n"
+    )
+    with caplog.at_level(logging.WARNING):
+        tasks = read_tasks(path)
+    assert [t["id"] for t in tasks] == ["pens", "tasks:5"]
+    assert f"{path}:2" in caplog.text and f"{path}:4" in caplog.text
+    with pytest.raises(DataError, match=f"{path}:2"):
+        read_tasks(path, strict=True)
+    assert len(read_tasks(path, limit=1)) == 1
+    with pytest.raises(DataError, match="does not exist"):
+        read_tasks(tmp_path / "missing.jsonl")
