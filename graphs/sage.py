@@ -429,3 +429,8 @@ def _ready(context: SageContext, cluster_id: int) -> bool:
     return cluster.version != cluster.trained_version and (
         cluster.size >= context.retrain_growth * trained
     )
+
+
+graph = build_sage_graph().compile()
+"""Compiled without a checkpointer, for ``langgraph dev`` / Studio (see langgraph.json);
+:class:`sage_agent.SageAgent` compiles its own with a SqliteSaver."""

@@ -35,7 +35,14 @@ from sage_agent.buffer import Cluster
 from sage_agent.chat_model import ChatSage
 from sage_agent.database import open_database, transaction
 from sage_agent.embeddings import LazyEmbeddings
-from sage_agent.trainer import LoRATrainConfig, TrainingPair, evaluate, save_adapter, train_lora
+from sage_agent.trainer import (
+    FrozenPrefix,
+    LoRATrainConfig,
+    TrainingPair,
+    evaluate,
+    save_adapter,
+    train_lora,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +62,21 @@ class CorruptAdapter(RuntimeError):
 class StoreConfig:
     """Search space, budgets and pool limits of the LoRA Store."""
 
-    ranks: tuple[int, ...] = field(default=(4, 8, 16, 32), metadata={"help": "LoRA ranks."})
+    ranks: tuple[int, ...] = field(default=(8, 16, 32), metadata={"help": "LoRA ranks."})
     alpha_ratios: tuple[float, ...] = field(
         default=(1.0, 2.0), metadata={"help": "alpha = ratio * rank."}
     )
     learning_rates: tuple[float, float] = field(
-        default=(3e-4, 3e-3), metadata={"help": "Learning-rate range, sampled log-uniformly."}
+        default=(5e-4, 2e-3), metadata={"help": "Learning-rate range, sampled log-uniformly."}
     )
     dropouts: tuple[float, ...] = field(default=(0.0, 0.05), metadata={"help": "LoRA dropouts."})
-    epochs: tuple[int, ...] = field(default=(2, 3, 4), metadata={"help": "Epoch counts."})
+    epochs: tuple[int, ...] = field(default=(3,), metadata={"help": "Epoch counts."})
     last_layers: tuple[int | None, ...] = field(
-        default=(None, 10),
-        metadata={"help": "Target layers: None for all, N for the last N (faster)."},
+        default=(None,),
+        metadata={
+            "help": "Target layers: None for all, N for the last N (faster: the frozen "
+            "layers run once per search, see trainer.FrozenPrefix)."
+        },
     )
     n_random: int = field(default=4, metadata={"help": "n: random configurations first."})
     top_k: int = field(
@@ -78,12 +88,17 @@ class StoreConfig:
         default=900.0, metadata={"help": "Time budget of one optimize(); no trial starts after it."}
     )
     min_samples: int = field(default=12, metadata={"help": "Smallest cluster to train on."})
-    augment: int = field(
-        default=4,
+    train_size: int = field(
+        default=256,
         metadata={
-            "help": "Verifier-labelled variants added per training sample whose payload has "
-            "an expression (see sage_agent.augment); 0 trains on the cluster's samples alone."
+            "help": "Training pairs per search: the cluster's training split topped up to "
+            "this many with verifier-labelled variants of its samples (same expression "
+            "shape, new numbers; see sage_agent.augment). 0: the cluster's samples alone."
         },
+    )
+    val_variants: int = field(
+        default=4,
+        metadata={"help": "Verifier-labelled variants per held-out sample, validation only."},
     )
     validation_fraction: float = field(
         default=0.25, metadata={"help": "Share of a cluster's samples held out for ranking."}
@@ -121,8 +136,8 @@ class StoreConfig:
             raise ValueError("n_random, top_k, keep and max_trials must be at least 1")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must lie in (0, 1): {self.validation_fraction}")
-        if self.augment < 0:
-            raise ValueError(f"augment must be non-negative, not {self.augment}")
+        if self.train_size < 0 or self.val_variants < 0:
+            raise ValueError("train_size and val_variants must be non-negative")
         if self.min_samples < 4:
             raise ValueError(f"min_samples must be at least 4, not {self.min_samples}")
         if self.max_loaded < 1 or self.max_on_disk < self.keep:
@@ -217,6 +232,8 @@ class LoRAStore(LazyEmbeddings):
         base_canary = evaluate(self.model, None, canary).exact_match if canary else None
         rng = random.Random(f"{self.config.seed}:{cluster.id}:{cluster.version}")
         run_id = uuid.uuid4().hex[:8]
+        # Trials on the last N layers share the frozen layers' output (computed once).
+        prefix = FrozenPrefix(self.model, train, self.config.batch_size)
         trials: list[_Trial] = []
 
         def run(config: LoRATrainConfig, bar: tqdm) -> None:
@@ -233,7 +250,7 @@ class LoRAStore(LazyEmbeddings):
                     "config": _config_dict(config),
                 }
             )
-            result = train_lora(self.model, trial.name, train, config)
+            result = train_lora(self.model, trial.name, train, config, prefix=prefix)
             scores = evaluate(self.model, trial.name, val)
             trial.val_em, trial.val_loss, trial.seconds = (
                 scores.exact_match,
@@ -300,8 +317,9 @@ class LoRAStore(LazyEmbeddings):
         train, val = examples[n_val:], examples[:n_val]
         # Variants of training samples train; variants of validation samples only
         # validate (a few held-out samples alone make the ranking and the gate noise).
-        extra = augment_pairs(train, self.config.augment, rng) if self.config.augment else []
-        val_extra = augment_pairs(val, self.config.augment, rng) if self.config.augment else []
+        per_sample = max(0, math.ceil((self.config.train_size - len(train)) / len(train)))
+        extra = augment_pairs(train, per_sample, rng)[: max(0, self.config.train_size - len(train))]
+        val_extra = augment_pairs(val, self.config.val_variants, rng)
         training = [p for p, _ in train] + extra
         seen = {p.prompt for p in training}
         return training, [p for p, _ in val] + [p for p in val_extra if p.prompt not in seen]

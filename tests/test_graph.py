@@ -27,7 +27,8 @@ NINES = StoreConfig(
     n_random=2,
     top_k=1,
     min_samples=6,
-    augment=0,
+    train_size=0,
+    val_variants=0,
 )
 SMALL_BUFFER = BufferConfig(buffer_size=10, min_cluster_size=3)
 

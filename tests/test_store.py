@@ -106,7 +106,7 @@ def test_optimize_keeps_three_ranked_adapters(
 
 
 def test_training_is_augmented_with_verifier_variants(chat, tmp_path, bow_embeddings) -> None:
-    store = _store_with(chat, tmp_path, bow_embeddings, augment=2)
+    store = _store_with(chat, tmp_path, bow_embeddings, train_size=45, val_variants=2)
     cluster = make_cluster(bow_embeddings)
     for sample in cluster.samples:  # "Compute i+(7-i). apples" with its expression
         sample.payload["expression"] = sample.text.split()[1].rstrip(".")

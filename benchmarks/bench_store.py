@@ -1,0 +1,123 @@
+"""LoRA Store benchmark: optimize() on one cluster of GSM8K failures, as the graph builds it.
+
+    python benchmarks/bench_store.py --data ../shared/data/gsm8k/train.jsonl
+        [--tag +] [--size 48] [--canaries 48] [--seed 0]
+
+The embedded model answers GSM8K atoms of one operator signature; the first ``--size`` it
+gets wrong become the cluster (text = the atomic prompt, payload = expression and
+reference), and the ones it gets right become the tag's canaries (the regression gate).
+Then one optimize() with the default StoreConfig. Prints every trial and the kept
+adapters (validation EM against the base model's on the same split), and writes
+benchmarks/results/store.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+from common import gsm8k_steps
+
+from sage_agent import ChatSage, default_embeddings
+from sage_agent.buffer import Cluster, Sample
+from sage_agent.numeric import numbers_match, parse_number
+from sage_agent.steps import ATOMIC_PROMPT
+from sage_agent.store import LoRAStore, StoreConfig
+from sage_agent.trainer import TrainingPair
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--tag", default="+")
+    parser.add_argument("--size", type=int, default=48, help="failures in the cluster")
+    parser.add_argument("--canaries", type=int, default=48)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    chat = ChatSage(max_tokens=16)
+    embeddings = default_embeddings()
+    failures: list[tuple[str, str, str]] = []
+    canaries: list[TrainingPair] = []
+    steps = (s for s in gsm8k_steps(args.data, args.seed) if s.tag == args.tag)
+    started = time.perf_counter()
+    while len(failures) < args.size or len(canaries) < args.canaries:
+        chunk = [next(steps) for _ in range(16)]
+        prompts = [ATOMIC_PROMPT.format(expression=s.expression) for s in chunk]
+        for step, prompt, message in zip(chunk, prompts, chat.batch(prompts), strict=True):
+            right = numbers_match(parse_number(message.text), parse_number(step.reference))
+            if right and len(canaries) < args.canaries:
+                canaries.append(TrainingPair(prompt, step.reference))
+            elif not right and len(failures) < args.size:
+                failures.append((prompt, step.expression, step.reference))
+    print(
+        f"cluster of {len(failures)} failures, {len(canaries)} canaries "
+        f"({time.perf_counter() - started:.0f} s)"
+    )
+
+    vectors = np.asarray(embeddings.embed_documents([f[0] for f in failures]))
+    centroid = vectors.mean(axis=0)
+    cluster = Cluster(
+        id=1,
+        tag=args.tag,
+        size=len(failures),
+        centroid=centroid / np.linalg.norm(centroid),
+        keywords=frozenset(),
+        version=1,
+        trained_version=None,
+        trained_size=None,
+        samples=[
+            Sample(i, prompt, args.tag, {"expression": expression, "reference": reference})
+            for i, (prompt, expression, reference) in enumerate(failures)
+        ],
+    )
+    config = StoreConfig(seed=args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = LoRAStore(Path(tmp) / "db.sqlite", Path(tmp) / "adapters", chat, config, embeddings)
+        store.add_canary(canaries, tag=args.tag)
+        started = time.perf_counter()
+        kept = store.optimize(cluster)
+        seconds = time.perf_counter() - started
+        trials = list(store.db["trials"].rows_where(order_by="number"))
+
+    lines = [
+        f"| {t['number']} | {t['config']} | {t['val_em']:.1%} | {t['val_loss']:.3f} | "
+        f"{t['outcome']} |"
+        for t in trials
+    ]
+    base = kept[0].base_val_em if kept else None
+    summary = (
+        f"kept {len(kept)} adapters in {seconds:.0f} s; best validation EM "
+        f"{kept[0].val_em:.1%} vs base {base:.1%}"
+        if kept
+        else f"kept nothing in {seconds:.0f} s"
+    )
+    print("\n".join(lines))
+    print(summary)
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "store.md").write_text(
+        f"# LoRA Store benchmark\n\nCommand: `{command}`\n\nMachine: {os.cpu_count()} CPU "
+        f"cores. Cluster: the first {len(failures)} GSM8K atoms with operator signature "
+        f'`{args.tag}` that the embedded SmolLM2-135M answers wrong ("{ATOMIC_PROMPT}"); '
+        f"canaries: {len(canaries)} it answers right. Default StoreConfig (validation: the "
+        "held-out quarter of the cluster plus verifier-labelled variants of it).\n\n"
+        f"{summary}.\n\n| trial | config | val EM | val loss | outcome |\n|---|---|---|---|---|\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+    print(f"written to {RESULTS / 'store.md'}")
+
+
+if __name__ == "__main__":
+    main()
