@@ -243,7 +243,7 @@ def attach(state: SageState, runtime: Ctx) -> dict[str, Any]:
     """Read the LoRA Store's result; its adapters, best first, become the candidates."""
     message = state["messages"][-1]
     assert isinstance(message, ToolMessage)
-    records = message.artifact or [] if message.status != "error" else []
+    records = (message.artifact or []) if message.status != "error" else []
     attempts = list(state["attempts"])
     attempts[-1] = {
         **attempts[-1],

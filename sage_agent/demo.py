@@ -22,16 +22,27 @@ DEMO_STORE = StoreConfig(
     learning_rates=(1e-3, 2e-3),
     n_random=2,
     top_k=1,
-    max_trials=3,
-    max_seconds=200,
-    min_samples=16,
-    train_size=128,
+    max_trials=2,
+    max_seconds=150,
+    min_samples=12,
+    train_size=96,
+    val_variants=2,
+    canary_size=24,
+    canary_margin=0.4,
 )
-"""A small search (3 trials of about 50 s: 128 training pairs, 3 epochs, all layers): the
-demo has to finish in minutes."""
+"""A small search (2 trials of about a minute: 96 training pairs, 3 epochs, all layers),
+so that the demo finishes in minutes. It keeps adapters that lose up to 40% of the tag's
+canaries (the default gate allows 30%): on this model the adapters that fix a third of a
+cluster's failures break about a third of its tag's passes, and the demo is there to
+show the cycle, not to hide that trade."""
 
-DEMO_BUFFER = BufferConfig(buffer_size=15)
-"""Cluster a tag's failures after 15 of them (the default waits for 25)."""
+DEMO_OPERATORS = "+*"
+"""The demo's problems add and multiply. The 135M model's subtraction failures ("243-8 =
+243 + 8") did not improve with LoRA on a cluster's worth of data (README, "LoRA Store"),
+so a demo on them would train and then have nothing to retry with."""
+
+DEMO_BUFFER = BufferConfig(buffer_size=10)
+"""Cluster a tag's failures after 10 of them (the default waits for 25)."""
 
 
 def run_demo(problems: int = 80, seed: int = 0, db: str | Path = "sage-demo.db") -> int:
@@ -41,7 +52,8 @@ def run_demo(problems: int = 80, seed: int = 0, db: str | Path = "sage-demo.db")
         path.unlink(missing_ok=True)
     shutil.rmtree(db.with_name(f"{db.stem}-adapters"), ignore_errors=True)
     tasks = [
-        {**record, "id": f"demo-{i}"} for i, record in enumerate(generate_problems(problems, seed))
+        {**record, "id": f"demo-{i}"}
+        for i, record in enumerate(generate_problems(problems, seed, operators=DEMO_OPERATORS))
     ]
     print(
         f"sage-agent demo: up to {problems} generated word problems, the embedded "
@@ -58,8 +70,9 @@ def run_demo(problems: int = 80, seed: int = 0, db: str | Path = "sage-demo.db")
         train=True,
         options={"data": "generated", "limit": problems, "seed": seed},
         # Stop at the first retry that fixes its step, or after 6 minutes at the first retry.
-        stop_when=lambda s: s.retry_success > 0
-        or (s.retries > 0 and time.perf_counter() - started > 360),
+        stop_when=lambda s: (
+            s.retry_success > 0 or (s.retries > 0 and time.perf_counter() - started > 360)
+        ),
     )
     _report(agent, summary, time.perf_counter() - started)
     return 0
@@ -91,7 +104,7 @@ def _report(agent: SageAgent, summary: RunSummary, seconds: float) -> None:
         t for t in summary.threads if any(r["retries"] for r in agent.state(t).get("records", []))
     ]
     thread = (retried or summary.threads)[-1]
-    out = Path(f"{agent.db_path.stem}-trace.html")
+    out = agent.db_path.with_name(f"{agent.db_path.stem}-trace.html")
     out.write_text(render_html(agent, trace(agent, thread)), encoding="utf-8")
     print(f"trace of thread {thread}: {out.resolve()}")
     print(f"  (also: sage-agent trace {thread} --db {agent.db_path})")

@@ -116,23 +116,47 @@ def _saving(r: random.Random, name: str, item: str) -> tuple[str, list[_Step]]:
     ]
 
 
-_TEMPLATES: list[Callable[[random.Random, str, str], tuple[str, list[_Step]]]] = [
-    _total_left,
-    _change,
-    _pages,
-    _share,
-    _saving,
+def _packs(r: random.Random, name: str, item: str) -> tuple[str, list[_Step]]:
+    a, b, c, d = r.randint(2, 9), r.randint(2, 12), r.randint(2, 30), r.randint(2, 30)
+    question = (
+        f"{name} buys {a} packs of {b} {item}, gets {c} more from a friend and finds {d}. "
+        f"How many {item} does {name} have?"
+    )
+    return question, [
+        _Step(f"How many {item} are in the packs?", f"{a}*{b}", f"{{expr}} = {{value}} {item}."),
+        _Step(
+            "How many after the gift?",
+            f"{{0}}+{c}",
+            f"With the gift {name} has {{expr}} = {{value}} {item}.",
+        ),
+        _Step("How many in all?", f"{{1}}+{d}", f"In all {name} has {{expr}} = {{value}} {item}."),
+    ]
+
+
+Template = Callable[[random.Random, str, str], tuple[str, list[_Step]]]
+
+_TEMPLATES: list[tuple[str, Template]] = [  # (operators used, template)
+    ("*-", _total_left),
+    ("*-", _change),
+    ("*+", _pages),
+    ("+-/", _share),
+    ("*-", _saving),
+    ("*+", _packs),
 ]
 
 
-def generate_problems(n: int, seed: int = 0) -> list[dict[str, str]]:
-    """``n`` GSM8K-format records, the same for the same seed."""
+def generate_problems(n: int, seed: int = 0, operators: str | None = None) -> list[dict[str, str]]:
+    """``n`` GSM8K-format records, the same for the same seed. ``operators`` (e.g. "+*")
+    keeps the templates whose steps use only those operators."""
     if n < 0:
         raise ValueError(f"n must be non-negative, not {n}")
+    templates = [t for ops, t in _TEMPLATES if operators is None or set(ops) <= set(operators)]
+    if not templates:
+        raise ValueError(f"no template uses only the operators {operators!r}")
     rng = random.Random(seed)
     records = []
     for _ in range(n):
-        template = rng.choice(_TEMPLATES)
+        template = rng.choice(templates)
         question, steps = template(rng, rng.choice(_NAMES), rng.choice(_ITEMS))
         values: list[str] = []
         lines = []

@@ -60,10 +60,14 @@ def test_trigger_on_real_answers(embedded_chat: ChatSage, embedded_embeddings) -
     assert trigger.score("The weather is nice.", "8", logits_margin=4.0).failed
 
 
-def test_demo_command(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--problems", "2", "--seed", "3"]) == 0
+def test_demo_command_runs_the_graph(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    db = tmp_path / "demo.db"
+    assert main(["demo", "--problems", "2", "--seed", "3", "--db", str(db)]) == 0
     out = capsys.readouterr().out
-    assert "atomic steps" in out and "step EM" in out
+    assert "2 problems" in out and "step exact match" in out
+    assert (tmp_path / "demo-trace.html").is_file()
+    assert main(["trace", "--db", str(db)]) == 0
+    assert "anomaly_score" in capsys.readouterr().out
 
 
 def test_buffer_on_600_atoms_is_homogeneous_and_persistent(embedded_embeddings, tmp_path) -> None:

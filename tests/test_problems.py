@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from sage_agent import evaluate_expression, parse_number
+from sage_agent import evaluate_expression, parse_number, steps_from_gsm8k
 from sage_agent.problems import generate_problems
 
 
@@ -41,3 +41,14 @@ def test_generate_steps_flattens_the_problems_in_order() -> None:
     records = generate_problems(10, seed=4)
     expected = [s.expression for i, r in enumerate(records) for s in steps_from_gsm8k(r, str(i))]
     assert [s.expression for s in generate_steps(10, seed=4)] == expected
+
+
+def test_operators_pick_the_templates() -> None:
+    from sage_agent.problems import generate_steps
+
+    records = generate_problems(30, seed=1, operators="+*")
+    steps = [s for i, r in enumerate(records) for s in steps_from_gsm8k(r, str(i))]
+    assert {s.tag for s in steps} == {"*", "+"}
+    assert len(generate_steps(5, seed=1)) > 0
+    with pytest.raises(ValueError, match="no template"):
+        generate_problems(3, operators="%")

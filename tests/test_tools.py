@@ -78,6 +78,9 @@ def test_errors_become_error_tool_messages(parts) -> None:
     (cluster,) = small.clusters("*")
     too_small = _call(tool, {"cluster_id": cluster.id})
     assert too_small.status == "error" and "training needs at least 12" in too_small.content
+    unwired = _call(LoRAStoreTool(), {"cluster_id": 1})  # no store, not inside a graph
+    assert unwired.status == "error" and "no LoRA Store" in unwired.content
+    assert "runtime" not in LoRAStoreTool().tool_call_schema.model_json_schema()["properties"]
 
 
 def test_args_are_validated(parts) -> None:
