@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         ("eval", "answer tasks with routing to existing adapters; trains nothing"),
     ):
         command = sub.add_parser(name, help=text)
-        command.add_argument("--data", type=Path, required=name == "run" or None)
+        command.add_argument("--data", type=Path, help="JSONL task file (not with --resume)")
         command.add_argument("--limit", type=int, default=None, help="first N tasks only")
         command.add_argument("--db", type=Path, default=Path("sage.db"))
         command.add_argument("--model", default=None, help="hub id or local path")

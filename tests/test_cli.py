@@ -12,8 +12,6 @@ import sage_agent.agent
 from sage_agent.cli import main
 from sage_agent.database import SCHEMA_VERSION, open_database
 
-from .conftest import BagOfWordsEmbeddings
-
 DESIGN_KEYS = {
     "problems",
     "steps",
@@ -33,8 +31,8 @@ DESIGN_KEYS = {
 
 
 @pytest.fixture(autouse=True)
-def no_embedded_embeddings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sage_agent.agent, "LazyDefaultEmbeddings", BagOfWordsEmbeddings)
+def no_embedded_embeddings(monkeypatch: pytest.MonkeyPatch, bow_embeddings) -> None:
+    monkeypatch.setattr(sage_agent.agent, "LazyDefaultEmbeddings", type(bow_embeddings))
 
 
 @pytest.fixture
@@ -80,7 +78,7 @@ def test_run_eval_trace_adapters_clusters(data, tmp_path, tiny_model_dir, capsys
     assert "lora_store" in capsys.readouterr().out
     page = tmp_path / "t.html"
     assert main(["trace", thread, "--db", str(db), "--format", "html", "--out", str(page)]) == 0
-    assert "<h1>Thread" in page.read_text()
+    assert "<h1>Thread" in page.read_text() and str(page) in capsys.readouterr().out
 
     assert main(["adapters", "list", "--db", str(db), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
