@@ -95,8 +95,16 @@ def _report(agent: SageAgent, summary: RunSummary, seconds: float) -> None:
             f"  adapter {adapter.id} (cluster {adapter.cluster_id}, tag {adapter.tag!r}): "
             f"validation EM {adapter.base_val_em:.0%} base -> {adapter.val_em:.0%}"
         )
-    if summary.retries == 0:
-        print("No cluster got an adapter within these problems; run with more --problems.")
+    trials = list(agent.store.db["trials"].rows_where(order_by="id"))
+    for trial in trials:
+        print(
+            f"  cluster {trial['cluster_id']}, trial {trial['number']}: validation EM "
+            f"{trial['val_em']:.0%}: {trial['outcome']}"
+        )
+    if not trials:
+        print("No cluster was ready for training within these problems; run more --problems.")
+    elif summary.retries == 0:
+        print("No adapter passed the regression gate, so there was nothing to retry with.")
     elif summary.retry_success == 0:
         print("Retries ran, but none fixed its step this time.")
     retried = [
