@@ -1,14 +1,14 @@
 """LoRA Store benchmark: optimize() on one cluster of GSM8K failures, as the graph builds it.
 
     python benchmarks/bench_store.py --data ../shared/data/gsm8k/train.jsonl
-        [--tag +] [--size 48] [--canaries 48] [--seed 0]
+        [--tag +] [--size 48] [--canaries 48] [--seed 0] [--max-trials 8]
 
 The embedded model answers GSM8K atoms of one operator signature; the first ``--size`` it
 gets wrong become the cluster (text = the atomic prompt, payload = expression and
 reference), and the ones it gets right become the tag's canaries (the regression gate).
-Then one optimize() with the default StoreConfig. Prints every trial and the kept
-adapters (validation EM against the base model's on the same split), and writes
-benchmarks/results/store.md.
+Then one optimize() with the default StoreConfig (but top_k 1 and ``--max-trials``).
+Prints every trial and the kept adapters (validation EM against the base model's on the
+same split), and writes benchmarks/results/store.md.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=48, help="failures in the cluster")
     parser.add_argument("--canaries", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-trials", type=int, default=8, help="StoreConfig.max_trials")
     args = parser.parse_args()
 
     chat = ChatSage(max_tokens=16)
@@ -81,7 +82,9 @@ def main() -> None:
             for i, (prompt, expression, reference) in enumerate(failures)
         ],
     )
-    config = StoreConfig(seed=args.seed)
+    config = StoreConfig(
+        seed=args.seed, max_trials=args.max_trials, n_random=min(4, args.max_trials), top_k=1
+    )
     with tempfile.TemporaryDirectory() as tmp:
         store = LoRAStore(Path(tmp) / "db.sqlite", Path(tmp) / "adapters", chat, config, embeddings)
         store.add_canary(canaries, tag=args.tag)
@@ -110,7 +113,8 @@ def main() -> None:
         f"# LoRA Store benchmark\n\nCommand: `{command}`\n\nMachine: {os.cpu_count()} CPU "
         f"cores. Cluster: the first {len(failures)} GSM8K atoms with operator signature "
         f'`{args.tag}` that the embedded SmolLM2-135M answers wrong ("{ATOMIC_PROMPT}"); '
-        f"canaries: {len(canaries)} it answers right. Default StoreConfig (validation: the "
+        f"canaries: {len(canaries)} it answers right. Default StoreConfig with top_k 1 and "
+        f"max_trials {args.max_trials} (validation: the "
         "held-out quarter of the cluster plus verifier-labelled variants of it).\n\n"
         f"{summary}.\n\n| trial | config | val EM | val loss | outcome |\n|---|---|---|---|---|\n"
         + "\n".join(lines)
