@@ -158,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
     train = args.command == "run"
     if train and args.budget is not None:
         agent.store.config.max_seconds = args.budget
-    summary = _with_progress(
+    summary = run_with_progress(
         agent,
         tasks,
         train=train,
@@ -171,7 +171,11 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_progress(agent, tasks, *, quiet: bool, **run_options):
+def run_with_progress(
+    agent: SageAgent, tasks: list[dict[str, Any]], *, quiet: bool, **run_options: Any
+) -> Any:
+    """``agent.run`` with a tqdm bar of tasks (running step EM) and, unless ``quiet``, the
+    store's training events on stderr. Returns the RunSummary."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(tasks), desc="tasks", unit="task", file=sys.stderr)

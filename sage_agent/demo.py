@@ -61,9 +61,9 @@ def run_demo(problems: int = 80, seed: int = 0, db: str | Path = "sage-demo.db")
     )
     agent = SageAgent(db, buffer_config=DEMO_BUFFER, store_config=DEMO_STORE)
 
-    from sage_agent.cli import _with_progress
+    from sage_agent.cli import run_with_progress
 
-    summary = _with_progress(
+    summary = run_with_progress(
         agent,
         tasks,
         quiet=False,
