@@ -50,6 +50,7 @@ def main() -> None:
     embeddings = default_embeddings()
     failures: list[tuple[str, str, str]] = []
     canaries: list[TrainingPair] = []
+    canary_expressions: list[str] = []
     steps = (s for s in gsm8k_steps(args.data, args.seed) if s.tag == args.tag)
     started = time.perf_counter()
     while len(failures) < args.size or len(canaries) < args.canaries:
@@ -59,6 +60,7 @@ def main() -> None:
             right = numbers_match(parse_number(message.text), parse_number(step.reference))
             if right and len(canaries) < args.canaries:
                 canaries.append(TrainingPair(prompt, step.reference))
+                canary_expressions.append(step.expression)
             elif not right and len(failures) < args.size:
                 failures.append((prompt, step.expression, step.reference))
     print(
@@ -87,7 +89,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         store = LoRAStore(Path(tmp) / "db.sqlite", Path(tmp) / "adapters", chat, config, embeddings)
-        store.add_canary(canaries, tag=args.tag)
+        store.add_canary(canaries, tag=args.tag, expressions=canary_expressions)
         started = time.perf_counter()
         kept = store.optimize(cluster)
         seconds = time.perf_counter() - started

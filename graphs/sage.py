@@ -193,7 +193,11 @@ def trigger(state: SageState, runtime: Ctx) -> dict[str, Any]:
         context.store.record_use(attempt["adapter"], won=not result.failed)
     elif not result.failed and context.train and context.store is not None:
         # What the base model answers right is what an adapter must not break.
-        context.store.add_canary([TrainingPair(attempt["prompt"], result.reference)], step["tag"])
+        context.store.add_canary(
+            [TrainingPair(attempt["prompt"], result.reference)],
+            step["tag"],
+            expressions=[attempt["expression"]],
+        )
     runtime.stream_writer(
         {
             "event": "triggered",

@@ -100,6 +100,22 @@ class StoreConfig:
         default=4,
         metadata={"help": "Verifier-labelled variants per held-out sample, validation only."},
     )
+    failure_repeats: int = field(
+        default=2,
+        metadata={
+            "help": "Times each of the cluster's own training failures appears in the "
+            "training pairs (its variants appear once): the failures are what a retry asks."
+        },
+    )
+    replay_fraction: float = field(
+        default=0.35,
+        metadata={
+            "help": "Share of the training pairs given to rehearsal: canaries of the "
+            "cluster's tag that the gate does not use, and verifier-labelled variants of "
+            "them. It keeps the adapter answering what the base model already got right. "
+            "0: the cluster's failures and their variants only, and every canary gates."
+        },
+    )
     validation_fraction: float = field(
         default=0.25, metadata={"help": "Share of a cluster's samples held out for ranking."}
     )
@@ -143,6 +159,11 @@ class StoreConfig:
             raise ValueError(f"validation_fraction must lie in (0, 1): {self.validation_fraction}")
         if self.train_size < 0 or self.val_variants < 0:
             raise ValueError("train_size and val_variants must be non-negative")
+        if self.failure_repeats < 1 or not 0 <= self.replay_fraction < 1:
+            raise ValueError(
+                "failure_repeats must be at least 1 and replay_fraction lie in [0, 1): "
+                f"{self.failure_repeats}, {self.replay_fraction}"
+            )
         if self.min_samples < 4:
             raise ValueError(f"min_samples must be at least 4, not {self.min_samples}")
         if self.max_loaded < 1 or self.max_on_disk < self.keep:
@@ -229,11 +250,11 @@ class LoRAStore(LazyEmbeddings):
         budget = self.config.max_seconds if max_seconds is None else max_seconds
         if budget <= 0:
             raise StoreError(f"time budget must be positive, not {budget}")
-        train, val = self._split(cluster)
+        canary, replay = self._canaries(cluster.tag)
+        train, val = self._split(cluster, replay, canary)
         emit = progress or (lambda _event: None)
         started = time.perf_counter()
         base = evaluate(self.model, None, val)
-        canary = self.canary(cluster.tag)
         base_canary = evaluate(self.model, None, canary).exact_match if canary else None
         rng = random.Random(f"{self.config.seed}:{cluster.id}:{cluster.version}")
         run_id = uuid.uuid4().hex[:8]
@@ -302,7 +323,20 @@ class LoRAStore(LazyEmbeddings):
         self._evict()
         return kept
 
-    def _split(self, cluster: Cluster) -> tuple[list[TrainingPair], list[TrainingPair]]:
+    def _split(
+        self,
+        cluster: Cluster,
+        replay: Sequence[tuple[TrainingPair, str | None]] = (),
+        gate: Sequence[TrainingPair] = (),
+    ) -> tuple[list[TrainingPair], list[TrainingPair]]:
+        """Training and validation pairs of a cluster.
+
+        Training: the cluster's training failures (each ``failure_repeats`` times) topped
+        up with their verifier-labelled variants, plus a ``replay_fraction`` share of
+        rehearsal (``replay`` canaries and their variants), ``train_size`` in all.
+        Validation: the held-out failures and variants of them (a few held-out samples
+        alone make the ranking and the gate noise). No training pair is a ``gate`` canary
+        or a held-out failure."""
         examples, missing = [], 0
         for sample in cluster.samples:
             payload = sample.payload or {}
@@ -320,13 +354,17 @@ class LoRAStore(LazyEmbeddings):
         rng.shuffle(examples)
         n_val = max(2, round(len(examples) * self.config.validation_fraction))
         train, val = examples[n_val:], examples[:n_val]
-        # Variants of training samples train; variants of validation samples only
-        # validate (a few held-out samples alone make the ranking and the gate noise).
-        per_sample = max(0, math.ceil((self.config.train_size - len(train)) / len(train)))
-        extra = augment_pairs(train, per_sample, rng)[: max(0, self.config.train_size - len(train))]
-        val_extra = augment_pairs(val, self.config.val_variants, rng)
-        training = [p for p, _ in train] + extra
+        unseen = frozenset(p.prompt for p in gate) | {p.prompt for p, _ in val}
+        rehearsal_size = 0
+        if replay:
+            rehearsal_size = round(self.config.train_size * self.config.replay_fraction)
+        rehearsal = [p for p, _ in replay][:rehearsal_size]
+        rehearsal = _top_up(rehearsal, replay, rehearsal_size, rng, unseen)
+        failures = [p for p, _ in train] * self.config.failure_repeats
+        failures = _top_up(failures, train, self.config.train_size - rehearsal_size, rng, unseen)
+        training = failures + rehearsal
         seen = {p.prompt for p in training}
+        val_extra = augment_pairs(val, self.config.val_variants, rng)
         return training, [p for p, _ in val] + [p for p in val_extra if p.prompt not in seen]
 
     def _sample(self, rng: random.Random) -> LoRATrainConfig:
@@ -561,22 +599,50 @@ class LoRAStore(LazyEmbeddings):
 
     # canary
 
-    def add_canary(self, pairs: Sequence[TrainingPair], tag: str | None = None) -> None:
-        """Add steps the base model answers right to the regression-gate canary set, under
-        their structure tag (the adapters of a cluster are gated on its tag's canaries,
-        the steps they will be routed to)."""
+    def add_canary(
+        self,
+        pairs: Sequence[TrainingPair],
+        tag: str | None = None,
+        expressions: Sequence[str | None] | None = None,
+    ) -> None:
+        """Add steps the base model answers right to the canary set, under their structure
+        tag (the adapters of a cluster are gated on its tag's canaries, the steps they will
+        be routed to). A canary's ``expression`` (when its prompt contains it) lets
+        rehearsal train on verifier-labelled variants of it."""
+        expressions = expressions or [None] * len(pairs)
+        if len(expressions) != len(pairs):
+            raise ValueError(f"{len(pairs)} canaries but {len(expressions)} expressions")
         with transaction(self.db):
             self.db["canary"].insert_all(
-                [{"prompt": p.prompt, "answer": p.answer, "tag": tag} for p in pairs],
+                [
+                    {"prompt": p.prompt, "answer": p.answer, "tag": tag, "expression": e}
+                    for p, e in zip(pairs, expressions, strict=True)
+                ],
                 ignore=True,
             )
 
     def canary(self, tag: str | None = None) -> list[TrainingPair]:
-        """Up to ``canary_size`` canaries (of ``tag`` when given), a seeded sample."""
+        """The canaries an adapter of ``tag`` is gated on: up to ``canary_size``, a seeded
+        sample, never trained on (see ``replay_fraction``)."""
+        return self._canaries(tag)[0]
+
+    def _canaries(
+        self, tag: str | None
+    ) -> tuple[list[TrainingPair], list[tuple[TrainingPair, str | None]]]:
+        """The tag's canaries split in two disjoint, seeded parts: the gate's, and the
+        rehearsal's (half of them, at most ``canary_size``, when ``replay_fraction`` > 0)."""
         where, args = ("tag = ?", [tag]) if tag is not None else (None, [])
         rows = list(self.db["canary"].rows_where(where, args, order_by="prompt"))
         random.Random(self.config.seed).shuffle(rows)
-        return [TrainingPair(r["prompt"], r["answer"]) for r in rows[: self.config.canary_size]]
+        gate_size = self.config.canary_size
+        if self.config.replay_fraction > 0:
+            gate_size = min(gate_size, math.ceil(len(rows) / 2))
+        gate, rest = rows[:gate_size], rows[gate_size : gate_size + self.config.canary_size]
+        replay = rest if self.config.replay_fraction > 0 else []
+        return (
+            [TrainingPair(r["prompt"], r["answer"]) for r in gate],
+            [(TrainingPair(r["prompt"], r["answer"]), r["expression"]) for r in replay],
+        )
 
     def canary_count(self, tag: str | None = None) -> int:
         where, args = ("tag = ?", [tag]) if tag is not None else (None, [])
@@ -628,8 +694,12 @@ class LoRAStore(LazyEmbeddings):
                 if_not_exists=True,
             )
             self.db["canary"].create(
-                {"prompt": str, "answer": str, "tag": str}, pk="prompt", if_not_exists=True
+                {"prompt": str, "answer": str, "tag": str, "expression": str},
+                pk="prompt",
+                if_not_exists=True,
             )
+            if "expression" not in self.db["canary"].columns_dict:  # files of 0.1.0
+                self.db["canary"].add_column("expression", str)
             self.db["adapters"].create_index(["cluster_id"], if_not_exists=True)
 
 
@@ -652,6 +722,24 @@ def _record(row: dict[str, Any]) -> AdapterRecord:
     data = {k: v for k, v in row.items() if k != "centroid"}
     data["config"] = json.loads(data["config"])
     return AdapterRecord(**data)
+
+
+def _top_up(
+    pairs: list[TrainingPair],
+    sources: Sequence[tuple[TrainingPair, str | None]],
+    size: int,
+    rng: random.Random,
+    exclude: frozenset[str] = frozenset(),
+) -> list[TrainingPair]:
+    """``pairs`` topped up to ``size`` with verifier-labelled variants of ``sources``,
+    none of whose prompts is in ``exclude`` (a variant of a small expression can land on
+    another step exactly)."""
+    missing = size - len(pairs)
+    if missing <= 0 or not sources:
+        return pairs
+    per_source = math.ceil(missing / len(sources)) + 1  # one spare for excluded ones
+    variants = [p for p in augment_pairs(sources, per_source, rng) if p.prompt not in exclude]
+    return pairs + variants[:missing]
 
 
 def _checksum(folder: Path) -> str:

@@ -119,6 +119,44 @@ def test_training_is_augmented_with_verifier_variants(chat, tmp_path, bow_embedd
     assert all(p.answer == "7" for p in train[:15])
 
 
+def test_training_rehearses_canaries_the_gate_never_sees(chat, tmp_path, bow_embeddings) -> None:
+    store = _store_with(chat, tmp_path, bow_embeddings, train_size=40, replay_fraction=0.25)
+    canaries = [TrainingPair(f"Compute {i}*2. pears", str(2 * i)) for i in range(1, 9)]
+    store.add_canary(canaries, tag="+", expressions=[f"{i}*2" for i in range(1, 9)])
+    cluster = make_cluster(bow_embeddings)
+    gate, replay = store._canaries("+")
+    assert len(gate) == len(replay) == 4 and store.canary("+") == gate
+    assert not {p.prompt for p in gate} & {p.prompt for p, _ in replay}
+    train, val = store._split(cluster, replay, gate)
+    assert len(train) == 40
+    failures, rehearsal = train[:30], train[30:]
+    assert all(p.answer == "7" for p in failures)  # 15 failures twice, no variants here
+    assert {p.prompt for p, _ in replay} <= {p.prompt for p in rehearsal}
+    variants = [p for p in rehearsal if p.prompt not in {c.prompt for c, _ in replay}]
+    assert len(variants) == 6  # rehearsal topped up with verifier-labelled variants
+    for pair in variants:
+        left, right = pair.prompt.split()[1].rstrip(".").split("*")
+        assert pair.answer == str(int(left) * int(right))
+    # Neither the gate nor a held-out failure is trained on, not even as a variant.
+    assert not {p.prompt for p in gate + val} & {p.prompt for p in train}
+
+
+def test_canary_table_of_an_older_file_gains_the_expression_column(
+    chat, tmp_path, bow_embeddings
+) -> None:
+    from sage_agent.database import open_database
+
+    db = open_database(tmp_path / "old.sqlite")
+    db["canary"].create({"prompt": str, "answer": str, "tag": str}, pk="prompt")
+    db["canary"].insert({"prompt": "Compute 2+2.", "answer": "4", "tag": "+"})
+    db.close()
+    store = LoRAStore(tmp_path / "old.sqlite", tmp_path / "a", chat, embeddings=bow_embeddings)
+    store.add_canary([TrainingPair("Compute 3+3.", "6")], "+", expressions=["3+3"])
+    assert store.canary_count("+") == 2
+    with pytest.raises(ValueError, match="1 canaries but 2 expressions"):
+        store.add_canary([TrainingPair("Compute 4+4.", "8")], "+", expressions=["4+4", "x"])
+
+
 def test_registry_survives_a_new_store(
     store: LoRAStore, chat: ChatSage, tmp_path: Path, bow_embeddings
 ) -> None:
@@ -186,8 +224,10 @@ def test_pool_limit_deletes_files_and_rows_together(chat, tmp_path, bow_embeddin
 
 
 def test_regression_gate_discards_adapters_that_forget(
-    store: LoRAStore, chat: ChatSage, bow_embeddings
+    chat: ChatSage, tmp_path: Path, bow_embeddings
 ) -> None:
+    # No rehearsal, so every canary gates and nothing teaches the adapter to keep them.
+    store = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0)
     # A canary is what the base model answers right: here, its own answers to other prompts.
     prompts = [f"Compute {i}*{i}. pears" for i in range(6)]
     answers = chat.bind(max_tokens=12).batch(prompts)  # as evaluate() answers them
@@ -236,6 +276,8 @@ def test_bad_input(store: LoRAStore, chat: ChatSage, bow_embeddings, tmp_path: P
         {"min_samples": 2},
         {"max_on_disk": 1},
         {"last_layers": (0,)},
+        {"replay_fraction": 1.0},
+        {"failure_repeats": 0},
     ],
 )
 def test_bad_config(config: dict) -> None:
