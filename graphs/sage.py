@@ -43,7 +43,7 @@ from sage_agent.numeric import format_number, numbers_match, parse_number
 from sage_agent.steps import ATOMIC_PROMPT, AtomicStep, MalformedTask, final_answer
 from sage_agent.store import CorruptAdapter, LoRAStore
 from sage_agent.tools import LoRAStoreTool
-from sage_agent.trainer import TrainingPair
+from sage_agent.trainer import ANSWER_MAX_TOKENS, TrainingPair
 from sage_agent.trigger import Trigger
 from sage_agent.verifier import ExpressionError, arithmetic_verifier, evaluate_expression
 
@@ -73,8 +73,8 @@ class SageContext:
     retrain_growth: float = 2.0
     """A trained cluster is trained again once it has this many times its size then."""
     prompt: str = ATOMIC_PROMPT
-    max_tokens: int = 16
-    """Answer length limit (an atomic step's answer is a number)."""
+    max_tokens: int = ANSWER_MAX_TOKENS
+    """Answer length limit (an atomic step's answer is a number, often after its equation)."""
 
 
 class SageState(TypedDict, total=False):

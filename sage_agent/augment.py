@@ -10,10 +10,28 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from sage_agent.steps import spaced_expression
 from sage_agent.trainer import TrainingPair
 from sage_agent.verifier import ExpressionError, Verifier, arithmetic_verifier
+
+AnswerFormat = Callable[[str, str], str]
+"""(expression, result) -> the answer text a model is trained to write."""
+
+
+def number_answer(expression: str, result: str) -> str:
+    """The result alone: "77"."""
+    return result
+
+
+def equation_answer(expression: str, result: str) -> str:
+    """The expression, then the result: "60 + 17 = 77", the way SmolLM2 answers an atomic
+    step on its own (the Trigger reads the number after the last "=")."""
+    return f"{spaced_expression(expression)} = {result}"
+
+
+ANSWER_FORMATS: dict[str, AnswerFormat] = {"number": number_answer, "equation": equation_answer}
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
@@ -38,9 +56,11 @@ def augment_pairs(
     per_example: int,
     rng: random.Random,
     verifier: Verifier = arithmetic_verifier,
+    answer: AnswerFormat = number_answer,
 ) -> list[TrainingPair]:
     """``per_example`` verifier-labelled variants of each (pair, expression) whose prompt
-    contains its expression; variants the verifier cannot compute are skipped."""
+    contains its expression, their answers written by ``answer``; variants the verifier
+    cannot compute are skipped."""
     variants = []
     for pair, expression in examples:
         if not expression or expression not in pair.prompt:
@@ -52,6 +72,9 @@ def augment_pairs(
             except ExpressionError:
                 continue
             variants.append(
-                TrainingPair(pair.prompt.replace(expression, new_expression), reference)
+                TrainingPair(
+                    pair.prompt.replace(expression, new_expression),
+                    answer(new_expression, reference),
+                )
             )
     return variants

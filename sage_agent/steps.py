@@ -30,6 +30,12 @@ def operator_signature(expression: str) -> str:
     return "".join(op for op in _OPERATOR_ORDER if op in found)
 
 
+def spaced_expression(expression: str) -> str:
+    """The expression with one space around each binary operator: "60+17" is "60 + 17",
+    "3*-2" is "3 * -2"."""
+    return _BINARY_OPERATOR.sub(lambda m: f" {m.group(1)} ", expression)
+
+
 @dataclass
 class AtomicStep:
     """One step of a task. ``depends_on`` lists the indices of earlier steps whose answers

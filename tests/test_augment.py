@@ -8,8 +8,8 @@ import re
 import pytest
 
 from sage_agent import evaluate_expression, parse_number
-from sage_agent.augment import augment_pairs, expression_variant
-from sage_agent.steps import operator_signature
+from sage_agent.augment import augment_pairs, equation_answer, expression_variant
+from sage_agent.steps import operator_signature, spaced_expression
 from sage_agent.trainer import TrainingPair
 
 
@@ -43,3 +43,16 @@ def test_augment_pairs_labels_with_the_verifier() -> None:
         expression = re.search(r"Compute (.+)\. Reply", pair.prompt).group(1)
         # references are written with at most 6 decimals
         assert parse_number(pair.answer) == pytest.approx(evaluate_expression(expression), abs=5e-7)
+
+
+def test_answers_written_as_equations() -> None:
+    assert spaced_expression("60+17") == "60 + 17"
+    assert spaced_expression("3*-2") == "3 * -2"  # a unary minus stays attached
+    assert spaced_expression("(40 -8)/4") == "(40 - 8) / 4"
+    assert equation_answer("60+17", "77") == "60 + 17 = 77"
+    assert parse_number(equation_answer("12-3*2", "6")) == 6  # the Trigger reads the result
+    examples = [(TrainingPair("Compute 238+17. Reply with the number only.", "255"), "238+17")]
+    (variant,) = augment_pairs(examples, 1, random.Random(1), answer=equation_answer)
+    expression = re.search(r"Compute (.+)\. Reply", variant.prompt).group(1)
+    left, right = expression.split("+")
+    assert variant.answer == f"{left} + {right} = {int(left) + int(right)}"

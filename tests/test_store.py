@@ -12,9 +12,10 @@ import pytest
 from sage_agent import ChatSage
 from sage_agent.buffer import Cluster, Sample
 from sage_agent.store import CorruptAdapter, LoRAStore, StoreConfig, StoreError
-from sage_agent.trainer import TrainingPair
+from sage_agent.trainer import ANSWER_MAX_TOKENS, TrainingPair
 
-# A task the tiny random model can learn in seconds: every answer is "7".
+# A task the tiny random model can learn in seconds: every answer is "9". (Untrained, its
+# babble ends in "7% pens" whatever the prompt, so "7" would count as right already.)
 LEARNABLE = StoreConfig(
     learning_rates=(5e-3, 2e-2),
     epochs=(6,),
@@ -23,6 +24,8 @@ LEARNABLE = StoreConfig(
     max_trials=5,
     n_random=3,
     top_k=1,
+    # These rates are tuned to 15 pairs an epoch; twice the pairs overshoots on this model.
+    failure_repeats=1,
 )
 
 
@@ -32,12 +35,12 @@ def make_cluster(
     words: str = "apples",
     n: int = 20,
     version: int = 1,
-    reference: str | None = "7",
+    reference: str | None = "9",
 ) -> Cluster:
     samples = [
         Sample(
             cluster_id * 1000 + i,
-            f"Compute {i}+{7 - i}. {words}",
+            f"Compute {i}+{9 - i}. {words}",
             "+",
             {"reference": reference} if reference is not None else {},
         )
@@ -106,9 +109,11 @@ def test_optimize_keeps_three_ranked_adapters(
 
 
 def test_training_is_augmented_with_verifier_variants(chat, tmp_path, bow_embeddings) -> None:
-    store = _store_with(chat, tmp_path, bow_embeddings, train_size=45, val_variants=2)
+    store = _store_with(
+        chat, tmp_path, bow_embeddings, train_size=45, val_variants=2, failure_repeats=2
+    )
     cluster = make_cluster(bow_embeddings)
-    for sample in cluster.samples:  # "Compute i+(7-i). apples" with its expression
+    for sample in cluster.samples:  # "Compute i+(9-i). apples" with its expression
         sample.payload["expression"] = sample.text.split()[1].rstrip(".")
     train, val = store._split(cluster)
     assert 5 < len(val) <= 5 * 3 and len(train) == 15 * 3
@@ -116,11 +121,20 @@ def test_training_is_augmented_with_verifier_variants(chat, tmp_path, bow_embedd
     held_out = {p.prompt for p in val[:5]}
     assert held_out <= real and not held_out & {p.prompt for p in train}  # no leak
     assert not {p.prompt for p in val[5:]} & {p.prompt for p in train}  # variants of val only
-    assert all(p.answer == "7" for p in train[:15])
+    # Answers are written as equations (answer_format="equation"): "3 + 6 = 9".
+    expressions = {s.text: s.payload["expression"] for s in cluster.samples}
+    for pair in train[:30]:  # the 15 training samples, twice
+        left, right = expressions[pair.prompt].split("+")
+        assert pair.answer == f"{left} + {right} = 9"
+    for pair in train[30:]:  # variants: the same shape, new numbers, computed answers
+        left, right = pair.prompt.split()[1].rstrip(".").split("+")
+        assert pair.answer == f"{left} + {right} = {int(left) + int(right)}"
 
 
 def test_training_rehearses_canaries_the_gate_never_sees(chat, tmp_path, bow_embeddings) -> None:
-    store = _store_with(chat, tmp_path, bow_embeddings, train_size=40, replay_fraction=0.25)
+    store = _store_with(
+        chat, tmp_path, bow_embeddings, train_size=40, replay_fraction=0.25, failure_repeats=2
+    )
     canaries = [TrainingPair(f"Compute {i}*2. pears", str(2 * i)) for i in range(1, 9)]
     store.add_canary(canaries, tag="+", expressions=[f"{i}*2" for i in range(1, 9)])
     cluster = make_cluster(bow_embeddings)
@@ -130,13 +144,16 @@ def test_training_rehearses_canaries_the_gate_never_sees(chat, tmp_path, bow_emb
     train, val = store._split(cluster, replay, gate)
     assert len(train) == 40
     failures, rehearsal = train[:30], train[30:]
-    assert all(p.answer == "7" for p in failures)  # 15 failures twice, no variants here
-    assert {p.prompt for p, _ in replay} <= {p.prompt for p in rehearsal}
+    assert all(p.answer == "9" for p in failures)  # 15 failures twice, no variants here
+    assert {p.prompt for p in rehearsal[:4]} == {p.prompt for p, _ in replay}
     variants = [p for p in rehearsal if p.prompt not in {c.prompt for c, _ in replay}]
     assert len(variants) == 6  # rehearsal topped up with verifier-labelled variants
     for pair in variants:
         left, right = pair.prompt.split()[1].rstrip(".").split("*")
-        assert pair.answer == str(int(left) * int(right))
+        assert pair.answer == f"{left} * {right} = {int(left) * int(right)}"
+    for pair in rehearsal[:4]:  # the replayed canaries themselves, as equations
+        number = int(pair.prompt.split()[1].split("*")[0])
+        assert pair.answer == f"{number} * 2 = {2 * number}"
     # Neither the gate nor a held-out failure is trained on, not even as a variant.
     assert not {p.prompt for p in gate + val} & {p.prompt for p in train}
 
@@ -230,11 +247,11 @@ def test_regression_gate_discards_adapters_that_forget(
     store = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0)
     # A canary is what the base model answers right: here, its own answers to other prompts.
     prompts = [f"Compute {i}*{i}. pears" for i in range(6)]
-    answers = chat.bind(max_tokens=12).batch(prompts)  # as evaluate() answers them
+    answers = chat.bind(max_tokens=ANSWER_MAX_TOKENS).batch(prompts)  # as evaluate() does
     store.add_canary(
         [TrainingPair(p, m.text) for p, m in zip(prompts, answers, strict=True)], tag="+"
     )
-    kept = store.optimize(make_cluster(bow_embeddings))  # adapters learn to answer "7"
+    kept = store.optimize(make_cluster(bow_embeddings))  # adapters learn to answer "9"
     assert kept == []
     outcomes = [t["outcome"] for t in store.db["trials"].rows]
     assert any("canary EM 0.000 is below the base 1.000" in o for o in outcomes), outcomes
@@ -278,6 +295,7 @@ def test_bad_input(store: LoRAStore, chat: ChatSage, bow_embeddings, tmp_path: P
         {"last_layers": (0,)},
         {"replay_fraction": 1.0},
         {"failure_repeats": 0},
+        {"answer_format": "prose"},
     ],
 )
 def test_bad_config(config: dict) -> None:

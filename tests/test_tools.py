@@ -38,7 +38,7 @@ def parts(tiny_model_dir: Path, tmp_path: Path, bow_embeddings):
 
 def _fill(buffer: TriggerBuffer, n: int) -> int:
     for i in range(n):
-        buffer.add(f"Compute {i}+{7 - i}. apples", tag="+", payload={"reference": "7"})
+        buffer.add(f"Compute {i}+{9 - i}. apples", tag="+", payload={"reference": "9"})
     (cluster,) = buffer.clusters("+")
     return cluster.id
 
