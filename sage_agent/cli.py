@@ -10,7 +10,7 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,19 @@ def _parser() -> argparse.ArgumentParser:
                 "--resume", action="store_true", help="continue the latest unfinished run"
             )
             command.add_argument("--budget", type=float, default=None, help="seconds per search")
+            command.add_argument(
+                "--buffer-size",
+                type=int,
+                default=None,
+                help="failures a tag collects before its first clustering (the paper's T; "
+                "default 25)",
+            )
+            command.add_argument(
+                "--min-cluster",
+                type=int,
+                default=None,
+                help="smallest cluster the LoRA Store trains on (default 12)",
+            )
         else:
             command.add_argument("--no-adapters", action="store_true", help="base model only")
         command.set_defaults(handler=_run)
@@ -143,6 +156,8 @@ def _run(args: argparse.Namespace) -> int:
             "data": str(args.data) if args.data else None,
             "limit": args.limit,
             "strict": args.strict,
+            "buffer_size": getattr(args, "buffer_size", None),
+            "min_cluster": getattr(args, "min_cluster", None),
         },
     )
     if resume:
@@ -150,6 +165,7 @@ def _run(args: argparse.Namespace) -> int:
         if unfinished is None:
             raise RunError(f"{args.db} has no unfinished run to resume")
         run_id, options = unfinished["id"], json.loads(unfinished["options"])
+    _apply_sizes(agent, options.get("buffer_size"), options.get("min_cluster"))
     if options["data"] is None:
         raise DataError("--data is required")
     tasks = read_tasks(options["data"], limit=options["limit"], strict=options["strict"])
@@ -169,6 +185,17 @@ def _run(args: argparse.Namespace) -> int:
     )
     _print_summary(summary, args.json)
     return 0
+
+
+def _apply_sizes(agent: SageAgent, buffer_size: int | None, min_cluster: int | None) -> None:
+    """--buffer-size and --min-cluster (a resumed run keeps the ones it started with)."""
+    try:
+        if buffer_size is not None:
+            agent.buffer.config = replace(agent.buffer.config, buffer_size=buffer_size)
+        if min_cluster is not None:
+            agent.store.config = replace(agent.store.config, min_samples=min_cluster)
+    except ValueError as error:
+        raise RunError(f"--buffer-size / --min-cluster: {error}") from error
 
 
 def run_with_progress(

@@ -98,6 +98,14 @@ def test_bad_input_exits_1_with_one_line(data, tmp_path, tiny_model_dir, capsys)
             ["run", "--data", str(data), "--db", str(db), "--model", "no/such-model-xyz"],
             "no/such-model-xyz",
         ),
+        (
+            [*["run", "--data", str(data), "--db", str(db)], "--buffer-size", "2"],
+            "buffer_size (2) must be at least min_cluster_size",
+        ),
+        (
+            [*["run", "--data", str(data), "--db", str(db)], "--min-cluster", "1"],
+            "min_samples must be at least 4",
+        ),
     ]
     for argv, message in cases:
         assert main(argv) == 1, argv
@@ -132,3 +140,29 @@ def test_run_resume_continues_the_unfinished_run(data, tmp_path, tiny_model_dir,
     assert main(["run", "--resume", "--db", str(db), "--model", str(tiny_model_dir), "--json"]) == 0
     summary = _last_json(capsys)
     assert summary["run_id"] == "r1" and summary["problems"] == 2
+
+
+def test_buffer_size_and_min_cluster_apply_and_resume_with_the_run(
+    data, tmp_path, tiny_model_dir, capsys
+) -> None:
+    from sage_agent.cli import _apply_sizes
+
+    agent = sage_agent.agent.SageAgent(tmp_path / "sizes.db", str(tiny_model_dir))
+    _apply_sizes(agent, 7, 6)
+    assert agent.buffer.config.buffer_size == 7 and agent.store.config.min_samples == 6
+    # A resumed run takes the sizes it was started with: here a recorded invalid one.
+    db = tmp_path / "sage.db"
+    sage_agent.agent.SageAgent(db, str(tiny_model_dir)).db["runs"].insert(
+        {
+            "id": "r1",
+            "mode": "run",
+            "started": 1.0,
+            "finished": None,
+            "summary": None,
+            "options": json.dumps(
+                {"data": str(data), "limit": 2, "strict": False, "buffer_size": 3}
+            ),
+        }
+    )
+    assert main(["run", "--resume", "--db", str(db), "--model", str(tiny_model_dir)]) == 1
+    assert "buffer_size (3) must be at least" in capsys.readouterr().err
