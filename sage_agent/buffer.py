@@ -67,7 +67,11 @@ class BufferConfig:
         },
     )
     ari_threshold: float = field(
-        default=0.8, metadata={"help": "Stable needs ARI against the reference >= this."}
+        default=0.8,
+        metadata={
+            "help": "Stable needs ARI against the reference >= this, over the samples both "
+            "place in a cluster (at least min_cluster_size of them)."
+        },
     )
     centroid_threshold: float = field(
         default=0.5,
@@ -117,6 +121,14 @@ class BufferConfig:
         if not 0.0 < self.subsample_fraction < 1.0:
             raise ValueError(
                 f"subsample_fraction must lie in (0, 1), not {self.subsample_fraction}"
+            )
+        if int(self.buffer_size * self.subsample_fraction) < self.min_cluster_size:
+            # A subsample smaller than a cluster is all noise: no first clustering
+            # could ever be checked stable.
+            raise ValueError(
+                f"buffer_size ({self.buffer_size}) times subsample_fraction "
+                f"({self.subsample_fraction}) must be at least min_cluster_size "
+                f"({self.min_cluster_size})"
             )
 
 
@@ -558,7 +570,13 @@ class TriggerBuffer(LazyEmbeddings):
             )
 
         kind, subset, reference_labels = reference
-        ari = float(adjusted_rand_score(reference_labels, labels[subset]))
+        # ARI over the samples both clusterings place in a cluster. Noise is "not
+        # clustered", not a cluster of its own: counted as one, a few border samples
+        # moving in or out of noise sink the ARI of a small one-cluster buffer to 0.
+        both = (reference_labels >= 0) & (labels[subset] >= 0)
+        ari = 0.0
+        if both.sum() >= self.config.min_cluster_size:
+            ari = float(adjusted_rand_score(reference_labels[both], labels[subset][both]))
         centroid_cosine = _matched_centroid_cosine(
             _centroids(vectors, labels), _centroids(vectors[subset], reference_labels)
         )

@@ -174,6 +174,26 @@ def test_unstructured_buffer_stays_unstable_then_retries(db_path: Path) -> None:
     assert buffer.clusterings("t")[1]["check"] == "previous"
 
 
+@pytest.mark.parametrize(
+    ("subsample_labels", "stable"),
+    [
+        ([-1] + [0] * 7, 1),  # the same cluster, border samples in and out of noise
+        ([0] * 4 + [1] * 4, 0),  # the subsample splits it in two
+    ],
+)
+def test_noise_is_left_out_of_the_stability_ari(
+    db_path: Path, subsample_labels: list[int], stable: int
+) -> None:
+    def labels(vectors: np.ndarray, _config: BufferConfig) -> np.ndarray:
+        return np.array([0] * 8 + [-1] * 2 if len(vectors) == 10 else subsample_labels)
+
+    buffer = _buffer(db_path, buffer_size=10, min_cluster_size=3)
+    with mock.patch("sage_agent.buffer._hdbscan", labels):
+        buffer.add_many(_texts("a", 10), tags=["t"] * 10)
+    (attempt,) = buffer.clusterings("t")
+    assert attempt["check"] == "subsample" and attempt["stable"] == stable
+
+
 def test_close_clusters_merge_at_three_or_more(db_path: Path) -> None:
     # Tight groups, so that HDBSCAN splits "a" from "near" and the split is stable.
     buffer = TriggerBuffer(db_path, BufferConfig(buffer_size=40), GroupEmbeddings(noise=0.01))
@@ -324,6 +344,7 @@ def test_foreign_or_corrupt_files_are_refused(tmp_path: Path) -> None:
         {"tau": 2.0},
         {"min_cluster_size": 1},
         {"buffer_size": 3},
+        {"buffer_size": 5},  # its 80% subsample (4) is smaller than a cluster (5)
         {"recluster_every": 0},
         {"subsample_fraction": 1.0},
     ],
