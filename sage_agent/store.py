@@ -140,14 +140,6 @@ class StoreConfig:
     canary_size: int = field(
         default=48, metadata={"help": "Canaries an adapter is checked on (a seeded sample)."}
     )
-    min_gate: int = field(
-        default=8,
-        metadata={
-            "help": "A tag whose gate has fewer canaries than this is topped up with other "
-            "tags' canaries: on one or two steps the gate is a coin toss (a subtraction "
-            "adapter on GSM8K was discarded for missing the tag's only canary)."
-        },
-    )
     max_on_disk: int = field(default=50, metadata={"help": "N: adapters kept on disk."})
     max_loaded: int = field(default=4, metadata={"help": "M: adapters loaded in memory (LRU)."})
     route_threshold: float = field(
@@ -653,8 +645,7 @@ class LoRAStore(LazyEmbeddings):
         self, tag: str | None
     ) -> tuple[list[TrainingPair], list[tuple[TrainingPair, str | None]]]:
         """The tag's canaries split in two disjoint, seeded parts: the gate's, and the
-        rehearsal's (half of them, at most ``canary_size``, when ``replay_fraction`` > 0).
-        A gate smaller than ``min_gate`` is topped up with other tags' canaries."""
+        rehearsal's (half of them, at most ``canary_size``, when ``replay_fraction`` > 0)."""
         where, args = ("tag = ?", [tag]) if tag is not None else (None, [])
         rows = list(self.db["canary"].rows_where(where, args, order_by="prompt"))
         random.Random(self.config.seed).shuffle(rows)
@@ -663,10 +654,6 @@ class LoRAStore(LazyEmbeddings):
             gate_size = min(gate_size, math.ceil(len(rows) / 2))
         gate, rest = rows[:gate_size], rows[gate_size : gate_size + self.config.canary_size]
         replay = rest if self.config.replay_fraction > 0 else []
-        if tag is not None and len(gate) < self.config.min_gate:
-            others = list(self.db["canary"].rows_where("tag IS NOT ?", [tag], order_by="prompt"))
-            random.Random(self.config.seed).shuffle(others)
-            gate += others[: self.config.min_gate - len(gate)]
         return (
             [TrainingPair(r["prompt"], r["answer"]) for r in gate],
             [(TrainingPair(r["prompt"], r["answer"]), r["expression"]) for r in replay],

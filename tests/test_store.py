@@ -158,18 +158,6 @@ def test_training_rehearses_canaries_the_gate_never_sees(chat, tmp_path, bow_emb
     assert not {p.prompt for p in gate + val} & {p.prompt for p in train}
 
 
-def test_a_tag_with_few_canaries_is_gated_on_other_tags_too(chat, tmp_path, bow_embeddings):
-    store = _store_with(chat, tmp_path, bow_embeddings, min_gate=6)
-    store.add_canary([TrainingPair("Compute 10-8.", "2")], tag="-", expressions=["10-8"])
-    others = [TrainingPair(f"Compute {i}*2.", str(2 * i)) for i in range(1, 11)]
-    store.add_canary(others, tag="*")
-    gate, replay = store._canaries("-")
-    assert len(gate) == 6 and gate[0].prompt == "Compute 10-8." and replay == []
-    assert {p.prompt for p in gate[1:]} <= {p.prompt for p in others}
-    gate, replay = store._canaries("*")  # half of its 10 canaries rehearse, 5 gate
-    assert len(replay) == 5 and len(gate) == 6 and gate[-1].prompt == "Compute 10-8."
-
-
 def test_canary_table_of_an_older_file_gains_the_expression_column(
     chat, tmp_path, bow_embeddings
 ) -> None:
