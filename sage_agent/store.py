@@ -128,13 +128,16 @@ class StoreConfig:
     validation_fraction: float = field(
         default=0.25, metadata={"help": "Share of a cluster's samples held out for ranking."}
     )
-    canary_margin: float = field(
-        default=0.3,
+    canary_margin: float | None = field(
+        default=None,
         metadata={
             "help": "An adapter losing more canary exact match than this is discarded. "
-            "Adapters are routed only to steps near their cluster, and on a 135M model the "
-            "ones that fix half of a cluster's failures also break about 30% of its tag's "
-            "passes (README, LoRA Store); 0.05 keeps none of them."
+            "None: the loss its gain pays for. An adapter is routed to its tag's steps; "
+            "with p the tag's base accuracy (its canaries over canaries plus the cluster's "
+            "failures) and g its validation EM gain on the failures, a canary loss up to "
+            "(1 - p) / p * g leaves the tag's expected accuracy p * c + (1 - p) * v no "
+            "lower than the base model's. A number sets a fixed margin (0.05: keep only "
+            "adapters that break almost nothing)."
         },
     )
     canary_size: int = field(
@@ -177,6 +180,8 @@ class StoreConfig:
                 "failure_repeats must be at least 1 and replay_fraction lie in [0, 1): "
                 f"{self.failure_repeats}, {self.replay_fraction}"
             )
+        if self.canary_margin is not None and self.canary_margin < 0:
+            raise ValueError(f"canary_margin must be None or >= 0, not {self.canary_margin}")
         if self.min_samples < 4:
             raise ValueError(f"min_samples must be at least 4, not {self.min_samples}")
         if self.max_loaded < 1 or self.max_on_disk < self.keep:
@@ -222,7 +227,8 @@ class LoRAStore(LazyEmbeddings):
     """The LoRA Store over the project's SQLite file and an adapter folder ``root``.
 
     ``canary`` pairs are steps the base model answers right; an adapter whose exact match
-    on them falls more than ``canary_margin`` below the base model's is discarded (this
+    on them falls more than ``canary_margin`` (by default derived from the tag's base
+    accuracy, see ``affordable_loss``) below the base model's is discarded (this
     keeps the paper's "preserve accuracy" requirement). Add them with ``add_canary``.
     """
 
@@ -423,10 +429,16 @@ class LoRAStore(LazyEmbeddings):
                 outcome = f"validation EM {trial.val_em:.3f} does not beat the base {base_em:.3f}"
             elif canary:
                 canary_em = evaluate(self.model, trial.name, canary).exact_match
-                if canary_em < base_canary - self.config.canary_margin:
+                margin = self.config.canary_margin
+                if margin is None:
+                    passes = self.canary_count(cluster.tag)
+                    margin = affordable_loss(
+                        passes / (passes + cluster.size), trial.val_em - base_em
+                    )
+                if canary_em < base_canary - margin:
                     outcome = (
                         f"canary EM {canary_em:.3f} is below the base {base_canary:.3f} "
-                        f"by more than {self.config.canary_margin}"
+                        f"by more than {margin:.3f}"
                     )
             if outcome == "kept":
                 kept.append(
@@ -716,6 +728,15 @@ class LoRAStore(LazyEmbeddings):
             if "expression" not in self.db["canary"].columns_dict:  # files of 0.1.0
                 self.db["canary"].add_column("expression", str)
             self.db["adapters"].create_index(["cluster_id"], if_not_exists=True)
+
+
+def affordable_loss(base_accuracy: float, gain: float) -> float:
+    """The canary exact match an adapter may lose on a tag the base model answers right
+    with ``base_accuracy``, given its exact-match ``gain`` on the tag's failures: the
+    loss that keeps p * canary + (1 - p) * failures at or above the base model's p."""
+    if base_accuracy <= 0:
+        return math.inf
+    return (1 - base_accuracy) / base_accuracy * gain
 
 
 def _ranking(trial: _Trial) -> tuple[float, float]:

@@ -3,6 +3,7 @@ the regression gate, pool limits, and bad input."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -11,7 +12,13 @@ import pytest
 
 from sage_agent import ChatSage
 from sage_agent.buffer import Cluster, Sample
-from sage_agent.store import CorruptAdapter, LoRAStore, StoreConfig, StoreError
+from sage_agent.store import (
+    CorruptAdapter,
+    LoRAStore,
+    StoreConfig,
+    StoreError,
+    affordable_loss,
+)
 from sage_agent.trainer import ANSWER_MAX_TOKENS, TrainingPair
 
 # A task the tiny random model can learn in seconds: every answer is "9". (Untrained, its
@@ -244,18 +251,40 @@ def test_regression_gate_discards_adapters_that_forget(
     chat: ChatSage, tmp_path: Path, bow_embeddings
 ) -> None:
     # No rehearsal, so every canary gates and nothing teaches the adapter to keep them.
-    store = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0)
-    # A canary is what the base model answers right: here, its own answers to other prompts.
-    prompts = [f"Compute {i}*{i}. pears" for i in range(6)]
-    answers = chat.bind(max_tokens=ANSWER_MAX_TOKENS).batch(prompts)  # as evaluate() does
-    store.add_canary(
-        [TrainingPair(p, m.text) for p, m in zip(prompts, answers, strict=True)], tag="+"
-    )
+    store = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0, canary_margin=0.05)
+    _add_own_answers_as_canaries(store, chat, 6)
     kept = store.optimize(make_cluster(bow_embeddings))  # adapters learn to answer "9"
     assert kept == []
     outcomes = [t["outcome"] for t in store.db["trials"].rows]
     assert any("canary EM 0.000 is below the base 1.000" in o for o in outcomes), outcomes
     assert list(store.root.iterdir()) == []
+
+
+def _add_own_answers_as_canaries(store: LoRAStore, chat: ChatSage, n: int) -> None:
+    """A canary is what the base model answers right: here, its own answers to other
+    prompts."""
+    prompts = [f"Compute {i}*{i}. pears" for i in range(n)]
+    answers = chat.bind(max_tokens=ANSWER_MAX_TOKENS).batch(prompts)  # as evaluate() does
+    store.add_canary(
+        [TrainingPair(p, m.text) for p, m in zip(prompts, answers, strict=True)], tag="+"
+    )
+
+
+def test_affordable_loss() -> None:
+    assert affordable_loss(0.4, 0.5) == pytest.approx(0.75)  # 0.4 * 0.25 == 0.6 * 0.5 / 3
+    assert affordable_loss(0.9, 0.5) == pytest.approx(0.5 / 9)
+    assert affordable_loss(0.0, 0.1) == math.inf  # nothing right on the tag to lose
+
+
+@pytest.mark.parametrize(("canaries", "kept"), [(6, True), (400, False)])
+def test_default_gate_weighs_the_loss_against_the_gain(
+    chat: ChatSage, tmp_path: Path, bow_embeddings, canaries: int, kept: bool
+) -> None:
+    # The adapters fix the 20 failures and break every canary. With 6 passes on the tag
+    # (p = 6 / 26) that is a net gain; with 400 (p = 400 / 420) it is not.
+    store = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0, canary_size=6)
+    _add_own_answers_as_canaries(store, chat, canaries)
+    assert bool(store.optimize(make_cluster(bow_embeddings))) is kept
 
 
 def test_bad_input(store: LoRAStore, chat: ChatSage, bow_embeddings, tmp_path: Path) -> None:
@@ -296,6 +325,7 @@ def test_bad_input(store: LoRAStore, chat: ChatSage, bow_embeddings, tmp_path: P
         {"replay_fraction": 1.0},
         {"failure_repeats": 0},
         {"answer_format": "prose"},
+        {"canary_margin": -0.1},
     ],
 )
 def test_bad_config(config: dict) -> None:
