@@ -10,6 +10,7 @@ copies or re-wraps the model.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import warnings
 from collections import defaultdict
@@ -459,7 +460,12 @@ class ChatSage(BaseChatModel):
         self._ensure_loaded()
         with self._lock, _quiet_peft():
             try:
-                self._model.load_adapter(str(folder), adapter_name=name)
+                info = self._model.load_adapter(str(folder), adapter_name=name)
+                # transformers lists every loaded adapter's keys the file lacks, the other
+                # adapters' included; only this adapter's own missing weights are an error.
+                missing = sorted(k for k in getattr(info, "missing_keys", ()) if f".{name}." in k)
+                if missing:
+                    raise ValueError(f"{len(missing)} weights missing, e.g. {missing[0]}")
             except Exception as error:
                 with contextlib.suppress(Exception):
                     self._model.delete_adapter(name)
@@ -618,7 +624,15 @@ def _load(model_name: str, dtype: str, device: str) -> tuple[Any, Any]:
 def _quiet_peft() -> Iterator[None]:
     """Silence peft's notes on what the design does on purpose: several adapters on one
     model, and deleting the active one (ChatSage chooses the next itself)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Already found a `peft_config`", UserWarning)
-        warnings.filterwarnings("ignore", "Adapter .* was active", UserWarning)
-        yield
+    # transformers' load report names the other loaded adapters' keys as "missing" from each
+    # adapter file; ChatSage.load_adapter checks the adapter's own keys instead.
+    report = logging.getLogger("transformers.integrations.peft")
+    level = report.level
+    report.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Already found a `peft_config`", UserWarning)
+            warnings.filterwarnings("ignore", "Adapter .* was active", UserWarning)
+            yield
+    finally:
+        report.setLevel(level)

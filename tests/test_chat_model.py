@@ -197,6 +197,32 @@ def test_adapter_lifecycle(tiny_model_dir: Path, lora_dirs: list[Path]) -> None:
     assert model.adapters == {} and _margins(model) == base
 
 
+def test_each_loaded_adapter_holds_its_own_weights(
+    tiny_model_dir: Path, lora_dirs: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    model = ChatSage(model=str(tiny_model_dir), max_tokens=2)
+    model.load_adapter(lora_dirs[0], "a")
+    model.load_adapter(lora_dirs[1], "b")
+    assert "LOAD REPORT" not in caplog.text  # the other adapter's keys are not reported missing
+    loaded = dict(model._model.named_parameters())
+    for name, folder in (("a", lora_dirs[0]), ("b", lora_dirs[1])):
+        saved = load_file(folder / "adapter_model.safetensors")
+        for key, tensor in saved.items():
+            in_model = key.removeprefix("base_model.model.").replace(".weight", f".{name}.weight")
+            assert torch.equal(loaded[in_model], tensor), in_model
+
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "adapter_config.json").write_text((lora_dirs[0] / "adapter_config.json").read_text())
+    saved = load_file(lora_dirs[0] / "adapter_model.safetensors")
+    save_file(dict(list(saved.items())[1:]), partial / "adapter_model.safetensors")
+    with pytest.raises(ValueError, match="1 weights missing"):
+        model.load_adapter(partial, "partial")
+    assert set(model.adapters) == {"a", "b"}
+
+
 def test_adapter_errors(tiny_model_dir: Path, lora_dirs: list[Path], tmp_path: Path) -> None:
     model = ChatSage(model=str(tiny_model_dir), max_tokens=2)
     with pytest.raises(FileNotFoundError, match="no peft adapter"):
