@@ -93,10 +93,14 @@ def _report(agent: SageAgent, summary: RunSummary, seconds: float) -> None:
             f"validation EM {adapter.base_val_em:.0%} base -> {adapter.val_em:.0%}"
         )
     trials = list(agent.store.db["trials"].rows_where(order_by="id"))
+    current = {adapter.id for adapter in agent.store.adapters()}
     for trial in trials:
+        # A cluster that grew is searched again; its new adapters retire the earlier ones.
+        retired = trial["adapter_id"] and trial["adapter_id"] not in current
         print(
-            f"  cluster {trial['cluster_id']}, trial {trial['number']}: validation EM "
-            f"{trial['val_em']:.0%}: {trial['outcome']}"
+            f"  cluster {trial['cluster_id']} (version {trial['cluster_version']}), trial "
+            f"{trial['number']}: validation EM {trial['val_em']:.0%}: {trial['outcome']}"
+            + (" (replaced by a later search)" if retired else "")
         )
     if not trials:
         print("No cluster was ready for training within these problems; run more --problems.")
