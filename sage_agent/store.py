@@ -549,6 +549,9 @@ class LoRAStore(LazyEmbeddings):
         record = self.get(adapter_id)
         if record.status != "ready":
             raise CorruptAdapter(f"adapter {adapter_id} is {record.status}; it is not loaded")
+        if adapter_id in self._loaded and adapter_id not in self.model.adapters:
+            # The chat model is shared; its owner may have deleted the adapter directly.
+            del self._loaded[adapter_id]
         if adapter_id in self._loaded:
             self._loaded.move_to_end(adapter_id)
             return adapter_id
@@ -566,9 +569,16 @@ class LoRAStore(LazyEmbeddings):
             self._unload(next(iter(self._loaded)))  # the least recently used
         return adapter_id
 
+    def unload(self) -> None:
+        """Free every adapter this store loaded into the chat model (the model answers
+        with its base weights afterwards); they load again on the next ``load``."""
+        for adapter_id in list(self._loaded):
+            self._unload(adapter_id)
+
     def _unload(self, adapter_id: str) -> None:
         # ChatSage.delete_adapter falls back to the base model if this one was active.
-        self.model.delete_adapter(adapter_id)
+        if adapter_id in self.model.adapters:
+            self.model.delete_adapter(adapter_id)
         del self._loaded[adapter_id]
 
     def record_use(self, adapter_id: str, *, won: bool) -> None:

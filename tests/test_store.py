@@ -232,6 +232,16 @@ def test_loaded_adapters_are_an_lru_of_max_loaded(chat, tmp_path, bow_embeddings
     assert set(chat.adapters) == {ids[0], ids[2]}
 
 
+def test_load_after_the_shared_model_dropped_the_adapter(store, chat, bow_embeddings) -> None:
+    best = store.optimize(make_cluster(bow_embeddings))[0]
+    store.load(best.id)
+    chat.delete_adapter(best.id)  # another user of the same ChatSage frees it
+    assert store.load(best.id) == best.id and best.id in chat.adapters
+    store.unload()
+    assert chat.adapters == {}
+    assert store.load(best.id) == best.id and best.id in chat.adapters
+
+
 def test_pool_limit_deletes_files_and_rows_together(chat, tmp_path, bow_embeddings) -> None:
     store = _store_with(chat, tmp_path, bow_embeddings, max_on_disk=4)
     first = store.optimize(make_cluster(bow_embeddings, cluster_id=1))
