@@ -1,12 +1,13 @@
 """LoRA Store benchmark: optimize() on one cluster of GSM8K failures, as the graph builds it.
 
     python benchmarks/bench_store.py --data ../shared/data/gsm8k/train.jsonl
-        [--tag +] [--size 48] [--canaries 48] [--seed 0] [--max-trials 8]
+        [--tag +] [--size 48] [--canaries 48] [--seed 0] [--max-trials 8] [--max-seconds 900]
 
 The embedded model answers GSM8K atoms of one operator signature; the first ``--size`` it
 gets wrong become the cluster (text = the atomic prompt, payload = expression and
 reference), and the ones it gets right become the tag's canaries (the regression gate).
-Then one optimize() with the default StoreConfig (but top_k 1 and ``--max-trials``).
+Then one optimize() with the default StoreConfig (but top_k 1, ``--max-trials`` and
+``--max-seconds``).
 Prints every trial and the kept adapters (validation EM against the base model's on the
 same split), and writes benchmarks/results/store.md.
 """
@@ -24,14 +25,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-from common import gsm8k_steps
+from common import cluster_of, gsm8k_steps
 
 from sage_agent import ChatSage, default_embeddings
-from sage_agent.buffer import Cluster, Sample
 from sage_agent.numeric import numbers_match, parse_number
 from sage_agent.steps import ATOMIC_PROMPT
 from sage_agent.store import LoRAStore, StoreConfig
-from sage_agent.trainer import TrainingPair
+from sage_agent.trainer import ANSWER_MAX_TOKENS, TrainingPair
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -44,9 +44,10 @@ def main() -> None:
     parser.add_argument("--canaries", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-trials", type=int, default=8, help="StoreConfig.max_trials")
+    parser.add_argument("--max-seconds", type=float, default=900.0, help="StoreConfig.max_seconds")
     args = parser.parse_args()
 
-    chat = ChatSage(max_tokens=16)
+    chat = ChatSage(max_tokens=ANSWER_MAX_TOKENS)
     embeddings = default_embeddings()
     failures: list[tuple[str, str, str]] = []
     canaries: list[TrainingPair] = []
@@ -69,23 +70,13 @@ def main() -> None:
     )
 
     vectors = np.asarray(embeddings.embed_documents([f[0] for f in failures]))
-    centroid = vectors.mean(axis=0)
-    cluster = Cluster(
-        id=1,
-        tag=args.tag,
-        size=len(failures),
-        centroid=centroid / np.linalg.norm(centroid),
-        keywords=frozenset(),
-        version=1,
-        trained_version=None,
-        trained_size=None,
-        samples=[
-            Sample(i, prompt, args.tag, {"expression": expression, "reference": reference})
-            for i, (prompt, expression, reference) in enumerate(failures)
-        ],
-    )
+    cluster = cluster_of(1, args.tag, failures, vectors)
     config = StoreConfig(
-        seed=args.seed, max_trials=args.max_trials, n_random=min(4, args.max_trials), top_k=1
+        seed=args.seed,
+        max_trials=args.max_trials,
+        max_seconds=args.max_seconds,
+        n_random=min(4, args.max_trials),
+        top_k=1,
     )
     with tempfile.TemporaryDirectory() as tmp:
         store = LoRAStore(Path(tmp) / "db.sqlite", Path(tmp) / "adapters", chat, config, embeddings)
@@ -97,7 +88,7 @@ def main() -> None:
 
     lines = [
         f"| {t['number']} | {t['config']} | {t['val_em']:.1%} | {t['val_loss']:.3f} | "
-        f"{t['outcome']} |"
+        f"{_percent(t['canary_em'])} | {t['seconds'] or 0:.0f} | {t['outcome']} |"
         for t in trials
     ]
     base = kept[0].base_val_em if kept else None
@@ -116,13 +107,16 @@ def main() -> None:
         f"cores. Cluster: the first {len(failures)} GSM8K atoms with operator signature "
         f'`{args.tag}` that the embedded SmolLM2-135M answers wrong ("{ATOMIC_PROMPT}"); '
         f"canaries: {len(canaries)} it answers right. Default StoreConfig with top_k 1 and "
-        f"max_trials {args.max_trials} (validation: the "
+        f"max_trials {args.max_trials}, max_seconds {args.max_seconds:.0f} (validation: the "
         "held-out quarter of the cluster plus verifier-labelled variants of it).\n\n"
-        f"{summary}.\n\n| trial | config | val EM | val loss | outcome |\n|---|---|---|---|---|\n"
-        + "\n".join(lines)
-        + "\n"
+        f"{summary}.\n\n| trial | config | val EM | val loss | canary EM | seconds | outcome |\n"
+        "|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n"
     )
     print(f"written to {RESULTS / 'store.md'}")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
-"""What the benchmarks share: GSM8K atomic steps in a seeded order."""
+"""What the benchmarks share: GSM8K atomic steps in a seeded order, and clusters built
+from them the way the buffer hands them to the LoRA Store."""
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from sage_agent import AtomicStep, MalformedTask, steps_from_gsm8k
+from sage_agent.buffer import Cluster, Sample
 
 
 def gsm8k_steps(path: Path, seed: int) -> Iterator[AtomicStep]:
@@ -20,3 +24,25 @@ def gsm8k_steps(path: Path, seed: int) -> Iterator[AtomicStep]:
             yield from steps_from_gsm8k(record, task_id=str(i))
         except MalformedTask:
             continue
+
+
+def cluster_of(
+    cluster_id: int, tag: str, members: Sequence[tuple[str, str, str]], vectors: np.ndarray
+) -> Cluster:
+    """A buffer Cluster of (prompt, expression, reference) members whose prompt embeddings
+    are ``vectors``; the centroid is their normalised mean."""
+    centroid = vectors.mean(axis=0)
+    return Cluster(
+        id=cluster_id,
+        tag=tag,
+        size=len(members),
+        centroid=centroid / np.linalg.norm(centroid),
+        keywords=frozenset(),
+        version=1,
+        trained_version=None,
+        trained_size=None,
+        samples=[
+            Sample(i, prompt, tag, {"expression": expression, "reference": reference})
+            for i, (prompt, expression, reference) in enumerate(members)
+        ],
+    )
