@@ -1,0 +1,736 @@
+"""Does it adapt? SAGE against the paper's baselines on GSM8K, with the embedded model.
+
+    python benchmarks/bench_adapt.py --data ../shared/data/gsm8k/train.jsonl
+        [--seeds 0,1,2] [--stream 150] [--heldout 60] [--search-seconds 300]
+        [--max-clusters N] [--buffer-size 25] [--min-cluster 12] [--quick]
+
+Per seed, the GSM8K problems are shuffled with the seed; the first ``--stream`` are the
+stream the methods adapt on, the next ``--heldout`` (disjoint) are scored afterwards with
+routing only, nothing trained. Steps come from the calculator annotations.
+
+Atomic-step table (the paper's protocol: each step asked as "Compute <expression>. Reply
+with the number only." with the references of earlier steps in place):
+
+* Base: the model alone.
+* LoRA (all failures): one adapter on every stream failure, used for every held-out step.
+* CA-LoRA (KMeans / HDBSCAN): the stream failures clustered once, statically (KMeans with
+  k = the operator signatures that have enough failures; HDBSCAN as the buffer runs it),
+  one adapter a cluster; a held-out step goes to the nearest centroid.
+* LoRA Store (no buffer): one cluster per operator signature, each through the store's
+  search and regression gate; routed as SAGE routes.
+* SAGE: the stream through the SAGE graph (Trigger, buffer, store, retries), then routed.
+
+The baselines train one configuration (rank 16, alpha 32, learning rate 1e-3, the search
+space's epochs) with no regression gate; every method trains on the same data the store
+builds from a cluster (its failures, verifier-labelled variants, rehearsal of passes), so
+the table compares the clustering, the search, the gate and the routing. The store keeps
+an adapter only when it beats the base model on the cluster's validation split, for the
+baselines too: "adapters" counts the kept ones.
+
+Problem-level table: held-out problems of at most three steps through the graph, each step
+using the model's own earlier answers; final-answer EM of the base model and of SAGE.
+
+Trigger: on the held-out steps' base answers, in-distribution = answered right and
+out-of-distribution = answered wrong; per-metric ROC AUC and false positive rate at the
+paper's threshold, and the threshold and weight sweeps of its Figure 3.
+
+Retention: each SAGE adapter's exact match on its tag's held-out passes (steps the base
+model answers right), against the base model's (1.0 by construction).
+
+Writes docs/results.md and its plots (docs/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shlex
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import hdbscan
+import matplotlib
+import numpy as np
+from common import cluster_of
+from langchain_core.embeddings import Embeddings
+from langchain_core.messages import AIMessage
+from scipy.stats import wilcoxon
+from sklearn.cluster import KMeans
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from sage_agent import BufferConfig, ChatSage, SageAgent, StoreConfig, default_embeddings
+from sage_agent.buffer import Cluster
+from sage_agent.data import read_tasks
+from sage_agent.decompose import DecompositionError, Task, annotation_decomposer
+from sage_agent.numeric import math_metrics, numbers_match, parse_number
+from sage_agent.steps import ATOMIC_PROMPT
+from sage_agent.store import LoRAStore, StoreError
+from sage_agent.trainer import ANSWER_MAX_TOKENS, TrainingPair
+from sage_agent.trigger import METRICS, Trigger, TriggerConfig
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+METHODS = (
+    "Base",
+    "LoRA (all failures)",
+    "CA-LoRA (KMeans)",
+    "CA-LoRA (HDBSCAN)",
+    "LoRA Store (no buffer)",
+    "SAGE",
+)
+MIXED_TAG = "mixed"  # the canary tag of the baselines' clusters, which mix operators
+
+
+@dataclass(frozen=True)
+class Atom:
+    """An atomic step as the graph asks it, with the reference in place of earlier answers."""
+
+    prompt: str
+    expression: str
+    reference: str
+    tag: str
+
+
+@dataclass
+class MethodResult:
+    name: str
+    right: list[bool]
+    answers: list[str]
+    adapters: int = 0
+    train_seconds: float = 0.0
+    routed: int = 0
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    stream_atoms: int
+    failures: int
+    references: list[str]
+    methods: dict[str, MethodResult] = field(default_factory=dict)
+    problem_em: dict[str, float] = field(default_factory=dict)
+    problems_scored: int = 0
+    retention: list[dict] = field(default_factory=list)
+    trigger: dict = field(default_factory=dict)
+    sage_summary: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    stream: int
+    heldout: int
+    store: StoreConfig
+    buffer: BufferConfig
+    search_seconds: float
+    max_clusters: int | None = None
+    """Train only the largest clusters of each baseline (--quick: 1)."""
+
+
+def atoms_of(tasks: Sequence[Task]) -> list[Atom]:
+    found = []
+    for task in tasks:
+        for step in annotation_decomposer(task):
+            if step.expression and step.reference:
+                prompt = ATOMIC_PROMPT.format(expression=step.expression)
+                found.append(Atom(prompt, step.expression, step.reference, step.tag))
+    return found
+
+
+def split_problems(path: Path, seed: int, stream: int, heldout: int) -> tuple[list, list]:
+    """Stream and held-out problems, disjoint, in a seeded order; problems without
+    calculator annotations are left out."""
+    tasks = read_tasks(path)
+    random.Random(seed).shuffle(tasks)
+    usable = []
+    for task in tasks:
+        try:
+            annotation_decomposer(task)
+        except DecompositionError:
+            continue
+        usable.append(task)
+        if len(usable) == stream + heldout:
+            break
+    return usable[:stream], usable[stream:]
+
+
+def answer_all(
+    chat: ChatSage, atoms: Sequence[Atom], adapters: Sequence[str | None] | None = None
+) -> list[AIMessage]:
+    """The model's answers to ``atoms``, each with its adapter (None: the base model),
+    batched per adapter."""
+    adapters = adapters or [None] * len(atoms)
+    groups: dict[str | None, list[int]] = defaultdict(list)
+    for i, adapter in enumerate(adapters):
+        groups[adapter].append(i)
+    answers: list[AIMessage] = [AIMessage("")] * len(atoms)
+    bound = chat.bind(max_tokens=ANSWER_MAX_TOKENS)
+    for name, indices in groups.items():
+        with chat.using_adapter(name):
+            messages = bound.batch([atoms[i].prompt for i in indices])
+            for i, message in zip(indices, messages, strict=True):
+                answers[i] = message
+    return answers
+
+
+def correct(answers: Sequence[AIMessage], atoms: Sequence[Atom]) -> list[bool]:
+    return [
+        numbers_match(parse_number(a.text), parse_number(x.reference))
+        for a, x in zip(answers, atoms, strict=True)
+    ]
+
+
+def members(atom: Atom) -> tuple[str, str, str]:
+    return atom.prompt, atom.expression, atom.reference
+
+
+def fixed_store_config(settings: Settings) -> StoreConfig:
+    """One configuration, one trial, no gate, routing always to the nearest centroid."""
+    return replace(
+        settings.store,
+        ranks=(16,),
+        alpha_ratios=(2.0,),
+        learning_rates=(1e-3, 1e-3),
+        dropouts=(0.0,),
+        n_random=1,
+        top_k=1,
+        keep=1,
+        max_trials=1,
+        canary_margin=1.0,
+        route_threshold=-1.0,
+    )
+
+
+def adapt_on_clusters(
+    chat: ChatSage,
+    embeddings: Embeddings,
+    folder: Path,
+    config: StoreConfig,
+    clusters: Sequence[Cluster],
+    canaries: Sequence[Atom],
+    canary_tag: Callable[[Atom], str],
+    search_seconds: float,
+    max_clusters: int | None,
+) -> LoRAStore:
+    """A fresh store in ``folder`` with the stream's passes as canaries, and one
+    optimize() per cluster, largest first, at most ``max_clusters`` (clusters too small
+    for the store are passed over)."""
+    clusters = sorted(clusters, key=lambda c: -c.size)
+    folder.mkdir(parents=True)
+    store = LoRAStore(folder / "store.db", folder / "adapters", chat, config, embeddings)
+    by_tag: dict[str, list[Atom]] = defaultdict(list)
+    for atom in canaries:
+        by_tag[canary_tag(atom)].append(atom)
+    for tag, atoms in by_tag.items():
+        store.add_canary(
+            [TrainingPair(a.prompt, a.reference) for a in atoms],
+            tag=tag,
+            expressions=[a.expression for a in atoms],
+        )
+    for cluster in clusters[:max_clusters]:
+        try:
+            store.optimize(cluster, max_seconds=search_seconds)
+        except StoreError as error:
+            print(f"  cluster {cluster.id} ({cluster.tag}): {error}")
+    return store
+
+
+def routed_answers(
+    name: str, store: LoRAStore, atoms: Sequence[Atom], by_tag: bool
+) -> MethodResult:
+    routes = []
+    for atom in atoms:
+        found = store.route(atom.prompt, tag=atom.tag if by_tag else None)
+        routes.append(store.load(found[0].id) if found else None)
+    answers = answer_all(store.model, atoms, routes)
+    result = MethodResult(
+        name,
+        correct(answers, atoms),
+        [a.text for a in answers],
+        adapters=len(store.adapters()),
+        train_seconds=sum(t["seconds"] or 0.0 for t in store.db["trials"].rows),
+        routed=sum(r is not None for r in routes),
+    )
+    store.unload()
+    return result
+
+
+def run_seed(
+    data: Path, seed: int, settings: Settings, chat: ChatSage, embeddings: Embeddings, work: Path
+) -> SeedResult:
+    stream_tasks, heldout_tasks = split_problems(data, seed, settings.stream, settings.heldout)
+    stream, heldout = atoms_of(stream_tasks), atoms_of(heldout_tasks)
+    started = time.perf_counter()
+    stream_right = correct(answer_all(chat, stream), stream)
+    base_answers = answer_all(chat, heldout)
+    failures = [a for a, ok in zip(stream, stream_right, strict=True) if not ok]
+    passes = [a for a, ok in zip(stream, stream_right, strict=True) if ok]
+    print(
+        f"seed {seed}: {len(stream)} stream steps ({len(failures)} failed), "
+        f"{len(heldout)} held-out steps; base answers in {time.perf_counter() - started:.0f} s"
+    )
+    result = SeedResult(seed, len(stream), len(failures), [a.reference for a in heldout])
+    result.methods["Base"] = MethodResult(
+        "Base", correct(base_answers, heldout), [a.text for a in base_answers]
+    )
+    vectors = np.asarray(embeddings.embed_documents([a.prompt for a in failures]))
+    fixed = fixed_store_config(settings)
+    minimum = settings.store.min_samples
+    tags = Counter(a.tag for a in failures)
+    big_tags = sorted(t for t, n in tags.items() if n >= minimum)
+
+    def baseline(name: str, labels: np.ndarray) -> None:
+        started = time.perf_counter()
+        clusters = [
+            cluster_of(
+                int(label) + 1,
+                MIXED_TAG,
+                [members(failures[i]) for i in np.flatnonzero(labels == label)],
+                vectors[labels == label],
+            )
+            for label in sorted(set(labels.tolist()) - {-1})
+        ]
+        store = adapt_on_clusters(
+            chat,
+            embeddings,
+            work / f"{seed}-{name.split()[0].lower()}-{len(result.methods)}",
+            fixed,
+            clusters,
+            passes,
+            lambda _a: MIXED_TAG,
+            settings.search_seconds,
+            settings.max_clusters,
+        )
+        result.methods[name] = routed_answers(name, store, heldout, by_tag=False)
+        print(f"  {name}: {len(clusters)} clusters, {time.perf_counter() - started:.0f} s")
+
+    baseline("LoRA (all failures)", np.zeros(len(failures), dtype=int))
+    k = max(1, len(big_tags))
+    baseline("CA-LoRA (KMeans)", KMeans(k, n_init=10, random_state=seed).fit_predict(vectors))
+    baseline(
+        "CA-LoRA (HDBSCAN)",
+        hdbscan.HDBSCAN(
+            min_cluster_size=settings.buffer.min_cluster_size,
+            min_samples=settings.buffer.min_samples,
+            allow_single_cluster=True,
+        ).fit_predict(vectors),
+    )
+
+    started = time.perf_counter()
+    per_tag = [
+        cluster_of(
+            i + 1,
+            tag,
+            [members(a) for a in failures if a.tag == tag],
+            vectors[[a.tag == tag for a in failures]],
+        )
+        for i, tag in enumerate(big_tags)
+    ]
+    name = "LoRA Store (no buffer)"
+    store = adapt_on_clusters(
+        chat,
+        embeddings,
+        work / f"{seed}-store",
+        settings.store,
+        per_tag,
+        passes,
+        lambda a: a.tag,
+        settings.search_seconds,
+        settings.max_clusters,
+    )
+    result.methods[name] = routed_answers(name, store, heldout, by_tag=True)
+    print(f"  {name}: {len(per_tag)} clusters, {time.perf_counter() - started:.0f} s")
+
+    started = time.perf_counter()
+    agent = SageAgent(
+        work / f"{seed}-sage.db",
+        chat,
+        embeddings=embeddings,
+        decomposer=annotation_decomposer,
+        buffer_config=settings.buffer,
+        store_config=settings.store,
+    )
+    summary = agent.run(stream_tasks, train=True)
+    result.sage_summary = {
+        k: v for k, v in summary.__dict__.items() if k not in ("threads", "errors")
+    }
+    result.methods["SAGE"] = routed_answers("SAGE", agent.store, heldout, by_tag=True)
+    print(
+        f"  SAGE: {summary.clusters} clusters, {summary.adapters_trained} adapters, "
+        f"{summary.retry_success} retries fixed, {time.perf_counter() - started:.0f} s"
+    )
+    result.retention = retention(agent.store, heldout, base_answers)
+    result.problem_em, result.problems_scored = problem_level(agent, heldout_tasks)
+    result.trigger = trigger_separation(heldout, base_answers, embeddings)
+    return result
+
+
+def retention(
+    store: LoRAStore, heldout: Sequence[Atom], base_answers: Sequence[AIMessage]
+) -> list[dict]:
+    """Each kept adapter's exact match on the held-out steps of its tag that the base
+    model answers right."""
+    rows = []
+    right = correct(base_answers, heldout)
+    for adapter in store.adapters():
+        passes = [a for a, ok in zip(heldout, right, strict=True) if ok and a.tag == adapter.tag]
+        if not passes:
+            continue
+        name = store.load(adapter.id)
+        answers = answer_all(store.model, passes, [name] * len(passes))
+        rows.append(
+            {
+                "adapter": adapter.id,
+                "tag": adapter.tag,
+                "passes": len(passes),
+                "em": sum(correct(answers, passes)) / len(passes),
+            }
+        )
+    store.unload()
+    return rows
+
+
+def problem_level(agent: SageAgent, tasks: Sequence[Task]) -> tuple[dict[str, float], int]:
+    """Final-answer EM on held-out problems of at most three steps, each step answered
+    with the model's own earlier answers: base model, then SAGE's adapters routed."""
+    short = [t for t in tasks if len(annotation_decomposer(t)) <= 3]
+    if not short:
+        return {}, 0
+    agent.substitute = "answers"
+    scores = {}
+    for name, route in (("Base", False), ("SAGE", True)):
+        scores[name] = agent.run(short, train=False, route=route).problem_em
+    return scores, len(short)
+
+
+def trigger_separation(
+    atoms: Sequence[Atom], answers: Sequence[AIMessage], embeddings: Embeddings
+) -> dict:
+    """ROC of each Trigger metric (and the anomaly score) separating wrong base answers
+    (out-of-distribution) from right ones, the false positive rate at the paper's
+    threshold, and the sweeps of the paper's Figure 3."""
+    right = correct(answers, atoms)
+    trigger = Trigger(TriggerConfig(numeric="never"), embeddings=embeddings)
+    scored = trigger.score_batch(
+        [a.text for a in answers],
+        [a.reference for a in atoms],
+        logits_margins=[a.response_metadata.get("logits_margin_mean") for a in answers],
+    )
+    wrong = np.array([not ok for ok in right], dtype=int)
+    if wrong.min() == wrong.max():
+        return {}
+    out: dict = {"n_in": int((1 - wrong).sum()), "n_out": int(wrong.sum()), "metrics": {}}
+    for metric in METRICS:
+        values = [r.metrics.get(metric) for r in scored]
+        if any(v is None for v in values):
+            continue
+        anomaly = 1 - np.asarray(values, dtype=float)
+        out["metrics"][metric] = {
+            "auc": float(roc_auc_score(wrong, anomaly)),
+            "fpr": float(((anomaly >= 0.5) & (wrong == 0)).sum() / (1 - wrong).sum()),
+        }
+    anomaly = np.array([r.anomaly_score for r in scored])
+    out["anomaly_auc"] = float(roc_auc_score(wrong, anomaly))
+    out["roc"] = [list(map(float, axis)) for axis in roc_curve(wrong, anomaly)[:2]]
+    out["threshold_sweep"] = [
+        {
+            "threshold": float(t),
+            "fpr": float(((anomaly >= t) & (wrong == 0)).sum() / (1 - wrong).sum()),
+            "tpr": float(((anomaly >= t) & (wrong == 1)).sum() / wrong.sum()),
+        }
+        for t in np.linspace(0.1, 0.9, 9)
+    ]
+    per_metric = np.array(
+        [[1 - (r.metrics.get(m) or 0.0) for m in METRICS] for r in scored], dtype=float
+    )
+    sweep = []
+    for lm_weight in (0.0, 0.25, 0.5, 0.75):
+        rest = (1 - lm_weight) / 3
+        weights = np.array([lm_weight, rest, rest, rest])
+        sweep.append(
+            {"lm_weight": lm_weight, "auc": float(roc_auc_score(wrong, per_metric @ weights))}
+        )
+    out["weight_sweep"] = sweep
+    return out
+
+
+# the report
+
+
+def mean_spread(values: Sequence[float], digits: int = 3) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def atomic_table(results: Sequence[SeedResult]) -> list[str]:
+    lines = [
+        "| method | EM | MAE | MSE | NER | adapters | training s | routed steps |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in METHODS:
+        runs = [r.methods[name] for r in results if name in r.methods]
+        if not runs:
+            continue
+        metrics = [
+            math_metrics(m.answers, r.references) for m, r in zip(runs, results, strict=True)
+        ]
+        lines.append(
+            f"| {name} | {mean_spread([m.em for m in metrics])} "
+            f"| {mean_spread([m.mae or 0.0 for m in metrics])} "
+            f"| {np.mean([m.mse or 0.0 for m in metrics]):.3g} "
+            f"| {mean_spread([m.ner for m in metrics])} "
+            f"| {np.mean([m.adapters for m in runs]):.1f} "
+            f"| {np.mean([m.train_seconds for m in runs]):.0f} "
+            f"| {np.mean([m.routed for m in runs]):.1f} |"
+        )
+    return lines
+
+
+def wilcoxon_line(results: Sequence[SeedResult]) -> str:
+    """Signed-rank test on the held-out steps, SAGE against the base model, all seeds
+    pooled (per step: right = 1, wrong = 0; steps where both agree drop out)."""
+    base = [x for r in results for x in r.methods["Base"].right]
+    sage = [x for r in results for x in r.methods["SAGE"].right]
+    pairs = list(zip(sage, base, strict=True))
+    differing = sum(s != b for s, b in pairs)
+    if differing == 0:
+        return "Wilcoxon signed-rank, SAGE vs base: no held-out step differs, no test."
+    test = wilcoxon(np.array(sage, float), np.array(base, float), zero_method="wilcox")
+    return (
+        f"Wilcoxon signed-rank, SAGE vs base over {len(base)} held-out steps "
+        f"({differing} differ; SAGE right on {sum(s > b for s, b in pairs)}, "
+        f"base on {sum(b > s for s, b in pairs)}): "
+        f"statistic {test.statistic:.1f}, p = {test.pvalue:.3g}."
+    )
+
+
+def plots(results: Sequence[SeedResult], folder: Path) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [n for n in METHODS if all(n in r.methods for r in results)]
+    ems = [[np.mean(r.methods[n].right) for r in results] for n in names]
+    figure, axis = plt.subplots(figsize=(8, 3.5))
+    axis.bar(range(len(names)), [np.mean(e) for e in ems], yerr=[np.std(e) for e in ems])
+    axis.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    axis.set_ylabel("held-out step EM")
+    figure.tight_layout()
+    figure.savefig(folder / "atomic_em.png", dpi=110)
+    plt.close(figure)
+    made = ["atomic_em.png"]
+
+    trigger = next((r.trigger for r in results if r.trigger), None)
+    if trigger:
+        figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+        fpr, tpr = trigger["roc"]
+        left.plot(fpr, tpr, label=f"anomaly score (AUC {trigger['anomaly_auc']:.2f})")
+        left.plot([0, 1], [0, 1], ls=":", c="grey")
+        left.set_xlabel("false positive rate")
+        left.set_ylabel("true positive rate")
+        left.legend(fontsize=8)
+        sweep = trigger["threshold_sweep"]
+        right.plot([s["threshold"] for s in sweep], [s["fpr"] for s in sweep], label="FPR")
+        right.plot([s["threshold"] for s in sweep], [s["tpr"] for s in sweep], label="TPR")
+        right.set_xlabel("anomaly threshold")
+        right.legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(folder / "trigger.png", dpi=110)
+        plt.close(figure)
+        made.append("trigger.png")
+    return made
+
+
+def report(
+    results: Sequence[SeedResult], settings: Settings, command: str, seconds: float, out: Path
+) -> str:
+    seeds = ", ".join(str(r.seed) for r in results)
+    machine = f"{os.cpu_count()} CPU cores ({platform.machine()})"
+    made = plots(results, out.parent / "results")
+    lines = [
+        "# Does it adapt?",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine}; {seconds / 60:.0f} minutes in all. Model: the embedded "
+        f"SmolLM2-135M-Instruct; embedder: all-MiniLM-L6-v2. Seeds: {seeds}. Per seed "
+        f"{settings.stream} GSM8K problems streamed, {settings.heldout} held out (disjoint); "
+        f"means ± standard deviation over the seeds. What each method is and how it is "
+        f"scored: the docstring of `benchmarks/bench_adapt.py`.",
+        "",
+        "## Atomic steps (references substituted)",
+        "",
+        f"Stream steps per seed: {mean_spread([r.stream_atoms for r in results], 0)} "
+        f"({mean_spread([r.failures for r in results], 0)} answered wrong by the base "
+        f"model); held-out steps: {mean_spread([len(r.references) for r in results], 0)}.",
+        "",
+        *atomic_table(results),
+        "",
+        wilcoxon_line(results),
+        "",
+        "![held-out step EM](results/atomic_em.png)",
+        "",
+        "## Problems (the model's own earlier answers, at most three steps)",
+        "",
+        "| method | final-answer EM | problems |",
+        "|---|---|---|",
+    ]
+    for name in ("Base", "SAGE"):
+        values = [r.problem_em[name] for r in results if name in r.problem_em]
+        if values:
+            lines.append(
+                f"| {name} | {mean_spread(values)} "
+                f"| {mean_spread([r.problems_scored for r in results], 0)} |"
+            )
+    lines += ["", "## SAGE on the stream", "", "| seed | " + " | ".join(SUMMARY_KEYS) + " |"]
+    lines.append("|---" * (len(SUMMARY_KEYS) + 1) + "|")
+    for r in results:
+        lines.append(
+            f"| {r.seed} | " + " | ".join(_cell(r.sage_summary.get(k)) for k in SUMMARY_KEYS) + " |"
+        )
+    lines += ["", "## Trigger: right vs wrong base answers on the held-out steps", ""]
+    for r in results:
+        if not r.trigger:
+            continue
+        t = r.trigger
+        lines += [
+            f"Seed {r.seed}: {t['n_in']} right (in-distribution), {t['n_out']} wrong "
+            f"(out-of-distribution); anomaly-score AUC {t['anomaly_auc']:.3f}.",
+            "",
+            "| metric | AUC | false positive rate at 0.5 |",
+            "|---|---|---|",
+            *(f"| {m} | {v['auc']:.3f} | {v['fpr']:.3f} |" for m, v in t["metrics"].items()),
+            "",
+            "Weight sweep (weight of the logits margin, the rest shared equally): "
+            + ", ".join(f"{s['lm_weight']}: AUC {s['auc']:.3f}" for s in t["weight_sweep"])
+            + ".",
+            "",
+        ]
+    if "trigger.png" in made:
+        lines += ["![trigger ROC and threshold sweep](results/trigger.png)", ""]
+    lines += [
+        "## Retention: SAGE adapters on held-out steps the base model answers right",
+        "",
+        "| seed | adapter | tag | steps | EM (base 1.000) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines += [
+            f"| {r.seed} | {x['adapter']} | `{x['tag']}` | {x['passes']} | {x['em']:.3f} |"
+            for x in r.retention
+        ]
+    return "\n".join(lines) + "\n"
+
+
+SUMMARY_KEYS = (
+    "steps",
+    "step_em_first",
+    "step_em",
+    "triggers",
+    "clusters",
+    "adapters_trained",
+    "retry_success",
+    "wall_s",
+)
+
+
+def _cell(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated")
+    parser.add_argument("--stream", type=int, default=150, help="stream problems per seed")
+    parser.add_argument("--heldout", type=int, default=60, help="held-out problems per seed")
+    parser.add_argument(
+        "--search-seconds", type=float, default=300.0, help="time budget of one LoRA search"
+    )
+    parser.add_argument(
+        "--max-clusters",
+        type=int,
+        default=None,
+        help="train only the largest N clusters of each baseline (default: all)",
+    )
+    parser.add_argument(
+        "--buffer-size",
+        type=int,
+        default=None,
+        help="SAGE: failures a tag collects before its first clustering (default 25)",
+    )
+    parser.add_argument(
+        "--min-cluster",
+        type=int,
+        default=None,
+        help="smallest cluster the LoRA Store trains on, for every method (default 12)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: one seed, few problems, one short trial"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DOCS / "results.md", help="plots go to results/ beside it"
+    )
+    args = parser.parse_args()
+    store = StoreConfig(max_seconds=args.search_seconds)
+    buffer = BufferConfig()
+    if args.buffer_size is not None:
+        buffer = replace(buffer, buffer_size=args.buffer_size)
+    if args.min_cluster is not None:
+        store = replace(store, min_samples=args.min_cluster)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    max_clusters = args.max_clusters
+    if args.quick:
+        seeds, args.stream, args.heldout, max_clusters = seeds[:1], 10, 3, 1
+        store = replace(
+            store,
+            train_size=16,
+            failure_repeats=1,
+            epochs=(1,),
+            max_trials=1,
+            n_random=1,
+            top_k=1,
+            min_samples=4,
+            val_variants=1,
+            canary_size=8,
+        )
+        # Small enough that a 10-problem stream (about 8 failures of the commonest
+        # operator) fills a tag's buffer, clusters and trains.
+        buffer = BufferConfig(buffer_size=4, min_cluster_size=3, recluster_every=1)
+    settings = Settings(args.stream, args.heldout, store, buffer, args.search_seconds, max_clusters)
+    chat, embeddings = ChatSage(), default_embeddings()
+    started = time.perf_counter()
+    results = []
+    with tempfile.TemporaryDirectory() as work:
+        for seed in seeds:
+            results.append(run_seed(args.data, seed, settings, chat, embeddings, Path(work)))
+    seconds = time.perf_counter() - started
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    text = report(results, settings, command, seconds, args.out)
+    print("\n".join(atomic_table(results)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    (args.out.parent / "results" / "raw.json").write_text(
+        json.dumps(
+            [
+                r.__dict__ | {"methods": {k: v.__dict__ for k, v in r.methods.items()}}
+                for r in results
+            ],
+            indent=1,
+            default=str,
+        )
+    )
+    print(f"written to {args.out} ({seconds / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()
