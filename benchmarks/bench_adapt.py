@@ -701,7 +701,7 @@ def main() -> None:
             top_k=1,
             min_samples=4,
             val_variants=1,
-            canary_size=8,
+            canary_size=4,
         )
         # Small enough that a 10-problem stream (about 8 failures of the commonest
         # operator) fills a tag's buffer, clusters and trains.
