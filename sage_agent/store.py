@@ -570,8 +570,8 @@ class LoRAStore(LazyEmbeddings):
         return adapter_id
 
     def unload(self) -> None:
-        """Free every adapter this store loaded into the chat model (the model answers
-        with its base weights afterwards); they load again on the next ``load``."""
+        """Free every adapter this store loaded into the chat model (if one was active,
+        the base model answers); they load again on the next ``load``."""
         for adapter_id in list(self._loaded):
             self._unload(adapter_id)
 
