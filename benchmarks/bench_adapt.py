@@ -18,12 +18,16 @@ with the number only." with the references of earlier steps in place):
   one adapter a cluster; a held-out step goes to the nearest centroid.
 * LoRA Store (no buffer): one cluster per operator signature, each through the store's
   search and regression gate; routed as SAGE routes.
-* SAGE: the stream through the SAGE graph (Trigger, buffer, store, retries), then routed.
+* SAGE: the stream through the SAGE graph (Trigger, buffer, store, retries), then routed:
+  a held-out step goes to its cluster's best adapter only when the base model is unsure
+  of its answer (``StoreConfig.route_below``: the log-probability of its number).
+* SAGE (every routed step): the same adapters, without that confidence gate.
 
 The baselines train one configuration (rank 16, alpha 32, learning rate 1e-3, the search
 space's epochs) with no regression gate; every method trains on the same data the store
 builds from a cluster (its failures, verifier-labelled variants, rehearsal of passes), so
-the table compares the clustering, the search, the gate and the routing. The store keeps
+the table compares the clustering, the search, the gate and the routing. The baselines
+apply their adapter to every step they route, as the paper's do. The store keeps
 an adapter only when it beats the base model on the cluster's validation split, for the
 baselines too: "adapters" counts the kept ones.
 
@@ -35,7 +39,9 @@ out-of-distribution = answered wrong; per-metric ROC AUC and false positive rate
 paper's threshold, and the threshold and weight sweeps of its Figure 3.
 
 Retention: each SAGE adapter's exact match on its tag's held-out passes (steps the base
-model answers right), against the base model's (1.0 by construction).
+model answers right), against the base model's (1.0 by construction), on all of them and
+as routed (unsure ones only). The atomic table's "EM where base right" column is the same
+for every method over all held-out steps.
 
 Writes docs/results.md and its plots (docs/results/).
 """
@@ -88,6 +94,7 @@ METHODS = (
     "CA-LoRA (KMeans)",
     "CA-LoRA (HDBSCAN)",
     "LoRA Store (no buffer)",
+    "SAGE (every routed step)",
     "SAGE",
 )
 MIXED_TAG = "mixed"  # the canary tag of the baselines' clusters, which mix operators
@@ -209,6 +216,7 @@ def fixed_store_config(settings: Settings) -> StoreConfig:
         max_trials=1,
         canary_margin=1.0,
         route_threshold=-1.0,
+        route_below=None,
     )
 
 
@@ -247,20 +255,33 @@ def adapt_on_clusters(
 
 
 def routed_answers(
-    name: str, store: LoRAStore, atoms: Sequence[Atom], by_tag: bool
+    name: str,
+    store: LoRAStore,
+    atoms: Sequence[Atom],
+    base_answers: Sequence[AIMessage],
+    by_tag: bool,
+    gate: bool = True,
 ) -> MethodResult:
+    """Each step answered as the store routes it: by the nearest cluster's best adapter
+    when there is one and (``gate``) the base model is unsure of its answer, otherwise
+    by the base model (whose answers are reused)."""
     routes = []
-    for atom in atoms:
+    for atom, base in zip(atoms, base_answers, strict=True):
         found = store.route(atom.prompt, tag=atom.tag if by_tag else None)
-        routes.append(store.load(found[0].id) if found else None)
-    answers = answer_all(store.model, atoms, routes)
+        use = found and (not gate or store.unsure(base))
+        routes.append(store.load(found[0].id) if use else None)
+    routed = [i for i, r in enumerate(routes) if r is not None]
+    answers = list(base_answers)
+    adapted = answer_all(store.model, [atoms[i] for i in routed], [routes[i] for i in routed])
+    for i, message in zip(routed, adapted, strict=True):
+        answers[i] = message
     result = MethodResult(
         name,
         correct(answers, atoms),
         [a.text for a in answers],
         adapters=len(store.adapters()),
         train_seconds=sum(t["seconds"] or 0.0 for t in store.db["trials"].rows),
-        routed=sum(r is not None for r in routes),
+        routed=len(routed),
     )
     store.unload()
     return result
@@ -312,7 +333,7 @@ def run_seed(
             settings.search_seconds,
             settings.max_clusters,
         )
-        result.methods[name] = routed_answers(name, store, heldout, by_tag=False)
+        result.methods[name] = routed_answers(name, store, heldout, base_answers, by_tag=False)
         print(f"  {name}: {len(clusters)} clusters, {time.perf_counter() - started:.0f} s")
 
     baseline("LoRA (all failures)", np.zeros(len(failures), dtype=int))
@@ -349,7 +370,7 @@ def run_seed(
         settings.search_seconds,
         settings.max_clusters,
     )
-    result.methods[name] = routed_answers(name, store, heldout, by_tag=True)
+    result.methods[name] = routed_answers(name, store, heldout, base_answers, by_tag=True)
     print(f"  {name}: {len(per_tag)} clusters, {time.perf_counter() - started:.0f} s")
 
     started = time.perf_counter()
@@ -365,7 +386,11 @@ def run_seed(
     result.sage_summary = {
         k: v for k, v in summary.__dict__.items() if k not in ("threads", "errors")
     }
-    result.methods["SAGE"] = routed_answers("SAGE", agent.store, heldout, by_tag=True)
+    every = "SAGE (every routed step)"
+    result.methods[every] = routed_answers(
+        every, agent.store, heldout, base_answers, by_tag=True, gate=False
+    )
+    result.methods["SAGE"] = routed_answers("SAGE", agent.store, heldout, base_answers, by_tag=True)
     print(
         f"  SAGE: {summary.clusters} clusters, {summary.adapters_trained} adapters, "
         f"{summary.retry_success} retries fixed, {time.perf_counter() - started:.0f} s"
@@ -380,21 +405,31 @@ def retention(
     store: LoRAStore, heldout: Sequence[Atom], base_answers: Sequence[AIMessage]
 ) -> list[dict]:
     """Each kept adapter's exact match on the held-out steps of its tag that the base
-    model answers right."""
+    model answers right: answering all of them, and only those the base model is unsure
+    of (the routing's confidence gate; the sure ones keep their right base answer)."""
     rows = []
     right = correct(base_answers, heldout)
     for adapter in store.adapters():
-        passes = [a for a, ok in zip(heldout, right, strict=True) if ok and a.tag == adapter.tag]
-        if not passes:
+        indices = [
+            i
+            for i, (a, ok) in enumerate(zip(heldout, right, strict=True))
+            if ok and a.tag == adapter.tag
+        ]
+        if not indices:
             continue
+        passes = [heldout[i] for i in indices]
         name = store.load(adapter.id)
-        answers = answer_all(store.model, passes, [name] * len(passes))
+        kept = correct(answer_all(store.model, passes, [name] * len(passes)), passes)
+        unsure = [store.unsure(base_answers[i]) for i in indices]
         rows.append(
             {
                 "adapter": adapter.id,
                 "tag": adapter.tag,
                 "passes": len(passes),
-                "em": sum(correct(answers, passes)) / len(passes),
+                "em": sum(kept) / len(passes),
+                "unsure": sum(unsure),
+                "em_gated": sum(k or not u for k, u in zip(kept, unsure, strict=True))
+                / len(passes),
             }
         )
     store.unload()
@@ -476,9 +511,11 @@ def mean_spread(values: Sequence[float], digits: int = 3) -> str:
 
 def atomic_table(results: Sequence[SeedResult]) -> list[str]:
     lines = [
-        "| method | EM | MAE | MSE | NER | adapters | training s | routed steps |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | EM | MAE | MSE | NER | EM where base right | EM where base wrong "
+        "| adapters | training s | routed steps |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    base_right = [np.array(r.methods["Base"].right) for r in results]
     for name in METHODS:
         runs = [r.methods[name] for r in results if name in r.methods]
         if not runs:
@@ -486,11 +523,14 @@ def atomic_table(results: Sequence[SeedResult]) -> list[str]:
         metrics = [
             math_metrics(m.answers, r.references) for m, r in zip(runs, results, strict=True)
         ]
+        kept = [np.array(m.right)[b].mean() for m, b in zip(runs, base_right, strict=True)]
+        fixed = [np.array(m.right)[~b].mean() for m, b in zip(runs, base_right, strict=True)]
         lines.append(
             f"| {name} | {mean_spread([m.em for m in metrics])} "
             f"| {mean_spread([m.mae or 0.0 for m in metrics])} "
             f"| {np.mean([m.mse or 0.0 for m in metrics]):.3g} "
             f"| {mean_spread([m.ner for m in metrics])} "
+            f"| {mean_spread(kept)} | {mean_spread(fixed)} "
             f"| {np.mean([m.adapters for m in runs]):.1f} "
             f"| {np.mean([m.train_seconds for m in runs]):.0f} "
             f"| {np.mean([m.routed for m in runs]):.1f} |"
@@ -620,12 +660,18 @@ def report(
     lines += [
         "## Retention: SAGE adapters on held-out steps the base model answers right",
         "",
-        "| seed | adapter | tag | steps | EM (base 1.000) |",
-        "|---|---|---|---|---|",
+        "Each adapter on all of its tag's held-out steps that the base model answers right, "
+        "and as routing uses it: only on the steps whose base answer is unsure "
+        "(`StoreConfig.route_below`), the others keeping their right base answer.",
+        "",
+        "| seed | adapter | tag | steps | EM, every step (base 1.000) | unsure steps "
+        "| EM, as routed |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines += [
-            f"| {r.seed} | {x['adapter']} | `{x['tag']}` | {x['passes']} | {x['em']:.3f} |"
+            f"| {r.seed} | {x['adapter']} | `{x['tag']}` | {x['passes']} | {x['em']:.3f} "
+            f"| {x['unsure']} | {x['em_gated']:.3f} |"
             for x in r.retention
         ]
     return "\n".join(lines) + "\n"
@@ -690,7 +736,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     max_clusters = args.max_clusters
     if args.quick:
-        seeds, args.stream, args.heldout, max_clusters = seeds[:1], 10, 3, 1
+        seeds, args.stream, args.heldout, max_clusters = seeds[:1], 10, 2, 1
         store = replace(
             store,
             train_size=16,

@@ -154,7 +154,18 @@ def route(state: SageState, runtime: Ctx) -> dict[str, Any]:
 
 
 def answer(state: SageState, runtime: Ctx) -> dict[str, Any]:
+    """Answer the attempt. A routed first attempt asks the base model first and keeps its
+    answer when it is sure (``StoreConfig.route_below``); the adapter then goes back to
+    the candidates, for a retry should the sure answer fail."""
     context, attempt = context_of(runtime), dict(state["attempt"])
+    if attempt["routed"] and context.store is not None:
+        with context.model.using_adapter(None):
+            base = context.model.invoke(attempt["prompt"], max_tokens=context.max_tokens)
+        if not context.store.unsure(base):
+            candidates = [attempt["adapter"], *(state.get("candidates") or [])]
+            attempt.update(adapter=None, routed=False, note="the base model is sure; not routed")
+            return {"attempt": _answered(attempt, base, runtime), "candidates": candidates}
+        attempt["base_answer"] = base.text
     name = None
     if attempt["adapter"] is not None and context.store is not None:
         try:
@@ -164,12 +175,16 @@ def answer(state: SageState, runtime: Ctx) -> dict[str, Any]:
             attempt["adapter"] = None
     with context.model.using_adapter(name):
         message = context.model.invoke(attempt["prompt"], max_tokens=context.max_tokens)
+    return {"attempt": _answered(attempt, message, runtime)}
+
+
+def _answered(attempt: dict[str, Any], message: AIMessage, runtime: Ctx) -> dict[str, Any]:
     attempt["answer"] = message.text
     attempt["logits_margin"] = message.response_metadata.get("logits_margin_mean")
     runtime.stream_writer(
         {"event": "answered", "answer": message.text, "adapter": attempt["adapter"]}
     )
-    return {"attempt": attempt}
+    return attempt
 
 
 def trigger(state: SageState, runtime: Ctx) -> dict[str, Any]:

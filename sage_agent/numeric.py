@@ -27,13 +27,42 @@ def parse_number(text: str | None) -> float | None:
     """
     if text is None:
         return None
-    text = str(text)
+    return _to_float(_answer_match(str(text)))
+
+
+def _answer_match(text: str) -> re.Match[str] | None:
+    """The match of the number parse_number reads in ``text``."""
     if "=" in text:
-        tail = text.rsplit("=", 1)[1]
-        if _NUMBER.search(tail):
-            return _to_float(_NUMBER.search(tail))
+        start = text.rindex("=") + 1
+        found = _NUMBER.search(text, start)
+        if found:
+            return found
     matches = list(_NUMBER.finditer(text))
-    return _to_float(matches[-1]) if matches else None
+    return matches[-1] if matches else None
+
+
+def number_logprob(tokens: Sequence[dict]) -> float | None:
+    """The log-probability the model gave the number parse_number reads from its answer:
+    the sum over the tokens that overlap the number's digits. ``tokens`` are the OpenAI
+    ``logprobs["content"]`` entries ChatSage reports (their ``token`` strings join to the
+    answer). None when the answer holds no number.
+
+    A sure answer scores near 0; prose and trailing chatter do not lower it, only doubt
+    about the digits does, which is why it separates right from wrong answers better
+    than the whole answer's log-probability.
+    """
+    text = "".join(t["token"] for t in tokens)
+    found = _answer_match(text)
+    if found is None:
+        return None
+    start, end = found.start("num"), found.end()
+    total, position = 0.0, 0
+    for token in tokens:
+        following = position + len(token["token"])
+        if position < end and following > start:
+            total += token["logprob"]
+        position = following
+    return total
 
 
 def _to_float(match: re.Match[str] | None) -> float | None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
+from langchain_core.messages import AIMessage
 from tqdm.auto import tqdm
 
 from sage_agent.augment import ANSWER_FORMATS, AnswerFormat, augment_pairs
@@ -35,6 +36,7 @@ from sage_agent.buffer import Cluster
 from sage_agent.chat_model import ChatSage
 from sage_agent.database import open_database, transaction
 from sage_agent.embeddings import LazyEmbeddings
+from sage_agent.numeric import number_logprob
 from sage_agent.trainer import (
     FrozenPrefix,
     LoRATrainConfig,
@@ -147,6 +149,17 @@ class StoreConfig:
     max_loaded: int = field(default=4, metadata={"help": "M: adapters loaded in memory (LRU)."})
     route_threshold: float = field(
         default=0.6, metadata={"help": "Routing needs centroid cosine at least this."}
+    )
+    route_below: float | None = field(
+        default=-1.0,
+        metadata={
+            "help": "Route a first attempt only when the base model is unsure: the "
+            "log-probability of the number in its answer is below this (or it gave no "
+            "number). A sure base answer is kept, so adapters are not handed the steps the "
+            "base model already gets right. On GSM8K steps, -1.0 sends 61-70% of the base "
+            "model's wrong answers and 20% of its right ones to adapters. None: route every "
+            "step."
+        },
     )
     batch_size: int = field(default=16, metadata={"help": "Training batch size."})
     seed: int = field(default=0, metadata={"help": "Seed of the split and the search."})
@@ -633,6 +646,17 @@ class LoRAStore(LazyEmbeddings):
             if cosine >= best_cosine:
                 best, best_cosine = cluster_id, cosine
         return [] if best is None else self.adapters(best)
+
+    def unsure(self, answer: AIMessage) -> bool:
+        """Whether a base-model answer should go to a routed adapter (``route_below``):
+        the log-probability of its number is below the threshold, or it has no number."""
+        if self.config.route_below is None:
+            return True
+        tokens = answer.response_metadata.get("logprobs", {}).get("content")
+        if not tokens:
+            return True
+        confidence = number_logprob(tokens)
+        return confidence is None or confidence < self.config.route_below
 
     # canary
 

@@ -81,6 +81,26 @@ def test_failures_train_an_adapter_and_the_retry_fixes_the_step(agent: SageAgent
     assert agent.store.adapters()
 
 
+def test_a_sure_base_answer_is_kept_and_its_adapter_saved_for_the_retry(
+    agent: SageAgent,
+) -> None:
+    agent.run([nine_task(i) for i in range(24)], stop_when=lambda s: s.adapters_trained > 0)
+    adapters = [a.id for a in agent.store.route("Compute 2+7. Reply with the number only.")]
+    assert adapters
+    agent.store.unsure = lambda _answer: False  # the base model is sure of every answer
+    agent.run([nine_task(3)])
+    first, *retries = agent.state(agent.threads()[-1]["id"])["records"][0]["attempts"]
+    assert first["adapter"] is None and first["note"] == "the base model is sure; not routed"
+    # the random base model's sure answer is wrong: while adapting, the routed adapter is
+    # tried next (route-only runs, train=False, make no retries)
+    assert first["failed"] and retries[0]["adapter"] == adapters[0]
+
+    agent.store.unsure = lambda _answer: True
+    agent.run([nine_task(4)], train=False)
+    (first, *_) = agent.state(agent.threads()[-1]["id"])["records"][0]["attempts"]
+    assert first["routed"] and first["adapter"] == adapters[0] and "base_answer" in first
+
+
 def test_state_holds_records_not_dependencies(agent: SageAgent) -> None:
     agent.run([nine_task(1)])
     values = agent.state(agent.threads()[-1]["id"])

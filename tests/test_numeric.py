@@ -14,6 +14,25 @@ from sage_agent import (
     math_metrics,
     parse_number,
 )
+from sage_agent.numeric import number_logprob
+
+
+def _tokens(*pieces: tuple[str, float]) -> list[dict]:
+    return [{"token": token, "logprob": logprob} for token, logprob in pieces]
+
+
+def test_number_logprob_sums_the_tokens_of_the_number_parse_number_reads() -> None:
+    # "3*4 = 12" reads 12: only the tokens "1" and "2" count, not the expression's "3" or "4"
+    tokens = _tokens(
+        ("3", -2.0), ("*", -0.1), ("4", -3.0), (" =", -0.1), (" 1", -0.5), ("2", -0.25)
+    )
+    assert number_logprob(tokens) == pytest.approx(-0.75)
+    # chatter after the number does not lower it; a token straddling the number counts
+    chatter = _tokens(("It is 4", -0.5), ("2", -0.5), (". Sure?", -9.0))
+    assert parse_number("It is 42. Sure?") == 42
+    assert number_logprob(chatter) == pytest.approx(-1.0)
+    assert number_logprob(_tokens(("no", -0.1), (" number", -0.2))) is None
+    assert number_logprob([]) is None
 
 
 @pytest.mark.parametrize(

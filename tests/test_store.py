@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from langchain_core.messages import AIMessage
 
 from sage_agent import ChatSage
 from sage_agent.buffer import Cluster, Sample
@@ -205,6 +206,21 @@ def test_route_finds_the_nearest_cluster(store: LoRAStore, bow_embeddings) -> No
     assert [a.id for a in store.route("Compute 3+4. apples")] == [a.id for a in kept]
     assert store.route("Compute 3+4. apples", tag="*") == []
     assert store.route("an unrelated sentence about weather") == []
+
+
+def test_unsure_routes_only_doubtful_base_answers(chat, tmp_path, bow_embeddings) -> None:
+    def answer(text: str, logprob: float) -> AIMessage:
+        tokens = [{"token": text, "logprob": logprob}]
+        return AIMessage(text, response_metadata={"logprobs": {"content": tokens}})
+
+    store = _store_with(chat, tmp_path, bow_embeddings, route_below=-1.0)
+    assert not store.unsure(answer("3+4 = 7", -0.2))
+    assert store.unsure(answer("3+4 = 8", -2.5))
+    assert store.unsure(answer("seven", -0.1))  # no number: nothing the base model is sure of
+    assert store.unsure(AIMessage("7"))  # no logprobs: cannot tell, so route
+    (tmp_path / "every").mkdir()
+    every = _store_with(chat, tmp_path / "every", bow_embeddings, route_below=None)
+    assert every.unsure(answer("3+4 = 7", -0.2))
 
 
 def test_load_verifies_the_checksum(store: LoRAStore, chat: ChatSage, bow_embeddings) -> None:
