@@ -158,7 +158,8 @@ def answer(state: SageState, runtime: Ctx) -> dict[str, Any]:
     answer when it is sure (``StoreConfig.route_below``); the adapter then goes back to
     the candidates, for a retry should the sure answer fail."""
     context, attempt = context_of(runtime), dict(state["attempt"])
-    if attempt["routed"] and context.store is not None:
+    gated = context.store is not None and context.store.config.route_below is not None
+    if attempt["routed"] and gated:
         with context.model.using_adapter(None):
             base = context.model.invoke(attempt["prompt"], max_tokens=context.max_tokens)
         if not context.store.unsure(base):
