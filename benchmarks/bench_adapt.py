@@ -216,7 +216,6 @@ def fixed_store_config(settings: Settings) -> StoreConfig:
         max_trials=1,
         canary_margin=1.0,
         route_threshold=-1.0,
-        route_below=None,
     )
 
 
@@ -260,7 +259,7 @@ def routed_answers(
     atoms: Sequence[Atom],
     base_answers: Sequence[AIMessage],
     by_tag: bool,
-    gate: bool = True,
+    gate: bool,
 ) -> MethodResult:
     """Each step answered as the store routes it: by the nearest cluster's best adapter
     when there is one and (``gate``) the base model is unsure of its answer, otherwise
@@ -333,7 +332,9 @@ def run_seed(
             settings.search_seconds,
             settings.max_clusters,
         )
-        result.methods[name] = routed_answers(name, store, heldout, base_answers, by_tag=False)
+        result.methods[name] = routed_answers(
+            name, store, heldout, base_answers, by_tag=False, gate=False
+        )
         print(f"  {name}: {len(clusters)} clusters, {time.perf_counter() - started:.0f} s")
 
     baseline("LoRA (all failures)", np.zeros(len(failures), dtype=int))
@@ -370,7 +371,9 @@ def run_seed(
         settings.search_seconds,
         settings.max_clusters,
     )
-    result.methods[name] = routed_answers(name, store, heldout, base_answers, by_tag=True)
+    result.methods[name] = routed_answers(
+        name, store, heldout, base_answers, by_tag=True, gate=True
+    )
     print(f"  {name}: {len(per_tag)} clusters, {time.perf_counter() - started:.0f} s")
 
     started = time.perf_counter()
@@ -390,7 +393,9 @@ def run_seed(
     result.methods[every] = routed_answers(
         every, agent.store, heldout, base_answers, by_tag=True, gate=False
     )
-    result.methods["SAGE"] = routed_answers("SAGE", agent.store, heldout, base_answers, by_tag=True)
+    result.methods["SAGE"] = routed_answers(
+        "SAGE", agent.store, heldout, base_answers, by_tag=True, gate=True
+    )
     print(
         f"  SAGE: {summary.clusters} clusters, {summary.adapters_trained} adapters, "
         f"{summary.retry_success} retries fixed, {time.perf_counter() - started:.0f} s"
