@@ -87,7 +87,11 @@ class StoreConfig:
     keep: int = field(default=3, metadata={"help": "Adapters kept per cluster."})
     max_trials: int = field(default=8, metadata={"help": "Trial budget of one optimize()."})
     max_seconds: float = field(
-        default=900.0, metadata={"help": "Time budget of one optimize(); no trial starts after it."}
+        default=900.0,
+        metadata={
+            "help": "Time budget of one optimize(): a trial starts only if the trials so "
+            "far say it ends inside the budget (the first trial always runs)."
+        },
     )
     min_samples: int = field(default=12, metadata={"help": "Smallest cluster to train on."})
     train_size: int = field(
@@ -234,6 +238,8 @@ class _Trial:
     val_em: float = 0.0
     val_loss: float = math.inf
     seconds: float = 0.0
+    wall: tuple[float, float] = (0.0, 0.0)
+    """Seconds of training and of validation, as the search's budget counts them."""
 
 
 class LoRAStore(LazyEmbeddings):
@@ -294,8 +300,13 @@ class LoRAStore(LazyEmbeddings):
         prefix = FrozenPrefix(self.model, train, self.config.batch_size)
         trials: list[_Trial] = []
 
+        layers = self.model.hf_model.config.num_hidden_layers
+
         def run(config: LoRATrainConfig, bar: tqdm) -> None:
-            if time.perf_counter() - started > budget or len(trials) >= self.config.max_trials:
+            if len(trials) >= self.config.max_trials:
+                return
+            expected = _expected_seconds(trials, config, layers)
+            if time.perf_counter() - started + expected > budget:
                 return
             trial = _Trial(len(trials) + 1, config, f"trial-{run_id}-{len(trials) + 1}")
             trials.append(trial)
@@ -308,13 +319,16 @@ class LoRAStore(LazyEmbeddings):
                     "config": _config_dict(config),
                 }
             )
+            trial_started = time.perf_counter()
             result = train_lora(self.model, trial.name, train, config, prefix=prefix)
+            trained = time.perf_counter()
             scores = evaluate(self.model, trial.name, val)
             trial.val_em, trial.val_loss, trial.seconds = (
                 scores.exact_match,
                 scores.loss,
                 result.seconds,
             )
+            trial.wall = (trained - trial_started, time.perf_counter() - trained)
             emit(
                 {
                     "event": "trial_done",
@@ -771,6 +785,22 @@ def affordable_loss(base_accuracy: float, gain: float) -> float:
     if base_accuracy <= 0:
         return math.inf
     return (1 - base_accuracy) / base_accuracy * gain
+
+
+def _expected_seconds(trials: Sequence[_Trial], config: LoRATrainConfig, layers: int) -> float:
+    """How long a trial of ``config`` should take, from the trials so far: training time
+    scales with epochs and with the share of layers trained, validation time does not.
+    0 before the first trial, which always runs."""
+    if not trials:
+        return 0.0
+
+    def work(c: LoRATrainConfig) -> float:
+        trained = layers if c.last_layers is None else min(c.last_layers, layers)
+        return c.epochs * trained / layers
+
+    per_work = sum(t.wall[0] / work(t.config) for t in trials) / len(trials)
+    validation = sum(t.wall[1] for t in trials) / len(trials)
+    return per_work * work(config) + validation
 
 
 def _ranking(trial: _Trial) -> tuple[float, float]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -311,6 +312,38 @@ def test_default_gate_weighs_the_loss_against_the_gain(
     store = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0, canary_size=6)
     _add_own_answers_as_canaries(store, chat, canaries)
     assert bool(store.optimize(make_cluster(bow_embeddings))) is kept
+
+
+@pytest.mark.parametrize(("budget", "trials"), [(100.0, 1), (130.0, 2), (1000.0, 5)])
+def test_no_trial_starts_that_the_budget_cannot_finish(
+    store: LoRAStore, bow_embeddings, monkeypatch, budget: float, trials: int
+) -> None:
+    # A clock that only training moves: 10 s per epoch, 60 s a trial of LEARNABLE.
+    import sage_agent.store as store_module
+
+    clock = [0.0]
+    real_train = store_module.train_lora
+
+    def slow_train(chat, name, pairs, config, **kwargs):
+        clock[0] += 10.0 * config.epochs
+        return real_train(chat, name, pairs, config, **kwargs)
+
+    monkeypatch.setattr(store_module, "train_lora", slow_train)
+    monkeypatch.setattr(store_module, "time", SimpleNamespace(perf_counter=lambda: clock[0], time=lambda: clock[0]))
+    store.optimize(make_cluster(bow_embeddings), max_seconds=budget)
+    # 100 s: a second trial would end at 120 s. The old rule (start while time is left)
+    # ran it anyway.
+    assert store.db["trials"].count == trials
+
+
+def test_expected_trial_seconds_scale_with_epochs_and_layers() -> None:
+    from sage_agent.store import _expected_seconds, _Trial
+    from sage_agent.trainer import LoRATrainConfig
+
+    done = _Trial(1, LoRATrainConfig(epochs=2, last_layers=None), "t", wall=(40.0, 5.0))
+    assert _expected_seconds([], LoRATrainConfig(), 30) == 0.0
+    assert _expected_seconds([done], LoRATrainConfig(epochs=4), 30) == 85.0
+    assert _expected_seconds([done], LoRATrainConfig(epochs=2, last_layers=15), 30) == 25.0
 
 
 def test_bad_input(store: LoRAStore, chat: ChatSage, bow_embeddings, tmp_path: Path) -> None:
