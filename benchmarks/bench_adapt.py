@@ -286,6 +286,18 @@ def routed_answers(
     return result
 
 
+def record(result: SeedResult, method: MethodResult) -> None:
+    """Keep ``method``'s result and print it at once, so a stopped run still has it."""
+    result.methods[method.name] = method
+    base = np.array(result.methods["Base"].right)
+    right = np.array(method.right)
+    print(
+        f"  {method.name}: EM {right.mean():.3f} (where base right {right[base].mean():.3f}, "
+        f"where base wrong {right[~base].mean():.3f}), {method.adapters} adapters, "
+        f"{method.routed} routed, {method.train_seconds:.0f} s training"
+    )
+
+
 def run_seed(
     data: Path, seed: int, settings: Settings, chat: ChatSage, embeddings: Embeddings, work: Path
 ) -> SeedResult:
@@ -301,8 +313,8 @@ def run_seed(
         f"{len(heldout)} held-out steps; base answers in {time.perf_counter() - started:.0f} s"
     )
     result = SeedResult(seed, len(stream), len(failures), [a.reference for a in heldout])
-    result.methods["Base"] = MethodResult(
-        "Base", correct(base_answers, heldout), [a.text for a in base_answers]
+    record(
+        result, MethodResult("Base", correct(base_answers, heldout), [a.text for a in base_answers])
     )
     vectors = np.asarray(embeddings.embed_documents([a.prompt for a in failures]))
     fixed = fixed_store_config(settings)
@@ -332,9 +344,7 @@ def run_seed(
             settings.search_seconds,
             settings.max_clusters,
         )
-        result.methods[name] = routed_answers(
-            name, store, heldout, base_answers, by_tag=False, gate=False
-        )
+        record(result, routed_answers(name, store, heldout, base_answers, by_tag=False, gate=False))
         print(f"  {name}: {len(clusters)} clusters, {time.perf_counter() - started:.0f} s")
 
     baseline("LoRA (all failures)", np.zeros(len(failures), dtype=int))
@@ -371,9 +381,7 @@ def run_seed(
         settings.search_seconds,
         settings.max_clusters,
     )
-    result.methods[name] = routed_answers(
-        name, store, heldout, base_answers, by_tag=True, gate=True
-    )
+    record(result, routed_answers(name, store, heldout, base_answers, by_tag=True, gate=True))
     print(f"  {name}: {len(per_tag)} clusters, {time.perf_counter() - started:.0f} s")
 
     started = time.perf_counter()
@@ -390,12 +398,8 @@ def run_seed(
         k: v for k, v in summary.__dict__.items() if k not in ("threads", "errors")
     }
     every = "SAGE (every routed step)"
-    result.methods[every] = routed_answers(
-        every, agent.store, heldout, base_answers, by_tag=True, gate=False
-    )
-    result.methods["SAGE"] = routed_answers(
-        "SAGE", agent.store, heldout, base_answers, by_tag=True, gate=True
-    )
+    record(result, routed_answers(every, agent.store, heldout, base_answers, True, gate=False))
+    record(result, routed_answers("SAGE", agent.store, heldout, base_answers, True, gate=True))
     print(
         f"  SAGE: {summary.clusters} clusters, {summary.adapters_trained} adapters, "
         f"{summary.retry_success} retries fixed, {time.perf_counter() - started:.0f} s"
@@ -732,6 +736,7 @@ def main() -> None:
         "--out", type=Path, default=DOCS / "results.md", help="plots go to results/ beside it"
     )
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file at once
     store = StoreConfig(max_seconds=args.search_seconds)
     buffer = BufferConfig()
     if args.buffer_size is not None:

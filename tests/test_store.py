@@ -329,7 +329,9 @@ def test_no_trial_starts_that_the_budget_cannot_finish(
         return real_train(chat, name, pairs, config, **kwargs)
 
     monkeypatch.setattr(store_module, "train_lora", slow_train)
-    monkeypatch.setattr(store_module, "time", SimpleNamespace(perf_counter=lambda: clock[0], time=lambda: clock[0]))
+    monkeypatch.setattr(
+        store_module, "time", SimpleNamespace(perf_counter=lambda: clock[0], time=lambda: clock[0])
+    )
     store.optimize(make_cluster(bow_embeddings), max_seconds=budget)
     # 100 s: a second trial would end at 120 s. The old rule (start while time is left)
     # ran it anyway.
