@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 from bench_adapt import answer_all, atoms_of, correct, split_problems
+from common import results_header
 from sklearn.metrics import roc_auc_score
 
 from sage_agent import ChatSage
@@ -52,13 +51,11 @@ def main() -> None:
     args = parser.parse_args()
     chat = ChatSage()
     lines = [
-        "# Confidence gate: right vs wrong base answers, without a reference",
-        "",
-        "Command: `python " + " ".join(shlex.quote(a) for a in sys.argv) + "`",
-        "",
-        f"Machine: {os.cpu_count()} CPU cores. Model: the embedded SmolLM2-135M-Instruct. "
-        "Steps: the atomic steps of bench_adapt.py's stream (references substituted).",
-        "",
+        *results_header(
+            "Confidence gate: right vs wrong base answers, without a reference",
+            "Model: the embedded SmolLM2-135M-Instruct. Steps: the atomic steps of "
+            "bench_adapt.py's stream (references substituted).",
+        ),
         "| seed | steps | base EM | signal | ROC AUC | "
         + " | ".join(f"routed at {t}: right / wrong" for t in THRESHOLDS)
         + " |",

@@ -1,10 +1,13 @@
-"""What the benchmarks share: GSM8K atomic steps in a seeded order, and clusters built
-from them the way the buffer hands them to the LoRA Store."""
+"""What the benchmarks share: GSM8K atomic steps in a seeded order, clusters built from
+them the way the buffer hands them to the LoRA Store, and the head of a results file."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import shlex
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -46,3 +49,17 @@ def cluster_of(
             for i, (prompt, expression, reference) in enumerate(members)
         ],
     )
+
+
+def results_header(title: str, setting: str) -> list[str]:
+    """The first lines of a results file: its title, the command that wrote it (this
+    process's) and the machine, followed by ``setting``."""
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {os.cpu_count()} CPU cores. {setting}",
+        "",
+    ]
