@@ -238,8 +238,8 @@ class _Trial:
     val_em: float = 0.0
     val_loss: float = math.inf
     seconds: float = 0.0
-    wall: tuple[float, float] = (0.0, 0.0)
-    """Seconds of training and of validation, as the search's budget counts them."""
+    """Of training; with ``validation_seconds``, what the search's budget counts."""
+    validation_seconds: float = 0.0
 
 
 class LoRAStore(LazyEmbeddings):
@@ -299,7 +299,6 @@ class LoRAStore(LazyEmbeddings):
         # Trials on the last N layers share the frozen layers' output (computed once).
         prefix = FrozenPrefix(self.model, train, self.config.batch_size)
         trials: list[_Trial] = []
-
         layers = self.model.hf_model.config.num_hidden_layers
 
         def run(config: LoRATrainConfig, bar: tqdm) -> None:
@@ -319,7 +318,6 @@ class LoRAStore(LazyEmbeddings):
                     "config": _config_dict(config),
                 }
             )
-            trial_started = time.perf_counter()
             result = train_lora(self.model, trial.name, train, config, prefix=prefix)
             trained = time.perf_counter()
             scores = evaluate(self.model, trial.name, val)
@@ -328,7 +326,7 @@ class LoRAStore(LazyEmbeddings):
                 scores.loss,
                 result.seconds,
             )
-            trial.wall = (trained - trial_started, time.perf_counter() - trained)
+            trial.validation_seconds = time.perf_counter() - trained
             emit(
                 {
                     "event": "trial_done",
@@ -798,8 +796,8 @@ def _expected_seconds(trials: Sequence[_Trial], config: LoRATrainConfig, layers:
         trained = layers if c.last_layers is None else min(c.last_layers, layers)
         return c.epochs * trained / layers
 
-    per_work = sum(t.wall[0] / work(t.config) for t in trials) / len(trials)
-    validation = sum(t.wall[1] for t in trials) / len(trials)
+    per_work = sum(t.seconds / work(t.config) for t in trials) / len(trials)
+    validation = sum(t.validation_seconds for t in trials) / len(trials)
     return per_work * work(config) + validation
 
 

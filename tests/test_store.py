@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -326,7 +327,9 @@ def test_no_trial_starts_that_the_budget_cannot_finish(
 
     def slow_train(chat, name, pairs, config, **kwargs):
         clock[0] += 10.0 * config.epochs
-        return real_train(chat, name, pairs, config, **kwargs)
+        return replace(
+            real_train(chat, name, pairs, config, **kwargs), seconds=10.0 * config.epochs
+        )
 
     monkeypatch.setattr(store_module, "train_lora", slow_train)
     monkeypatch.setattr(
@@ -342,7 +345,9 @@ def test_expected_trial_seconds_scale_with_epochs_and_layers() -> None:
     from sage_agent.store import _expected_seconds, _Trial
     from sage_agent.trainer import LoRATrainConfig
 
-    done = _Trial(1, LoRATrainConfig(epochs=2, last_layers=None), "t", wall=(40.0, 5.0))
+    done = _Trial(
+        1, LoRATrainConfig(epochs=2, last_layers=None), "t", seconds=40.0, validation_seconds=5.0
+    )
     assert _expected_seconds([], LoRATrainConfig(), 30) == 0.0
     assert _expected_seconds([done], LoRATrainConfig(epochs=4), 30) == 85.0
     assert _expected_seconds([done], LoRATrainConfig(epochs=2, last_layers=15), 30) == 25.0
