@@ -793,8 +793,7 @@ def _expected_seconds(trials: Sequence[_Trial], config: LoRATrainConfig, layers:
         return 0.0
 
     def work(c: LoRATrainConfig) -> float:
-        trained = layers if c.last_layers is None else min(c.last_layers, layers)
-        return c.epochs * trained / layers
+        return c.epochs * (layers - c.first_layer(layers)) / layers
 
     per_work = sum(t.seconds / work(t.config) for t in trials) / len(trials)
     validation = sum(t.validation_seconds for t in trials) / len(trials)

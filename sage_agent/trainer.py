@@ -101,10 +101,14 @@ class LoRATrainConfig:
         if not self.target_modules:
             raise ValueError("target_modules is empty")
 
+    def first_layer(self, num_layers: int) -> int:
+        """The first of ``num_layers`` decoder layers that LoRA trains (0: all of them)."""
+        return 0 if self.last_layers is None else max(0, num_layers - self.last_layers)
+
     def lora_config(self, num_layers: int) -> LoraConfig:
         layers = None
         if self.last_layers is not None:
-            layers = list(range(max(0, num_layers - self.last_layers), num_layers))
+            layers = list(range(self.first_layer(num_layers), num_layers))
         return LoraConfig(
             r=self.rank,
             lora_alpha=self.alpha,
@@ -264,7 +268,7 @@ def train_lora(
     model = chat.hf_model
     use_bf16 = cpu_supports_bf16() if config.bf16 is None else config.bf16
     layers = model.config.num_hidden_layers
-    first = 0 if config.last_layers is None else max(0, layers - config.last_layers)
+    first = config.first_layer(layers)
     if prefix is not None and prefix.pairs != list(pairs):
         raise ValueError("the FrozenPrefix was built for other pairs")
     if first > 0:
