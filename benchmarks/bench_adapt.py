@@ -20,7 +20,7 @@ with the number only." with the references of earlier steps in place):
   search and regression gate; routed as SAGE routes.
 * SAGE: the stream through the SAGE graph (Trigger, buffer, store, retries), then routed:
   a held-out step goes to its cluster's best adapter only when the base model is unsure
-  of its answer (``StoreConfig.route_below``: the log-probability of its number).
+  of its answer (``RouterConfig.route_below``: the log-probability of its number).
 * SAGE (every routed step): the same adapters, without that confidence gate.
 
 The baselines train one configuration (rank 16, alpha 32, learning rate 1e-3, the search
@@ -79,9 +79,10 @@ from sage_agent.buffer import Cluster
 from sage_agent.data import read_tasks
 from sage_agent.decompose import DecompositionError, Task, annotation_decomposer
 from sage_agent.numeric import math_metrics, numbers_match, parse_number
+from sage_agent.records import TrainingPair
 from sage_agent.steps import ATOMIC_PROMPT
 from sage_agent.store import LoRAStore, StoreError
-from sage_agent.trainer import ANSWER_MAX_TOKENS, TrainingPair
+from sage_agent.trainer import ANSWER_MAX_TOKENS
 from sage_agent.trigger import METRICS, Trigger, TriggerConfig
 
 matplotlib.use("Agg")
@@ -204,8 +205,7 @@ def members(atom: Atom) -> tuple[str, str, str]:
 
 def fixed_store_config(settings: Settings) -> StoreConfig:
     """One configuration, one trial, no gate, routing always to the nearest centroid."""
-    return replace(
-        settings.store,
+    return settings.store.replace(
         ranks=(16,),
         alpha_ratios=(2.0,),
         learning_rates=(1e-3, 1e-3),
@@ -279,7 +279,7 @@ def routed_answers(
         correct(answers, atoms),
         [a.text for a in answers],
         adapters=len(store.adapters()),
-        train_seconds=sum(t["seconds"] or 0.0 for t in store.db["trials"].rows),
+        train_seconds=sum(t.seconds or 0.0 for t in store.registry.trials()),
         routed=len(routed),
     )
     store.unload()
@@ -318,7 +318,7 @@ def run_seed(
     )
     vectors = np.asarray(embeddings.embed_documents([a.prompt for a in failures]))
     fixed = fixed_store_config(settings)
-    minimum = settings.store.min_samples
+    minimum = settings.store.min_train_samples
     tags = Counter(a.tag for a in failures)
     big_tags = sorted(t for t, n in tags.items() if n >= minimum)
 
@@ -451,7 +451,7 @@ def problem_level(agent: SageAgent, tasks: Sequence[Task]) -> tuple[dict[str, fl
     short = [t for t in tasks if len(annotation_decomposer(t)) <= 3]
     if not short:
         return {}, 0
-    agent.substitute = "answers"
+    agent.configure(substitute="answers")
     scores = {}
     for name, route in (("Base", False), ("SAGE", True)):
         scores[name] = agent.run(short, train=False, route=route).problem_em
@@ -671,7 +671,7 @@ def report(
         "",
         "Each adapter on all of its tag's held-out steps that the base model answers right, "
         "and as routing uses it: only on the steps whose base answer is unsure "
-        "(`StoreConfig.route_below`), the others keeping their right base answer.",
+        "(`RouterConfig.route_below`), the others keeping their right base answer.",
         "",
         "| seed | adapter | tag | steps | EM, every step (base 1.000) | unsure steps "
         "| EM, as routed |",
@@ -737,25 +737,24 @@ def main() -> None:
     )
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file at once
-    store = StoreConfig(max_seconds=args.search_seconds)
+    store = StoreConfig().replace(max_seconds=args.search_seconds)
     buffer = BufferConfig()
     if args.buffer_size is not None:
         buffer = replace(buffer, buffer_size=args.buffer_size)
     if args.min_cluster is not None:
-        store = replace(store, min_samples=args.min_cluster)
+        store = store.replace(min_train_samples=args.min_cluster)
     seeds = [int(s) for s in args.seeds.split(",")]
     max_clusters = args.max_clusters
     if args.quick:
         seeds, args.stream, args.heldout, max_clusters = seeds[:1], 10, 2, 1
-        store = replace(
-            store,
+        store = store.replace(
             train_size=16,
             failure_repeats=1,
             epochs=(1,),
             max_trials=1,
             n_random=1,
             top_k=1,
-            min_samples=4,
+            min_train_samples=4,
             val_variants=1,
             canary_size=4,
         )

@@ -7,7 +7,7 @@ its wrong ones, with no reference?
 For each seed, the stream of bench_adapt.py (the same shuffle, the same atomic prompts)
 is answered by the embedded model. Three reference-free signals are compared by ROC AUC
 (right answers as positives): the log-probability of the answer's number
-(``number_logprob``, what ``StoreConfig.route_below`` thresholds), the log-probability of
+(``number_logprob``, what ``RouterConfig.route_below`` thresholds), the log-probability of
 the whole answer, and the mean logits margin (the Trigger's ``lm`` signal). Then, per
 threshold, the share of right and of wrong answers the gate would send to an adapter.
 """

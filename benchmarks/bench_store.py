@@ -15,6 +15,7 @@ same split), and writes benchmarks/results/store.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -29,9 +30,10 @@ from common import cluster_of, gsm8k_steps
 
 from sage_agent import ChatSage, default_embeddings
 from sage_agent.numeric import numbers_match, parse_number
+from sage_agent.records import TrainingPair
 from sage_agent.steps import ATOMIC_PROMPT
 from sage_agent.store import LoRAStore, StoreConfig
-from sage_agent.trainer import ANSWER_MAX_TOKENS, TrainingPair
+from sage_agent.trainer import ANSWER_MAX_TOKENS
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -43,8 +45,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=48, help="failures in the cluster")
     parser.add_argument("--canaries", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-trials", type=int, default=8, help="StoreConfig.max_trials")
-    parser.add_argument("--max-seconds", type=float, default=900.0, help="StoreConfig.max_seconds")
+    parser.add_argument("--max-trials", type=int, default=8, help="SearchConfig.max_trials")
+    parser.add_argument("--max-seconds", type=float, default=900.0, help="SearchConfig.max_seconds")
     args = parser.parse_args()
 
     chat = ChatSage(max_tokens=ANSWER_MAX_TOKENS)
@@ -71,7 +73,7 @@ def main() -> None:
 
     vectors = np.asarray(embeddings.embed_documents([f[0] for f in failures]))
     cluster = cluster_of(1, args.tag, failures, vectors)
-    config = StoreConfig(
+    config = StoreConfig().replace(
         seed=args.seed,
         max_trials=args.max_trials,
         max_seconds=args.max_seconds,
@@ -84,11 +86,11 @@ def main() -> None:
         started = time.perf_counter()
         kept = store.optimize(cluster)
         seconds = time.perf_counter() - started
-        trials = list(store.db["trials"].rows_where(order_by="number"))
+        trials = sorted(store.registry.trials(), key=lambda t: t.number)
 
     lines = [
-        f"| {t['number']} | {t['config']} | {t['val_em']:.1%} | {t['val_loss']:.3f} | "
-        f"{_percent(t['canary_em'])} | {t['seconds'] or 0:.0f} | {t['outcome']} |"
+        f"| {t.number} | {json.dumps(t.config)} | {t.val_em:.1%} | {t.val_loss:.3f} | "
+        f"{_percent(t.canary_em)} | {t.seconds or 0:.0f} | {t.outcome} |"
         for t in trials
     ]
     base = kept[0].base_val_em if kept else None

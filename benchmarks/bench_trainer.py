@@ -36,13 +36,13 @@ from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArgum
 
 from sage_agent import ChatSage
 from sage_agent.embedded import smollm2_gguf
+from sage_agent.records import TrainingPair
 from sage_agent.steps import ATOMIC_PROMPT
 from sage_agent.trainer import (
     DEFAULT_TARGET_MODULES,
     LoRATrainConfig,
-    TrainingPair,
-    cpu_supports_bf16,
     evaluate,
+    supports_bf16,
     train_lora,
 )
 
@@ -148,14 +148,16 @@ def main() -> None:
             f"(base model {base_eval.exact_match:.1%})"
         )
         tokens = len(
-            default_prompt.tokenizer(default_prompt._render([HumanMessage(val[0].prompt)]))[
+            default_prompt.tokenizer(default_prompt.render_prompt([HumanMessage(val[0].prompt)]))[
                 "input_ids"
             ]
         )
         del default_prompt
 
         chat = ChatSage(system_prompt="")
-        short_tokens = len(chat.tokenizer(chat._render([HumanMessage(val[0].prompt)]))["input_ids"])
+        short_tokens = len(
+            chat.tokenizer(chat.render_prompt([HumanMessage(val[0].prompt)]))["input_ids"]
+        )
         short_base = evaluate(chat, None, val).exact_match
         for name, last_layers in (("all layers", None), ("last 10 layers", 10)):
             result = train_lora(
@@ -182,7 +184,7 @@ def main() -> None:
     (RESULTS / "trainer.md").write_text(
         f"# Trainer benchmark\n\nCommand: `{command}`\n\n"
         f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"bf16 {'available' if cpu_supports_bf16() else 'not available'}.\n\n"
+        f"bf16 {'available' if supports_bf16('cpu') else 'not available'}.\n\n"
         f"{args.train} GSM8K atoms with operator signature `{args.tag}` "
         f'("{ATOMIC_PROMPT}"), {args.epochs} epochs, rank 16, batch 16, lr 1e-3, '
         f"seed {args.seed}; validation: {args.val} held-out atoms of the same signature. "

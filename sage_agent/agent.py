@@ -7,7 +7,6 @@ is a row of ``runs``; its tasks are rows of ``threads``.
 
 from __future__ import annotations
 
-import functools
 import json
 import sqlite3
 import time
@@ -21,21 +20,19 @@ from langchain_core.embeddings import Embeddings
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from sage_agent.buffer import BufferConfig, TriggerBuffer
-from sage_agent.chat_model import ChatSage
+from sage_agent.chat import ChatSage
+from sage_agent.context import SageContext, build_context
 from sage_agent.database import open_database, transaction
-from sage_agent.decompose import Decomposer, Task, socratic_decomposer
-from sage_agent.embeddings import LazyDefaultEmbeddings
-from sage_agent.graphs.sage import SageContext, build_sage_graph
+from sage_agent.decompose import Decomposer, socratic_decomposer
+from sage_agent.errors import NotFoundError
+from sage_agent.graphs import SageState, build_sage_graph
 from sage_agent.numeric import math_metrics
+from sage_agent.records import Task, TaskResult
 from sage_agent.store import LoRAStore, StoreConfig
 from sage_agent.trigger import Trigger
-from sage_agent.verifier import arithmetic_verifier
 
 Event = dict[str, Any]
-
-
-class RunError(RuntimeError):
-    """A run cannot start or resume; the message says why."""
+"""A custom stream event of the graph: {"event": "step_done", ...}."""
 
 
 @dataclass
@@ -87,35 +84,51 @@ class SageAgent:
         adapters: str | Path | None = None,
         substitute: Literal["answers", "references"] = "references",
     ) -> None:
-        self.db_path = Path(db)
+        self.db_path = Path(db).absolute()
         self.db = open_database(self.db_path)
         self._ensure_tables()
-        if isinstance(model, ChatSage):
-            self.model = model
-        else:
-            self.model = ChatSage(model=model) if model else ChatSage()
-        self.embeddings = embeddings or LazyDefaultEmbeddings()
-        self.trigger = trigger or Trigger(embeddings=self.embeddings, verifier=arithmetic_verifier)
-        self.buffer = TriggerBuffer(self.db_path, buffer_config, embeddings=self.embeddings)
-        root = adapters or self.db_path.with_name(f"{self.db_path.stem}-adapters")
-        self.store = LoRAStore(self.db_path, root, self.model, store_config, self.embeddings)
-        self.decomposer = decomposer
-        self.substitute = substitute
+        self._base = build_context(
+            self.db_path,
+            model,
+            embeddings=embeddings,
+            trigger=trigger,
+            buffer_config=buffer_config,
+            store_config=store_config,
+            adapters=adapters,
+            decomposer=decomposer,
+            substitute=substitute,
+        )
         connection = sqlite3.connect(str(self.db_path), check_same_thread=False)
         self.checkpointer = SqliteSaver(connection)
         self.graph = build_sage_graph().compile(checkpointer=self.checkpointer)
 
+    @property
+    def model(self) -> ChatSage:
+        return self._base.model
+
+    @property
+    def trigger(self) -> Trigger:
+        return self._base.trigger
+
+    @property
+    def buffer(self) -> TriggerBuffer:
+        assert self._base.buffer is not None  # build_context always makes one
+        return self._base.buffer
+
+    @property
+    def store(self) -> LoRAStore:
+        assert self._base.store is not None  # build_context always makes one
+        return self._base.store
+
+    def configure(self, **changes: Any) -> None:
+        """Change SageContext fields for every later run: ``decomposer``, ``substitute``,
+        ``budget_seconds``, ``max_retries``, ``prompt``, ..."""
+        self._base = replace(self._base, **changes)
+
     def context(self, *, train: bool = True, route: bool = True, **changes: Any) -> SageContext:
-        base = SageContext(
-            model=self.model,
-            trigger=self.trigger,
-            buffer=self.buffer if train else None,
-            store=self.store,
-            decomposer=self.decomposer,
-            substitute=self.substitute,
-            train=train,
-            route=route,
-        )
+        """The graph's context: with ``train`` False failures are not buffered and nothing
+        is trained; with ``route`` False every step is answered by the base model."""
+        base = replace(self._base, buffer=self.buffer if train else None, train=train, route=route)
         return replace(base, **changes)
 
     # one task
@@ -127,22 +140,22 @@ class SageAgent:
         thread_id: str | None = None,
         context: SageContext | None = None,
         on_event: Callable[[Event], None] | None = None,
-    ) -> dict[str, Any]:
+    ) -> TaskResult | None:
         """Run one task as a thread (resuming it if its checkpoint is unfinished) and
-        return its final state's ``result``."""
+        return its final state's ``result`` (None when it ended without one)."""
         thread_id = thread_id or f"task-{uuid.uuid4().hex[:8]}"
         config = {"configurable": {"thread_id": thread_id}}
         snapshot = self.graph.get_state(config)
         started = bool(snapshot.values)
         if started and not snapshot.next:
-            return snapshot.values.get("result") or {}
+            return snapshot.values.get("result")
         graph_input = None if started else {"task": task}
         for chunk in self.graph.stream(
             graph_input, config, context=context or self.context(), stream_mode="custom"
         ):
             if on_event is not None:
                 on_event(chunk)
-        return self.graph.get_state(config).values.get("result") or {}
+        return self.state(thread_id).get("result")
 
     # runs
 
@@ -154,7 +167,7 @@ class SageAgent:
         route: bool = True,
         options: dict[str, Any] | None = None,
         on_event: Callable[[Event], None] | None = None,
-        on_task: Callable[[dict[str, Any]], None] | None = None,
+        on_task: Callable[[TaskResult | None], None] | None = None,
         run_id: str | None = None,
         stop_when: Callable[[RunSummary], bool] | None = None,
     ) -> RunSummary:
@@ -217,7 +230,7 @@ class SageAgent:
         summary = RunSummary(run_id)
         run = next(self.db["runs"].rows_where("id = ?", [run_id]), None)
         if run is None:
-            raise KeyError(f"no run {run_id!r}")
+            raise NotFoundError(f"no run {run_id!r} in {self.db_path}")
         finals, firsts, references, solved, problems = [], [], [], 0, 0
         for row in self.db["threads"].rows_where("run_id = ?", [run_id], order_by="position"):
             values = self.state(row["id"])
@@ -256,7 +269,7 @@ class SageAgent:
 
     # reading back
 
-    def state(self, thread_id: str) -> dict[str, Any]:
+    def state(self, thread_id: str) -> SageState:
         """The latest state of a thread ({} when it has no checkpoint)."""
         return self.graph.get_state({"configurable": {"thread_id": thread_id}}).values or {}
 
@@ -290,9 +303,3 @@ class SageAgent:
                 pk="id",
                 if_not_exists=True,
             )
-
-
-@functools.cache
-def default_agent() -> SageAgent:
-    """The embedded model on ./sage.db: what ``langgraph dev`` runs without a context."""
-    return SageAgent("sage.db")

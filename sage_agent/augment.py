@@ -12,8 +12,8 @@ import random
 import re
 from collections.abc import Callable, Sequence
 
+from sage_agent.records import TrainingPair
 from sage_agent.steps import spaced_expression
-from sage_agent.trainer import TrainingPair
 from sage_agent.verifier import ExpressionError, Verifier, arithmetic_verifier
 
 AnswerFormat = Callable[[str, str], str]

@@ -1,7 +1,8 @@
 """The sage-agent command line: a thin layer over SageAgent, the store and the buffer.
 
-Errors the user can fix (a missing file, an unknown model or thread, a locked or foreign
-database) print one line to stderr and exit with 1; usage errors exit with 2.
+Errors the user can fix (every ``SageError``: a missing file, an unknown model or thread,
+a locked or foreign database) print one line to stderr and exit with 1; usage errors exit
+with 2. Anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -12,28 +13,19 @@ import logging
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
-from sage_agent.agent import RunError, SageAgent
+from sage_agent.agent import RunSummary, SageAgent
 from sage_agent.buffer import TriggerBuffer
-from sage_agent.chat_model import ChatSage, UnknownModelError
-from sage_agent.data import DataError
-from sage_agent.database import DatabaseError
-from sage_agent.decompose import DecompositionError
-from sage_agent.embedded import EmbeddedModelMissing
-from sage_agent.store import LoRAStore, StoreError
-
-USER_ERRORS = (
-    RunError,
+from sage_agent.errors import (
+    ConfigError,
     DataError,
-    DatabaseError,
-    DecompositionError,
-    EmbeddedModelMissing,
-    UnknownModelError,
-    StoreError,
-    KeyError,
-    FileNotFoundError,
+    InvalidInput,
+    NotFoundError,
+    RunError,
+    SageError,
 )
+from sage_agent.progress import run_with_progress
+from sage_agent.store import AdapterRegistry, adapter_root
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,9 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="sage-agent: %(message)s")
     try:
         return args.handler(args)
-    except USER_ERRORS as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"sage-agent: error: {message}", file=sys.stderr)
+    except SageError as error:
+        print(f"sage-agent: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(
@@ -100,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
                 "--min-cluster",
                 type=int,
                 default=None,
-                help="smallest cluster the LoRA Store trains on (default 12)",
+                help="smallest cluster the LoRA Store trains on (default 12: "
+                "StoreConfig.min_train_samples)",
             )
         else:
             command.add_argument("--no-adapters", action="store_true", help="base model only")
@@ -130,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _existing(db: Path) -> Path:
     if not db.is_file():
-        raise FileNotFoundError(f"no database at {db}; pass --db or run `sage-agent run` first")
+        raise NotFoundError(f"no database at {db}; pass --db or run `sage-agent run` first")
     return db
 
 
@@ -142,14 +134,13 @@ def _run(args: argparse.Namespace) -> int:
     from sage_agent.decompose import LLMDecomposer, annotation_decomposer, socratic_decomposer
 
     resume = getattr(args, "resume", False)
-    agent_options: dict[str, Any] = {"model": args.model, "substitute": args.substitute}
+    agent = SageAgent(args.db, args.model, substitute=args.substitute)
     if args.decompose == "annotations":
-        agent_options["decomposer"] = annotation_decomposer
+        agent.configure(decomposer=annotation_decomposer)
     elif args.decompose == "socratic":
-        agent_options["decomposer"] = socratic_decomposer
-    agent = SageAgent(args.db, **agent_options)
-    if args.decompose == "llm":
-        agent.decomposer = LLMDecomposer(agent.model)
+        agent.configure(decomposer=socratic_decomposer)
+    else:
+        agent.configure(decomposer=LLMDecomposer(agent.model))
     run_id, options = (
         None,
         {
@@ -173,7 +164,9 @@ def _run(args: argparse.Namespace) -> int:
         raise DataError(f"{options['data']} holds no tasks")
     train = args.command == "run"
     if train and args.budget is not None:
-        agent.store.config.max_seconds = args.budget
+        if not args.budget > 0:
+            raise InvalidInput(f"--budget must be a positive number of seconds, not {args.budget}")
+        agent.configure(budget_seconds=args.budget)
     summary = run_with_progress(
         agent,
         tasks,
@@ -193,51 +186,12 @@ def _apply_sizes(agent: SageAgent, buffer_size: int | None, min_cluster: int | N
         if buffer_size is not None:
             agent.buffer.config = replace(agent.buffer.config, buffer_size=buffer_size)
         if min_cluster is not None:
-            agent.store.config = replace(agent.store.config, min_samples=min_cluster)
-    except ValueError as error:
+            agent.store.config = replace(agent.store.config, min_train_samples=min_cluster)
+    except ConfigError as error:
         raise RunError(f"--buffer-size / --min-cluster: {error}") from error
 
 
-def run_with_progress(
-    agent: SageAgent, tasks: list[dict[str, Any]], *, quiet: bool, **run_options: Any
-) -> Any:
-    """``agent.run`` with a tqdm bar of tasks (running step EM) and, unless ``quiet``, the
-    store's training events on stderr. Returns the RunSummary."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(tasks), desc="tasks", unit="task", file=sys.stderr)
-    steps = {"n": 0, "passed": 0}
-
-    def on_event(event: dict[str, Any]) -> None:
-        kind = event.get("event")
-        if kind == "step_done":
-            steps["n"] += 1
-            steps["passed"] += event["passed"]
-            bar.set_postfix(step_em=f"{steps['passed'] / steps['n']:.0%}")
-        elif kind in ("training", "adapter_kept", "retry", "trial_done") and not quiet:
-            tqdm.write(f"  {_describe(event)}", file=sys.stderr)
-
-    try:
-        return agent.run(tasks, on_event=on_event, on_task=lambda _r: bar.update(1), **run_options)
-    finally:
-        bar.close()
-
-
-def _describe(event: dict[str, Any]) -> str:
-    kind = event["event"]
-    if kind == "training":
-        return f"cluster {event['cluster_id']} is ready: training LoRA adapters"
-    if kind == "trial_done":
-        return (
-            f"trial {event['trial']}: val EM {event['val_em']:.2f}, loss {event['val_loss']:.3f}, "
-            f"{event['seconds']:.0f} s"
-        )
-    if kind == "adapter_kept":
-        return f"adapter {event['adapter']} kept (val EM {event['val_em']:.2f})"
-    return f"retry with adapter {event['adapter']}"
-
-
-def _print_summary(summary: Any, as_json: bool) -> None:
+def _print_summary(summary: RunSummary, as_json: bool) -> None:
     data = asdict(summary)
     if as_json:
         print(json.dumps(data))
@@ -284,51 +238,25 @@ def _trace(args: argparse.Namespace) -> int:
 
 def _adapters(args: argparse.Namespace) -> int:
     db = _existing(args.db)
-    store = LoRAStore(db, db.with_name(f"{db.stem}-adapters"), ChatSage())
+    registry = AdapterRegistry(db, adapter_root(db))
     if args.action == "list":
-        records = store.adapters(status=None)
+        records = registry.adapters(status=None)
         if args.json:
             print(json.dumps([asdict(r) for r in records]))
             return 0
         from tabulate import tabulate
 
-        print(
-            tabulate(
-                [
-                    [
-                        r.id,
-                        r.cluster_id,
-                        r.tag,
-                        r.rank,
-                        r.val_em,
-                        r.base_val_em,
-                        r.uses,
-                        r.wins,
-                        r.status,
-                    ]
-                    for r in records
-                ],
-                headers=(
-                    "id",
-                    "cluster",
-                    "tag",
-                    "rank",
-                    "val EM",
-                    "base EM",
-                    "uses",
-                    "wins",
-                    "status",
-                ),
-                floatfmt=".2f",
-            )
-        )
+        columns = ("id", "cluster_id", "tag", "position", "val_em", "base_val_em", "uses")
+        columns += ("wins", "status")
+        rows = [[getattr(r, c) for c in columns] for r in records]
+        print(tabulate(rows, headers=columns, floatfmt=".2f"))
         return 0
     if not args.id:
-        raise KeyError(f"adapters {args.action} needs an adapter id")
+        raise InvalidInput(f"adapters {args.action} needs an adapter id")
     if args.action == "show":
-        print(json.dumps(asdict(store.get(args.id)), indent=1))
+        print(json.dumps(asdict(registry.get(args.id)), indent=1))
     else:
-        store.remove(args.id)
+        registry.remove(args.id)
         print(f"removed adapter {args.id}")
     return 0
 

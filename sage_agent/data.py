@@ -6,13 +6,10 @@ import json
 import logging
 from pathlib import Path
 
-from sage_agent.decompose import Task
+from sage_agent.errors import DataError
+from sage_agent.records import Task
 
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """The task file cannot be read; the message names the file and line."""
 
 
 def read_tasks(path: str | Path, *, limit: int | None = None, strict: bool = False) -> list[Task]:

@@ -1,8 +1,8 @@
 """The project's SQLite file: one schema version, a lock timeout, clear errors.
 
 Every component (buffer, LoRA Store, runs) keeps its tables in the same file through
-sqlite-utils. The file records the schema version it was written with; a file from
-another version is refused before anything is written to it.
+sqlite-utils. The file records the schema version it was written with; an older file is
+migrated in one transaction, a newer one is refused before anything is written to it.
 """
 
 from __future__ import annotations
@@ -14,19 +14,12 @@ from pathlib import Path
 
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+from sage_agent.errors import DatabaseError, DatabaseLocked, SchemaVersionError
 
-
-class DatabaseError(RuntimeError):
-    """The database cannot be used; the message says why and what to do."""
-
-
-class DatabaseLocked(DatabaseError):
-    """Another process held the database lock for longer than the timeout."""
-
-
-class SchemaVersionError(DatabaseError):
-    """The file was written by a sage-agent with another schema version."""
+SCHEMA_VERSION = 2
+"""2: adapters.rank became adapters.position (the LoRA rank is in its config), and
+adapters.path is the folder's name under the adapter root, not a path from the working
+directory."""
 
 
 def open_database(path: str | Path, *, timeout: float = 10.0) -> sqlite_utils.Database:
@@ -66,6 +59,11 @@ def _check_version(db: sqlite_utils.Database, path: Path) -> None:
         return
     row = next(db["meta"].rows_where("key = ?", ["schema_version"]), None)
     found = int(row["value"]) if row else None
+    if found == 1:
+        with transaction(db):
+            _migrate_1_to_2(db)
+            db["meta"].update("schema_version", {"value": str(SCHEMA_VERSION)})
+        found = SCHEMA_VERSION
     if found != SCHEMA_VERSION:
         newer = found is not None and found > SCHEMA_VERSION
         raise SchemaVersionError(
@@ -74,6 +72,15 @@ def _check_version(db: sqlite_utils.Database, path: Path) -> None:
             + ("Upgrade sage-agent to read it." if newer else "Start a new database file.")
             + " Nothing was changed."
         )
+
+
+def _migrate_1_to_2(db: sqlite_utils.Database) -> None:
+    if "adapters" in db.table_names():
+        db.execute("ALTER TABLE adapters RENAME COLUMN rank TO position")
+        for adapter_id, path in db.execute("SELECT id, path FROM adapters").fetchall():
+            db["adapters"].update(adapter_id, {"path": Path(path).name})
+    if "canary" in db.table_names() and "expression" not in db["canary"].columns_dict:
+        db["canary"].add_column("expression", str)
 
 
 @contextmanager

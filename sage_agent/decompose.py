@@ -13,22 +13,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
+from sage_agent.errors import DecompositionError, ExpressionError, MalformedTask
 from sage_agent.numeric import format_number, numbers_match, parse_number
-from sage_agent.steps import AtomicStep, MalformedTask, operator_signature, steps_from_gsm8k
-from sage_agent.verifier import ExpressionError, evaluate_expression
+from sage_agent.records import Task
+from sage_agent.steps import AtomicStep, operator_signature, steps_from_gsm8k
+from sage_agent.verifier import evaluate_expression
 
-Task = dict[str, Any]
 Decomposer = Callable[[Task], list[AtomicStep]]
 
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
-
-
-class DecompositionError(ValueError):
-    """A task could not be split into steps; the message says what was wrong."""
 
 
 def socratic_decomposer(task: Task) -> list[AtomicStep]:

@@ -15,19 +15,22 @@ from pathlib import Path
 from sage_agent.agent import RunSummary, SageAgent
 from sage_agent.buffer import BufferConfig
 from sage_agent.problems import generate_problems
-from sage_agent.store import StoreConfig
+from sage_agent.progress import run_with_progress
+from sage_agent.store import GateConfig, RecipeConfig, SearchConfig, StoreConfig, adapter_root
+from sage_agent.trace import render_html, trace
 
 DEMO_STORE = StoreConfig(
-    ranks=(16,),
-    learning_rates=(1e-3, 2e-3),
-    n_random=2,
-    top_k=1,
-    max_trials=2,
-    max_seconds=200,
-    min_samples=20,
-    train_size=96,
-    val_variants=2,
-    canary_size=24,
+    search=SearchConfig(
+        ranks=(16,),
+        learning_rates=(1e-3, 2e-3),
+        n_random=2,
+        top_k=1,
+        max_trials=2,
+        max_seconds=200,
+    ),
+    recipe=RecipeConfig(train_size=96, val_variants=2),
+    gate=GateConfig(canary_size=24),
+    min_train_samples=20,
 )
 """A small search (trials of 85-130 s with validation: 96 training pairs, 3 epochs, all
 layers; a second starts only if it fits the 200 s budget), so that the demo finishes in
@@ -47,7 +50,7 @@ def run_demo(problems: int = 80, seed: int = 0, db: str | Path = "sage-demo.db")
     db = Path(db)
     for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
         path.unlink(missing_ok=True)
-    shutil.rmtree(db.with_name(f"{db.stem}-adapters"), ignore_errors=True)
+    shutil.rmtree(adapter_root(db), ignore_errors=True)
     tasks = [
         {**record, "id": f"demo-{i}"}
         for i, record in enumerate(generate_problems(problems, seed, operators=DEMO_OPERATORS))
@@ -57,9 +60,6 @@ def run_demo(problems: int = 80, seed: int = 0, db: str | Path = "sage-demo.db")
         f"SmolLM2-135M-Instruct, database {db}"
     )
     agent = SageAgent(db, buffer_config=DEMO_BUFFER, store_config=DEMO_STORE)
-
-    from sage_agent.cli import run_with_progress
-
     summary = run_with_progress(
         agent,
         tasks,
@@ -67,7 +67,7 @@ def run_demo(problems: int = 80, seed: int = 0, db: str | Path = "sage-demo.db")
         train=True,
         options={"data": "generated", "limit": problems, "seed": seed},
         # Stop at the first retry that fixes its step, else after 6 minutes: the task under
-        # way then (a search of at most DEMO_STORE.max_seconds included) still finishes.
+        # way then (a search of at most DEMO_STORE.search.max_seconds included) still finishes.
         stop_when=lambda s: s.retry_success > 0 or time.perf_counter() - started > 360,
     )
     _report(agent, summary, time.perf_counter() - started)
@@ -75,8 +75,6 @@ def run_demo(problems: int = 80, seed: int = 0, db: str | Path = "sage-demo.db")
 
 
 def _report(agent: SageAgent, summary: RunSummary, seconds: float) -> None:
-    from sage_agent.trace import render_html, trace
-
     print(
         f"\n{summary.problems} problems, {summary.steps} steps in {seconds:.0f} s: "
         f"{summary.triggers} failures flagged by the Trigger, {summary.clusters} clusters, "
@@ -92,14 +90,14 @@ def _report(agent: SageAgent, summary: RunSummary, seconds: float) -> None:
             f"  adapter {adapter.id} (cluster {adapter.cluster_id}, tag {adapter.tag!r}): "
             f"validation EM {adapter.base_val_em:.0%} base -> {adapter.val_em:.0%}"
         )
-    trials = list(agent.store.db["trials"].rows_where(order_by="id"))
+    trials = agent.store.registry.trials()
     current = {adapter.id for adapter in agent.store.adapters()}
     for trial in trials:
         # A cluster that grew is searched again; its new adapters retire the earlier ones.
-        retired = trial["adapter_id"] and trial["adapter_id"] not in current
+        retired = trial.adapter_id and trial.adapter_id not in current
         print(
-            f"  cluster {trial['cluster_id']} (version {trial['cluster_version']}), trial "
-            f"{trial['number']}: validation EM {trial['val_em']:.0%}: {trial['outcome']}"
+            f"  cluster {trial.cluster_id} (version {trial.cluster_version}), trial "
+            f"{trial.number}: validation EM {trial.val_em:.0%}: {trial.outcome}"
             + (" (replaced by a later search)" if retired else "")
         )
     if not trials:

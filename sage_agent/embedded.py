@@ -15,15 +15,13 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from sage_agent.errors import EmbeddedModelMissing
+
 EMBEDDED_CHAT_MODEL = "SmolLM2-135M-Instruct"
 """The model id that selects the embedded chat model (the default of ChatSage)."""
 
 EMBEDDED_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 """The model name that selects the embedded sentence embedder."""
-
-
-class EmbeddedModelMissing(RuntimeError):
-    """An embedded model's package is not installed."""
 
 
 @dataclass(frozen=True)

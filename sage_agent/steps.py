@@ -11,6 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from sage_agent.errors import MalformedTask
 from sage_agent.numeric import numbers_match, parse_number
 
 ATOMIC_PROMPT = "Compute {expression}. Reply with the number only."
@@ -52,10 +53,6 @@ class AtomicStep:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class MalformedTask(ValueError):
-    """A task record that cannot be split into steps; the message names what is missing."""
 
 
 def final_answer(answer: str) -> str:

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from tabulate import tabulate
 
+from sage_agent.errors import NotFoundError
+from sage_agent.records import Attempt
+
 if TYPE_CHECKING:
     from sage_agent.agent import SageAgent
 
@@ -20,7 +23,7 @@ _METRICS = ("lm", "bleu", "rouge_l", "cosine")
 def latest_thread(agent: SageAgent) -> str:
     threads = agent.threads()
     if not threads:
-        raise KeyError(f"{agent.db_path} holds no threads yet; run a task first")
+        raise NotFoundError(f"{agent.db_path} holds no threads yet; run a task first")
     return threads[-1]["id"]
 
 
@@ -29,7 +32,7 @@ def trace(agent: SageAgent, thread_id: str) -> dict[str, Any]:
     config = {"configurable": {"thread_id": thread_id}}
     snapshot = agent.graph.get_state(config)
     if not snapshot.values:
-        raise KeyError(f"no thread {thread_id!r} in {agent.db_path}")
+        raise NotFoundError(f"no thread {thread_id!r} in {agent.db_path}")
     history = list(agent.graph.get_state_history(config))
     nodes = [node for past in reversed(history) for node in past.next if node != "__start__"]
     values = snapshot.values
@@ -70,7 +73,7 @@ def trace(agent: SageAgent, thread_id: str) -> dict[str, Any]:
     }
 
 
-def _outcome(attempt: dict[str, Any]) -> str:
+def _outcome(attempt: Attempt) -> str:
     if attempt.get("failed") is None:
         return "-"
     if not attempt["failed"]:
@@ -115,7 +118,11 @@ def render_html(agent: SageAgent, data: dict[str, Any]) -> str:
     """One HTML file, nothing fetched: the thread's table, the graph (Mermaid source),
     and plots of the run the thread belongs to."""
     run_id = next((t["run_id"] for t in agent.threads() if t["id"] == data["thread"]), None)
-    plots = _plots(agent, run_id) if run_id else []
+    try:
+        plots = _plots(agent, run_id) if run_id else []
+        missing = ""
+    except ImportError:  # matplotlib is the optional "report" extra
+        plots, missing = [], "<p>The plots need matplotlib: pip install 'sage-agent[report]'.</p>"
     columns = list(data["rows"][0]) if data["rows"] else []
     rows = "\n".join(
         "<tr class='{}'>{}</tr>".format(
@@ -124,7 +131,7 @@ def render_html(agent: SageAgent, data: dict[str, Any]) -> str:
         )
         for row in data["rows"]
     )
-    images = "\n".join(
+    images = missing + "\n".join(
         f"<figure><img alt='{html.escape(t)}' src='data:image/png;base64,{png}'>"
         f"<figcaption>{html.escape(t)}</figcaption></figure>"
         for t, png in plots

@@ -37,8 +37,10 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
-from sage_agent.chat_model import ChatSage
+from sage_agent.chat import ChatSage
+from sage_agent.errors import ConfigError, InvalidInput, NotFoundError
 from sage_agent.numeric import numbers_match, parse_number
+from sage_agent.records import TrainingPair
 
 DEFAULT_TARGET_MODULES = (
     "q_proj",
@@ -56,14 +58,6 @@ and a cap of 12 cut such answers before their result."""
 
 Progress = Callable[[int, int, float], None]
 """Called after each optimiser step with (step, total steps, loss)."""
-
-
-@dataclass(frozen=True)
-class TrainingPair:
-    """A prompt as the user would send it, and the answer the model should give."""
-
-    prompt: str
-    answer: str
 
 
 @dataclass
@@ -90,16 +84,16 @@ class LoRATrainConfig:
 
     def __post_init__(self) -> None:
         if self.rank < 1 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("rank, epochs and batch_size must be at least 1")
+            raise ConfigError("rank, epochs and batch_size must be at least 1")
         if not self.learning_rate > 0 or not 0 <= self.dropout < 1 or not self.alpha > 0:
-            raise ValueError(
+            raise ConfigError(
                 f"need learning_rate > 0, 0 <= dropout < 1 and alpha > 0: {self.learning_rate}, "
                 f"{self.dropout}, {self.alpha}"
             )
         if self.last_layers is not None and self.last_layers < 1:
-            raise ValueError(f"last_layers must be at least 1, not {self.last_layers}")
+            raise ConfigError(f"last_layers must be at least 1, not {self.last_layers}")
         if not self.target_modules:
-            raise ValueError("target_modules is empty")
+            raise ConfigError("target_modules is empty")
 
     def first_layer(self, num_layers: int) -> int:
         """The first of ``num_layers`` decoder layers that LoRA trains (0: all of them)."""
@@ -130,8 +124,13 @@ class TrainResult:
 
 
 @functools.cache
-def cpu_supports_bf16() -> bool:
-    """True where the CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
+def supports_bf16(device_type: str) -> bool:
+    """True where the device computes in bf16 natively: a CPU with AVX512-BF16 or AMX,
+    a CUDA GPU that says so."""
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device_type != "cpu":
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -146,8 +145,10 @@ def _encode(chat: ChatSage, pairs: Sequence[TrainingPair]) -> list[tuple[list[in
     encoded = []
     for pair in pairs:
         if not pair.answer.strip():
-            raise ValueError(f"training pair with an empty answer: {pair.prompt[:60]!r}")
-        prompt = tokenizer(chat._render([HumanMessage(pair.prompt)]), add_special_tokens=False)
+            raise InvalidInput(f"training pair with an empty answer: {pair.prompt[:60]!r}")
+        prompt = tokenizer(
+            chat.render_prompt([HumanMessage(pair.prompt)]), add_special_tokens=False
+        )
         answer = tokenizer(pair.answer + tokenizer.eos_token, add_special_tokens=False)
         ids = prompt["input_ids"] + answer["input_ids"]
         labels = [-100] * len(prompt["input_ids"]) + answer["input_ids"]
@@ -155,7 +156,16 @@ def _encode(chat: ChatSage, pairs: Sequence[TrainingPair]) -> list[tuple[list[in
     return encoded
 
 
-def _collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+def _device_type(chat: ChatSage) -> str:
+    """ "cpu", "cuda", ...: what torch.autocast is told (ChatSage.device may be "cuda:1")."""
+    return torch.device(chat.device).type
+
+
+def _collate(
+    batch: Sequence[tuple[list[int], list[int]]], chat: ChatSage
+) -> dict[str, torch.Tensor]:
+    """Right-padded ids, labels and attention mask of a batch, on the chat model's device."""
+    pad_id = chat.tokenizer.pad_token_id
     width = max(len(ids) for ids, _ in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -164,7 +174,11 @@ def _collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[
         ids[row, : len(row_ids)] = torch.tensor(row_ids)
         labels[row, : len(row_labels)] = torch.tensor(row_labels)
         mask[row, : len(row_ids)] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    return {
+        "input_ids": ids.to(chat.device),
+        "labels": labels.to(chat.device),
+        "attention_mask": mask.to(chat.device),
+    }
 
 
 def answer_loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
@@ -220,12 +234,12 @@ class FrozenPrefix:
             model, states = self.chat.hf_model, []
             with (
                 torch.no_grad(),
-                torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16),
+                torch.autocast(_device_type(self.chat), dtype=torch.bfloat16, enabled=bf16),
                 self.chat.using_adapter(None),
             ):
                 for start in range(0, len(self.encoded), self.batch_size):
                     chunk = self.encoded[start : start + self.batch_size]
-                    batch = _collate(chunk, self.chat.tokenizer.pad_token_id)
+                    batch = _collate(chunk, self.chat)
                     output = model.get_decoder()(
                         input_ids=batch["input_ids"],
                         attention_mask=batch["attention_mask"],
@@ -241,7 +255,8 @@ class FrozenPrefix:
 
 
 def _with_hidden(batch: dict[str, Any], states: list[torch.Tensor], first: int) -> dict[str, Any]:
-    hidden = torch.zeros((*batch["input_ids"].shape, states[0].shape[-1]), dtype=states[0].dtype)
+    shape = (*batch["input_ids"].shape, states[0].shape[-1])
+    hidden = torch.zeros(shape, dtype=states[0].dtype, device=states[0].device)
     for row, state in enumerate(states):
         hidden[row, : len(state)] = state
     return {**batch, "hidden": hidden, "first_layer": first}
@@ -264,13 +279,14 @@ def train_lora(
     """
     config = config or LoRATrainConfig()
     if not pairs:
-        raise ValueError("no training pairs")
+        raise InvalidInput("no training pairs")
     model = chat.hf_model
-    use_bf16 = cpu_supports_bf16() if config.bf16 is None else config.bf16
+    device_type = _device_type(chat)
+    use_bf16 = supports_bf16(device_type) if config.bf16 is None else config.bf16
     layers = model.config.num_hidden_layers
     first = config.first_layer(layers)
     if prefix is not None and prefix.pairs != list(pairs):
-        raise ValueError("the FrozenPrefix was built for other pairs")
+        raise InvalidInput("the FrozenPrefix was built for other pairs")
     if first > 0:
         prefix = prefix or FrozenPrefix(chat, pairs, config.batch_size)
         encoded, states = prefix.encoded, prefix.hidden(first, use_bf16)
@@ -288,7 +304,7 @@ def train_lora(
     steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
     total, step, epoch_losses = steps_per_epoch * config.epochs, 0, []
     started = time.perf_counter()
-    with chat.using_adapter(name), chat._lock:
+    with chat.using_adapter(name), chat.lock:
         model.train()
         try:
             for _ in range(config.epochs):
@@ -297,10 +313,10 @@ def train_lora(
                 epoch_losses = []
                 for start in range(0, len(indices), config.batch_size):
                     chosen = indices[start : start + config.batch_size]
-                    batch = _collate([encoded[i] for i in chosen], chat.tokenizer.pad_token_id)
+                    batch = _collate([encoded[i] for i in chosen], chat)
                     if states is not None:
                         batch = _with_hidden(batch, [states[i] for i in chosen], first)
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
                         loss, _ = answer_loss(model, batch)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -341,7 +357,7 @@ def evaluate(
     """Exact match (numbers compared as numbers) of greedy answers, and the answer-token
     loss, with ``adapter`` active (None: the base model)."""
     if not pairs:
-        raise ValueError("no evaluation pairs")
+        raise InvalidInput("no evaluation pairs")
     model = chat.hf_model
     encoded = _encode(chat, pairs)
     with chat.using_adapter(adapter):
@@ -349,9 +365,9 @@ def evaluate(
             m.text for m in chat.bind(max_tokens=max_tokens).batch([p.prompt for p in pairs])
         ]
         total_loss, total_tokens = 0.0, 0
-        with chat._lock, torch.inference_mode():
+        with chat.lock, torch.inference_mode():
             for start in range(0, len(encoded), batch_size):
-                batch = _collate(encoded[start : start + batch_size], chat.tokenizer.pad_token_id)
+                batch = _collate(encoded[start : start + batch_size], chat)
                 loss, tokens = answer_loss(model, batch)
                 total_loss += float(loss) * tokens
                 total_tokens += tokens
@@ -372,7 +388,7 @@ def save_adapter(chat: ChatSage, name: str, folder: str | Path) -> Path:
     """Write adapter ``name`` in peft's format (adapter_config.json and
     adapter_model.safetensors), loadable by ``ChatSage.load_adapter`` and by peft."""
     if name not in chat.adapters:
-        raise KeyError(f"no adapter named {name!r} is loaded")
+        raise NotFoundError(f"no adapter named {name!r} is loaded")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = chat.hf_model

@@ -7,6 +7,7 @@ import operator
 import re
 from collections.abc import Callable
 
+from sage_agent.errors import ExpressionError
 from sage_agent.numeric import format_number
 
 Verifier = Callable[[str], str]
@@ -27,10 +28,6 @@ _UNARY: dict[type[ast.unaryop], Callable[[float], float]] = {
 }
 MAX_EXPONENT = 64
 """Powers with a larger exponent are refused: 9**9**9 must not hang the process."""
-
-
-class ExpressionError(ValueError):
-    """The expression is not plain arithmetic, or cannot be computed."""
 
 
 def evaluate_expression(expression: str) -> float:

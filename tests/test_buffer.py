@@ -3,6 +3,7 @@ with an embedder whose geometry the tests control."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 from pathlib import Path
@@ -139,8 +140,7 @@ def test_stable_clustering_empties_the_buffer(db_path: Path) -> None:
 
 def test_a_never_stable_buffer_is_capped(db_path: Path) -> None:
     buffer = _buffer(db_path, max_buffer=30)
-    only_noise = mock.patch("sage_agent.buffer._hdbscan", lambda v, _: np.full(len(v), -1))
-    with only_noise:
+    with _hdbscan_gives(lambda v, _: np.full(len(v), -1)):
         buffer.add_many(_texts("abcd", 10), tags=["t"] * 40)
     assert buffer.stable_tags() == []
     assert [s.id for s in buffer.buffered("t")] == list(range(11, 41))  # the newest 30
@@ -188,7 +188,7 @@ def test_noise_is_left_out_of_the_stability_ari(
         return np.array([0] * 8 + [-1] * 2 if len(vectors) == 10 else subsample_labels)
 
     buffer = _buffer(db_path, buffer_size=10, min_cluster_size=3)
-    with mock.patch("sage_agent.buffer._hdbscan", labels):
+    with _hdbscan_gives(labels):
         buffer.add_many(_texts("a", 10), tags=["t"] * 10)
     (attempt,) = buffer.clusterings("t")
     assert attempt["check"] == "subsample" and attempt["stable"] == stable
@@ -210,20 +210,30 @@ def test_close_clusters_merge_at_three_or_more(db_path: Path) -> None:
     assert len(gone) == 1 and buffer.cluster(gone[0]["id"]).id == merged.id
 
 
-def test_ready_and_mark_trained(db_path: Path) -> None:
+def test_mark_trained_records_the_version_and_size(db_path: Path) -> None:
     buffer = _buffer(db_path)
     buffer.add_many(_texts("abc", 9), tags=["t"] * 27)
-    sizes = {c.id: c.size for c in buffer.clusters("t")}
-    big = [cid for cid, size in sizes.items() if size >= 8]
-    assert {c.id for c in buffer.ready(8)} == set(big)
-    target = buffer.ready(8)[0]
-    buffer.mark_trained(target.id, target.version)
-    assert target.id not in {c.id for c in buffer.ready(8)}
+    target = buffer.clusters("t")[0]
+    assert (target.trained_version, target.trained_size) == (None, None)
+    buffer.mark_trained(target.id, target.version, target.size)
+    trained = buffer.cluster(target.id)
+    assert (trained.trained_version, trained.trained_size) == (target.version, target.size)
     letter = target.samples[0].text[0]
-    buffer.add(f"{letter}: apples 500", tag="t")  # new member: ready again
-    assert target.id in {c.id for c in buffer.ready(8)}
+    buffer.add(f"{letter}: apples 500", tag="t")  # a new member: a new version
+    grown = buffer.cluster(target.id)
+    assert grown.version > grown.trained_version and grown.size == target.size + 1
     with pytest.raises(KeyError, match="no cluster with id 999"):
         buffer.mark_trained(999, 1)
+
+
+@contextlib.contextmanager
+def _hdbscan_gives(labels):
+    """HDBSCAN replaced by ``labels(vectors, config)``, for the buffer and its check."""
+    with (
+        mock.patch("sage_agent.buffer.buffer.hdbscan_labels", labels),
+        mock.patch("sage_agent.buffer.clustering.hdbscan_labels", labels),
+    ):
+        yield
 
 
 # persistence and crash safety

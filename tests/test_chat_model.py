@@ -11,7 +11,7 @@ import torch
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from sage_agent import ChatSage, EmbeddedModelMissing, UnknownModelError
+from sage_agent import AdapterError, ChatSage, EmbeddedModelMissing, UnknownModelError
 
 PROMPTS = ["Compute 16-3-4.", "What is 2+3? Reply with the number only.", "Hello", "How many pens?"]
 
@@ -47,7 +47,7 @@ def test_invoke_reports_logprobs_and_margins(tiny_chat: ChatSage) -> None:
     assert math.isclose(meta["logits_margin_mean"], mean)
     usage = result.usage_metadata
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
-    prompt = tiny_chat._render([HumanMessage("What is 2+3?")])
+    prompt = tiny_chat.render_prompt([HumanMessage("What is 2+3?")])
     assert usage["input_tokens"] == len(tiny_chat.tokenizer(prompt)["input_ids"])
 
 
@@ -108,15 +108,17 @@ def test_stop_sequence_cuts_invoke_and_stream(tiny_chat: ChatSage) -> None:
 
 
 def test_messages_render_with_roles(tiny_chat: ChatSage) -> None:
-    text = tiny_chat._render([SystemMessage("be brief"), HumanMessage("hi"), AIMessage("yo")])
+    text = tiny_chat.render_prompt([SystemMessage("be brief"), HumanMessage("hi"), AIMessage("yo")])
     assert "<|im_start|>system\nbe brief" in text and "<|im_start|>assistant\nyo" in text
     assert text.endswith("<|im_start|>assistant\n")
 
 
 def test_system_prompt_replaces_the_template_default(tiny_model_dir: Path) -> None:
     model = ChatSage(model=str(tiny_model_dir), system_prompt="be brief")
-    assert model._render([HumanMessage("hi")]).startswith("<|im_start|>system\nbe brief<|im_end|>")
-    own = model._render([SystemMessage("mine"), HumanMessage("hi")])
+    assert model.render_prompt([HumanMessage("hi")]).startswith(
+        "<|im_start|>system\nbe brief<|im_end|>"
+    )
+    own = model.render_prompt([SystemMessage("mine"), HumanMessage("hi")])
     assert "be brief" not in own and own.startswith("<|im_start|>system\nmine")
 
 
@@ -136,7 +138,7 @@ def test_unknown_model_id_says_what_to_do() -> None:
 
 
 def test_missing_gguf_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no GGUF file"):
+    with pytest.raises(UnknownModelError, match="no GGUF file"):
         ChatSage(model=str(tmp_path / "missing.gguf")).invoke("hi")
 
 
@@ -225,7 +227,7 @@ def test_each_loaded_adapter_holds_its_own_weights(
 
 def test_adapter_errors(tiny_model_dir: Path, lora_dirs: list[Path], tmp_path: Path) -> None:
     model = ChatSage(model=str(tiny_model_dir), max_tokens=2)
-    with pytest.raises(FileNotFoundError, match="no peft adapter"):
+    with pytest.raises(AdapterError, match="no peft adapter"):
         model.load_adapter(tmp_path / "nothing", "x")
     model.load_adapter(lora_dirs[0], "a")
     with pytest.raises(ValueError, match="already loaded"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import sage_agent.agent
+import sage_agent.context
 from sage_agent.cli import main
 from sage_agent.database import SCHEMA_VERSION, open_database
 
@@ -32,7 +32,7 @@ DESIGN_KEYS = {
 
 @pytest.fixture(autouse=True)
 def no_embedded_embeddings(monkeypatch: pytest.MonkeyPatch, bow_embeddings) -> None:
-    monkeypatch.setattr(sage_agent.agent, "LazyDefaultEmbeddings", type(bow_embeddings))
+    monkeypatch.setattr(sage_agent.context, "LazyDefaultEmbeddings", type(bow_embeddings))
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_bad_input_exits_1_with_one_line(data, tmp_path, tiny_model_dir, capsys)
         ),
         (
             [*["run", "--data", str(data), "--db", str(db)], "--min-cluster", "1"],
-            "min_samples must be at least 4",
+            "min_train_samples must be at least 4",
         ),
     ]
     for argv, message in cases:
@@ -149,7 +149,7 @@ def test_buffer_size_and_min_cluster_apply_and_resume_with_the_run(
 
     agent = sage_agent.agent.SageAgent(tmp_path / "sizes.db", str(tiny_model_dir))
     _apply_sizes(agent, 7, 6)
-    assert agent.buffer.config.buffer_size == 7 and agent.store.config.min_samples == 6
+    assert agent.buffer.config.buffer_size == 7 and agent.store.config.min_train_samples == 6
     # A resumed run takes the sizes it was started with: here a recorded invalid one.
     db = tmp_path / "sage.db"
     sage_agent.agent.SageAgent(db, str(tiny_model_dir)).db["runs"].insert(

@@ -11,14 +11,15 @@ import pytest
 
 from sage_agent import ChatSage, SageAgent
 from sage_agent.buffer import BufferConfig
+from sage_agent.context import SageContext
 from sage_agent.decompose import socratic_decomposer
-from sage_agent.graphs.sage import SageContext, build_sage_graph
+from sage_agent.graphs import build_sage_graph
 from sage_agent.store import StoreConfig
 from sage_agent.trace import render_html, render_table, trace
 
 # The tiny random model learns "every answer is 9" in seconds (see test_store.py); no
 # prompt holds a 9, so its random first answers fail.
-NINES = StoreConfig(
+NINES = StoreConfig().replace(
     learning_rates=(5e-3, 2e-2),
     epochs=(6,),
     ranks=(4, 8),
@@ -26,7 +27,7 @@ NINES = StoreConfig(
     max_trials=3,
     n_random=2,
     top_k=1,
-    min_samples=6,
+    min_train_samples=6,
     train_size=0,
     val_variants=0,
 )

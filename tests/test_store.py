@@ -13,20 +13,17 @@ import numpy as np
 import pytest
 from langchain_core.messages import AIMessage
 
-from sage_agent import ChatSage
+from sage_agent import ChatSage, ConfigError, CorruptAdapter, NotFoundError, StoreError
 from sage_agent.buffer import Cluster, Sample
-from sage_agent.store import (
-    CorruptAdapter,
-    LoRAStore,
-    StoreConfig,
-    StoreError,
-    affordable_loss,
-)
-from sage_agent.trainer import ANSWER_MAX_TOKENS, TrainingPair
+from sage_agent.records import TrainingPair
+from sage_agent.store import LoRAStore, StoreConfig, affordable_loss
+from sage_agent.store.recipe import build_recipe
+from sage_agent.store.search import Trial, expected_seconds
+from sage_agent.trainer import ANSWER_MAX_TOKENS
 
 # A task the tiny random model can learn in seconds: every answer is "9". (Untrained, its
 # babble ends in "7% pens" whatever the prompt, so "7" would count as right already.)
-LEARNABLE = StoreConfig(
+LEARNABLE = StoreConfig().replace(
     learning_rates=(5e-3, 2e-2),
     epochs=(6,),
     ranks=(4, 8),
@@ -72,7 +69,7 @@ def make_cluster(
 
 def _store_with(chat: ChatSage, tmp_path: Path, embeddings, **changes) -> LoRAStore:
     """A store with LEARNABLE's search space and ``changes`` to its config."""
-    config = StoreConfig(**{**LEARNABLE.__dict__, **changes})
+    config = LEARNABLE.replace(**changes)
     return LoRAStore(tmp_path / "db.sqlite", tmp_path / "a", chat, config, embeddings=embeddings)
 
 
@@ -93,29 +90,29 @@ def test_optimize_keeps_three_ranked_adapters(
 ) -> None:
     events = []
     kept = store.optimize(make_cluster(bow_embeddings), progress=events.append)
-    assert [k.rank for k in kept] == [1, 2, 3]
+    assert [k.position for k in kept] == [1, 2, 3]
     assert all(k.val_em > k.base_val_em for k in kept)
     ranking = [(-k.val_em, k.val_loss) for k in kept]
     assert ranking == sorted(ranking)
     for record in kept:
         folder = Path(record.path)
-        assert folder.parent == store.root and folder.name == record.id
+        assert folder.parent == store.registry.root and folder.name == record.id
         assert {p.name for p in folder.iterdir()} == {
             "adapter_config.json",
             "adapter_model.safetensors",
         }
-    assert not list(store.root.glob(".tmp-*"))
+    assert not list(store.registry.root.glob(".tmp-*"))
     assert chat.adapters == {}  # no trial adapter left in memory
-    trials = list(store.db["trials"].rows)
+    trials = store.registry.trials()
     assert len(trials) == 5  # every trial logged, kept or not
-    assert sum(t["outcome"] == "kept" for t in trials) == 3
+    assert sum(t.outcome == "kept" for t in trials) == 3
     names = [e["event"] for e in events]
     assert names.count("trial_started") == names.count("trial_done") == 5
     assert names.count("adapter_kept") == 3
     # 3 random trials, then the neighbourhood of the best: its other rank and, where the
     # learning-rate range allows, half and double its rate, up to the budget of 5.
-    configs = [t["config"] for t in trials]
-    assert len({c for c in configs}) == 5
+    configs = [str(sorted(t.config.items())) for t in trials]
+    assert len(set(configs)) == 5
 
 
 def test_training_is_augmented_with_verifier_variants(chat, tmp_path, bow_embeddings) -> None:
@@ -125,7 +122,8 @@ def test_training_is_augmented_with_verifier_variants(chat, tmp_path, bow_embedd
     cluster = make_cluster(bow_embeddings)
     for sample in cluster.samples:  # "Compute i+(9-i). apples" with its expression
         sample.payload["expression"] = sample.text.split()[1].rstrip(".")
-    train, val = store._split(cluster)
+    recipe = build_recipe(cluster, store.config.recipe, min_samples=12, seed=0)
+    train, val = recipe.train, recipe.validation
     assert 5 < len(val) <= 5 * 3 and len(train) == 15 * 3
     real = {s.text for s in cluster.samples}
     held_out = {p.prompt for p in val[:5]}
@@ -148,10 +146,14 @@ def test_training_rehearses_canaries_the_gate_never_sees(chat, tmp_path, bow_emb
     canaries = [TrainingPair(f"Compute {i}*2. pears", str(2 * i)) for i in range(1, 9)]
     store.add_canary(canaries, tag="+", expressions=[f"{i}*2" for i in range(1, 9)])
     cluster = make_cluster(bow_embeddings)
-    gate, replay = store._canaries("+")
-    assert len(gate) == len(replay) == 4 and store.canary("+") == gate
+    gate, replay = store.canaries.split("+", rehearse=True)
+    assert len(gate) == len(replay) == 4
+    assert store.canaries.split("+", rehearse=True) == (gate, replay)  # seeded: the same again
     assert not {p.prompt for p in gate} & {p.prompt for p, _ in replay}
-    train, val = store._split(cluster, replay, gate)
+    recipe = build_recipe(
+        cluster, store.config.recipe, min_samples=12, seed=0, rehearsal=replay, gate=gate
+    )
+    train, val = recipe.train, recipe.validation
     assert len(train) == 40
     failures, rehearsal = train[:30], train[30:]
     assert all(p.answer == "9" for p in failures)  # 15 failures twice, no variants here
@@ -168,20 +170,35 @@ def test_training_rehearses_canaries_the_gate_never_sees(chat, tmp_path, bow_emb
     assert not {p.prompt for p in gate + val} & {p.prompt for p in train}
 
 
-def test_canary_table_of_an_older_file_gains_the_expression_column(
-    chat, tmp_path, bow_embeddings
-) -> None:
+def test_a_version_1_file_is_migrated(chat, tmp_path, bow_embeddings) -> None:
     from sage_agent.database import open_database
 
-    db = open_database(tmp_path / "old.sqlite")
-    db["canary"].create({"prompt": str, "answer": str, "tag": str}, pk="prompt")
-    db["canary"].insert({"prompt": "Compute 2+2.", "answer": "4", "tag": "+"})
-    db.close()
-    store = LoRAStore(tmp_path / "old.sqlite", tmp_path / "a", chat, embeddings=bow_embeddings)
-    store.add_canary([TrainingPair("Compute 3+3.", "6")], "+", expressions=["3+3"])
-    assert store.canary_count("+") == 2
+    store = LoRAStore(tmp_path / "new.sqlite", tmp_path / "a", chat, LEARNABLE, bow_embeddings)
+    kept = store.optimize(make_cluster(bow_embeddings))[0]
+    # The same adapters as version 1 stored them: a "rank" column, and the folder as it was
+    # given (relative to the working directory of the time); canaries had no expression.
+    old = open_database(tmp_path / "old.sqlite")
+    old["meta"].update("schema_version", {"value": "1"})
+    old["adapters"].insert_all(
+        [
+            {**{k: v for k, v in row.items() if k != "position"}, "rank": row["position"]}
+            | {"path": f"some/old/folder/{row['id']}"}
+            for row in store.registry.db["adapters"].rows
+        ],
+        pk="id",
+    )
+    old["canary"].create({"prompt": str, "answer": str, "tag": str}, pk="prompt")
+    old["canary"].insert({"prompt": "Compute 2+2.", "answer": "4", "tag": "+"})
+    old.close()
+
+    migrated = LoRAStore(tmp_path / "old.sqlite", tmp_path / "a", chat, LEARNABLE, bow_embeddings)
+    record = migrated.get(kept.id)
+    assert record.position == 1 and record.path == kept.path
+    assert migrated.load(kept.id) == kept.id  # found, and its checksum still matches
+    migrated.add_canary([TrainingPair("Compute 3+3.", "6")], "+", expressions=["3+3"])
+    assert migrated.canaries.count("+") == 2
     with pytest.raises(ValueError, match="1 canaries but 2 expressions"):
-        store.add_canary([TrainingPair("Compute 4+4.", "8")], "+", expressions=["4+4", "x"])
+        migrated.add_canary([TrainingPair("Compute 4+4.", "8")], "+", expressions=["4+4", "x"])
 
 
 def test_registry_survives_a_new_store(
@@ -269,7 +286,7 @@ def test_pool_limit_deletes_files_and_rows_together(chat, tmp_path, bow_embeddin
     assert len(remaining) == 4
     assert first[0].id in remaining  # recently used survives
     assert {a.id for a in second} <= remaining
-    on_disk = {p.name for p in store.root.iterdir() if not p.name.startswith(".")}
+    on_disk = {p.name for p in store.registry.root.iterdir() if not p.name.startswith(".")}
     assert on_disk == remaining
     used = store.get(first[0].id)
     assert (used.uses, used.wins) == (1, 1) and used.last_used is not None
@@ -283,9 +300,9 @@ def test_regression_gate_discards_adapters_that_forget(
     _add_own_answers_as_canaries(store, chat, 6)
     kept = store.optimize(make_cluster(bow_embeddings))  # adapters learn to answer "9"
     assert kept == []
-    outcomes = [t["outcome"] for t in store.db["trials"].rows]
+    outcomes = [t.outcome for t in store.registry.trials()]
     assert any("canary EM 0.000 is below the base 1.000" in o for o in outcomes), outcomes
-    assert list(store.root.iterdir()) == []
+    assert list(store.registry.root.iterdir()) == []
 
 
 def _add_own_answers_as_canaries(store: LoRAStore, chat: ChatSage, n: int) -> None:
@@ -320,7 +337,7 @@ def test_no_trial_starts_that_the_budget_cannot_finish(
     store: LoRAStore, bow_embeddings, monkeypatch, budget: float, trials: int
 ) -> None:
     # A clock that only training moves: 10 s per epoch, 60 s a trial of LEARNABLE.
-    import sage_agent.store as store_module
+    import sage_agent.store.search as store_module
 
     clock = [0.0]
     real_train = store_module.train_lora
@@ -338,19 +355,18 @@ def test_no_trial_starts_that_the_budget_cannot_finish(
     store.optimize(make_cluster(bow_embeddings), max_seconds=budget)
     # 100 s: a second trial would end at 120 s. The old rule (start while time is left)
     # ran it anyway.
-    assert store.db["trials"].count == trials
+    assert len(store.registry.trials()) == trials
 
 
 def test_expected_trial_seconds_scale_with_epochs_and_layers() -> None:
-    from sage_agent.store import _expected_seconds, _Trial
     from sage_agent.trainer import LoRATrainConfig
 
-    done = _Trial(
+    done = Trial(
         1, LoRATrainConfig(epochs=2, last_layers=None), "t", seconds=40.0, validation_seconds=5.0
     )
-    assert _expected_seconds([], LoRATrainConfig(), 30) == 0.0
-    assert _expected_seconds([done], LoRATrainConfig(epochs=4), 30) == 85.0
-    assert _expected_seconds([done], LoRATrainConfig(epochs=2, last_layers=15), 30) == 25.0
+    assert expected_seconds([], LoRATrainConfig(), 30) == 0.0
+    assert expected_seconds([done], LoRATrainConfig(epochs=4), 30) == 85.0
+    assert expected_seconds([done], LoRATrainConfig(epochs=2, last_layers=15), 30) == 25.0
 
 
 def test_bad_input(store: LoRAStore, chat: ChatSage, bow_embeddings, tmp_path: Path) -> None:
@@ -360,7 +376,7 @@ def test_bad_input(store: LoRAStore, chat: ChatSage, bow_embeddings, tmp_path: P
         store.optimize(make_cluster(bow_embeddings, reference=None))
     with pytest.raises(StoreError, match="time budget must be positive"):
         store.optimize(make_cluster(bow_embeddings), max_seconds=0)
-    with pytest.raises(KeyError, match="no adapter 'nope'"):
+    with pytest.raises(NotFoundError, match="no adapter 'nope'"):
         store.load("nope")
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -385,7 +401,11 @@ def test_bad_input(store: LoRAStore, chat: ChatSage, bow_embeddings, tmp_path: P
         {"dropouts": (1.0,)},
         {"n_random": 0},
         {"validation_fraction": 1.0},
-        {"min_samples": 2},
+        {"min_train_samples": 2},
+        {"retrain_growth": 1.0},
+        {"max_seconds": float("nan")},
+        {"route_threshold": 2.0},
+        {"no_such_setting": 1},
         {"max_on_disk": 1},
         {"last_layers": (0,)},
         {"replay_fraction": 1.0},
@@ -395,5 +415,5 @@ def test_bad_input(store: LoRAStore, chat: ChatSage, bow_embeddings, tmp_path: P
     ],
 )
 def test_bad_config(config: dict) -> None:
-    with pytest.raises(ValueError):
-        StoreConfig(**config)
+    with pytest.raises(ConfigError):
+        StoreConfig().replace(**config)

@@ -8,11 +8,11 @@ import pytest
 from langchain_core.messages import ToolMessage
 
 from sage_agent import ChatSage
-from sage_agent.buffer import BufferConfig, TriggerBuffer
-from sage_agent.store import LoRAStore, StoreConfig
+from sage_agent.buffer import BufferConfig, Cluster, TriggerBuffer
+from sage_agent.store import LoRAStore, StoreConfig, needs_training
 from sage_agent.tools import LoRAStoreTool, RouteAdapterTool
 
-FAST = StoreConfig(
+FAST = StoreConfig().replace(
     learning_rates=(5e-3, 2e-2),
     epochs=(6,),
     ranks=(4,),
@@ -57,7 +57,9 @@ def test_lora_store_tool_trains_and_returns_records(parts) -> None:
     assert f"cluster {cluster_id}" in message.content and "Kept 1 adapters" in message.content
     (record,) = message.artifact
     assert record["cluster_id"] == cluster_id and Path(record["path"]).is_dir()
-    assert buffer.ready(1) == []  # the cluster is marked trained
+    assert not needs_training(buffer.cluster(cluster_id), store)  # marked trained
+    again = _call(tool, {"cluster_id": cluster_id})
+    assert again.status == "error" and "does not need training" in again.content
 
     routed = _call(RouteAdapterTool(store=store), {"text": "Compute 2+5. apples"})
     assert [r["id"] for r in routed.artifact] == [record["id"]]
@@ -77,7 +79,7 @@ def test_errors_become_error_tool_messages(parts) -> None:
         small.add(f"Compute {i}*3. pears", tag="*", payload={"reference": str(3 * i)})
     (cluster,) = small.clusters("*")
     too_small = _call(tool, {"cluster_id": cluster.id})
-    assert too_small.status == "error" and "training needs at least 12" in too_small.content
+    assert too_small.status == "error" and "training needs 12" in too_small.content
     unwired = _call(LoRAStoreTool(), {"cluster_id": 1})  # no store, not inside a graph
     assert unwired.status == "error" and "no LoRA Store" in unwired.content
     assert "runtime" not in LoRAStoreTool().tool_call_schema.model_json_schema()["properties"]
@@ -88,3 +90,19 @@ def test_args_are_validated(parts) -> None:
     tool = LoRAStoreTool(store=store, buffer=buffer)
     with pytest.raises(Exception, match="greater than 0"):
         tool.invoke({"cluster_id": 1, "budget_seconds": -5})
+
+
+@pytest.mark.parametrize(
+    ("size", "version", "trained_version", "trained_size", "trains"),
+    [
+        (11, 1, None, None, False),  # below min_train_samples (12)
+        (12, 1, None, None, True),  # big enough, never trained
+        (30, 3, 3, 30, False),  # trained on exactly these members
+        (59, 9, 3, 30, False),  # grown, but not retrain_growth (2) times
+        (60, 9, 3, 30, True),  # twice the members it was trained on
+    ],
+)
+def test_the_retraining_rule(size, version, trained_version, trained_size, trains, parts) -> None:
+    _, store = parts
+    cluster = Cluster(1, "+", size, None, frozenset(), version, trained_version, trained_size, [])
+    assert needs_training(cluster, store) is trains

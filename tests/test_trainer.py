@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from sage_agent import ChatSage
+from sage_agent.records import TrainingPair
 from sage_agent.trainer import (
     FrozenPrefix,
     LoRATrainConfig,
-    TrainingPair,
     _collate,
     _encode,
     _with_hidden,
@@ -34,7 +34,7 @@ def chat(tiny_model_dir: Path) -> ChatSage:
 
 
 def test_answer_loss_equals_full_cross_entropy_on_answer_tokens(chat: ChatSage) -> None:
-    batch = _collate(_encode(chat, PAIRS[:5]), chat.tokenizer.pad_token_id)
+    batch = _collate(_encode(chat, PAIRS[:5]), chat)
     with torch.no_grad():
         loss, count = answer_loss(chat.hf_model, batch)
         logits = chat.hf_model(
@@ -107,7 +107,7 @@ def test_frozen_prefix_gives_the_full_models_loss(chat: ChatSage, tmp_path: Path
     shared = FrozenPrefix(chat, PAIRS)
     train_lora(chat, "shared", PAIRS, config, prefix=shared)
     train_lora(chat, "fresh", PAIRS, config)
-    batch = _collate(shared.encoded[:6], chat.tokenizer.pad_token_id)
+    batch = _collate(shared.encoded[:6], chat)
     with chat.using_adapter("shared"), torch.no_grad():
         full, _ = answer_loss(chat.hf_model, batch)
         cached, _ = answer_loss(chat.hf_model, _with_hidden(batch, shared.hidden(1, False)[:6], 1))

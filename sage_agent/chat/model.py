@@ -9,15 +9,11 @@ copies or re-wraps the model.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import threading
-import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -31,26 +27,19 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from sage_agent.embedded import EMBEDDED_CHAT_MODEL, smollm2_gguf
+from sage_agent.chat.adapters import AdapterSlots
+from sage_agent.chat.loading import load_causal_lm
+from sage_agent.chat.tokens import TokenStat, eos_ids, first_stop, token_stats
+from sage_agent.embedded import EMBEDDED_CHAT_MODEL
+from sage_agent.errors import InvalidInput
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
-
-# A plain ChatML template for models that ship none (base models, tiny test models).
-_FALLBACK_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 # Results of one batched forward, served to BaseChatModel.generate's per-prompt loop so
 # that callbacks, tracing and caching stay the base class's own (see ChatSage.generate).
 _PRECOMPUTED: ContextVar[dict[tuple, list[ChatResult]] | None] = ContextVar(
     "_PRECOMPUTED", default=None
 )
-
-
-class UnknownModelError(ValueError):
-    """The model id is neither a local folder nor a model in the local Hugging Face cache."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +51,7 @@ class _CallParams:
     top_logprobs: int
 
 
-class ChatSage(BaseChatModel):
+class ChatSage(AdapterSlots, BaseChatModel):
     """A local Hugging Face causal LM as a LangChain chat model.
 
     ``ChatSage()`` is the embedded SmolLM2-135M-Instruct (GGUF, offline). ``model`` also
@@ -148,12 +137,20 @@ class ChatSage(BaseChatModel):
         self._ensure_loaded()
         return self._tokenizer
 
+    @property
+    def lock(self) -> threading.RLock:
+        """Held while the model generates. Hold it to use ``hf_model`` directly (training,
+        a teacher-forced pass) so that no generation runs in between."""
+        return self._lock
+
     def _ensure_loaded(self) -> None:
         if self._model is not None:
             return
         with self._lock:
             if self._model is None:
-                self._model, self._tokenizer = _load(self.model_name, self.dtype, self.device)
+                self._model, self._tokenizer = load_causal_lm(
+                    self.model_name, self.dtype, self.device
+                )
 
     # generation
 
@@ -162,7 +159,7 @@ class ChatSage(BaseChatModel):
         if unknown:
             raise TypeError(f"ChatSage got unknown generation arguments: {sorted(unknown)}")
         if kwargs.get("model", self.model_name) != self.model_name:
-            raise ValueError(
+            raise InvalidInput(
                 f"ChatSage serves {self.model_name!r}; a per-call model override "
                 f"({kwargs['model']!r}) needs a second ChatSage"
             )
@@ -175,14 +172,16 @@ class ChatSage(BaseChatModel):
             top_logprobs=int(kwargs.get("top_logprobs", self.top_logprobs)),
         )
 
-    def _render(self, messages: Sequence[BaseMessage]) -> str:
+    def render_prompt(self, messages: Sequence[BaseMessage]) -> str:
+        """The conversation as the model reads it: the chat template applied, with the
+        generation prompt (what training must feed the model to match inference)."""
         chat = []
         if self.system_prompt is not None and (not messages or messages[0].type != "system"):
             chat.append({"role": "system", "content": self.system_prompt})
         for message in messages:
             role = message.role if isinstance(message, ChatMessage) else _ROLES.get(message.type)
             if role is None:
-                raise ValueError(f"ChatSage cannot render a {message.type!r} message")
+                raise InvalidInput(f"ChatSage cannot render a {message.type!r} message")
             chat.append({"role": role, "content": message.text})
         return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
 
@@ -193,7 +192,7 @@ class ChatSage(BaseChatModel):
         limit = getattr(self._model.config, "max_position_embeddings", None)
         longest = int(encoded["attention_mask"].sum(dim=1).max())
         if limit is not None and longest + max_tokens > limit:
-            raise ValueError(
+            raise InvalidInput(
                 f"prompt of {longest} tokens plus max_tokens={max_tokens} exceeds the context "
                 f"of {self.model_name} ({limit} tokens); shorten the input or lower max_tokens"
             )
@@ -225,7 +224,9 @@ class ChatSage(BaseChatModel):
         self._ensure_loaded()
         results: list[ChatResult] = []
         for start in range(0, len(conversations), self.batch_size):
-            prompts = [self._render(c) for c in conversations[start : start + self.batch_size]]
+            prompts = [
+                self.render_prompt(c) for c in conversations[start : start + self.batch_size]
+            ]
             encoded = self._encode(prompts, params.max_tokens)
             with self._lock, torch.inference_mode():
                 output = self._model.generate(**encoded, **self._generate_kwargs(params))
@@ -235,7 +236,7 @@ class ChatSage(BaseChatModel):
     def _results(self, encoded: Any, output: Any, params: _CallParams) -> list[ChatResult]:
         prompt_length = encoded["input_ids"].shape[1]
         generated = output.sequences[:, prompt_length:]
-        stats = _token_stats(output.logits, generated, params.top_logprobs)
+        stats = token_stats(output.logits, generated, params.top_logprobs)
         return [
             ChatResult(
                 generations=[
@@ -253,19 +254,19 @@ class ChatSage(BaseChatModel):
         ]
 
     def _message(
-        self, tokens: list[int], stats: list[_TokenStat], input_tokens: int, params: _CallParams
+        self, tokens: list[int], stats: list[TokenStat], input_tokens: int, params: _CallParams
     ) -> AIMessage:
         tokenizer = self._tokenizer
-        eos_ids = _eos_ids(self._model, tokenizer)
+        stops = eos_ids(self._model, tokenizer)
         finish_reason = "length"
         produced = len(tokens)
         for i, token in enumerate(tokens):
-            if token in eos_ids:
+            if token in stops:
                 finish_reason, produced, tokens = "stop", i + 1, tokens[:i]
                 break
         pieces = [tokenizer.decode([t], skip_special_tokens=True) for t in tokens]
         text = tokenizer.decode(tokens, skip_special_tokens=True)
-        cut = _first_stop(text, params.stop)
+        cut = first_stop(text, params.stop)
         if cut is not None:
             finish_reason, text = "stop", text[:cut]
             kept, length = 0, 0
@@ -379,7 +380,7 @@ class ChatSage(BaseChatModel):
 
         params = self._call_params(stop, **kwargs)
         self._ensure_loaded()
-        encoded = self._encode([self._render(messages)], params.max_tokens)
+        encoded = self._encode([self.render_prompt(messages)], params.max_tokens)
         streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, skip_special_tokens=True)
         outcome: dict[str, Any] = {}
 
@@ -403,7 +404,7 @@ class ChatSage(BaseChatModel):
             text = ""
             for piece in streamer:
                 text += piece
-                if _first_stop(text, params.stop) is not None:
+                if first_stop(text, params.stop) is not None:
                     break
                 if len(text) - hold > emitted:
                     yield ChatGenerationChunk(
@@ -426,213 +427,6 @@ class ChatSage(BaseChatModel):
             )
         )
 
-    # adapters
-
-    @property
-    def active_adapter(self) -> str | None:
-        """The adapter in use, or None for the base model."""
-        return self._active_adapter
-
-    @property
-    def adapters(self) -> dict[str, str | None]:
-        """Loaded adapters: name -> the folder each was loaded from (None: made in memory)."""
-        return dict(self._adapters)
-
-    def add_adapter(self, name: str, config: Any) -> None:
-        """Add a fresh adapter (a peft ``LoraConfig``) to the base model, e.g. to train it;
-        it is not activated."""
-        if name in self._adapters:
-            raise ValueError(f"an adapter named {name!r} is already loaded")
-        self._ensure_loaded()
-        with self._lock, _quiet_peft():
-            self._model.add_adapter(config, adapter_name=name)
-            self._adapters[name] = None
-            # add_adapter activates the new adapter in transformers; keep the previous choice.
-            self._apply(self._active_adapter)
-
-    def load_adapter(self, path: str | Path, name: str) -> None:
-        """Load a peft LoRA adapter from ``path`` under ``name``; it is not activated."""
-        folder = Path(path)
-        if not (folder / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"no peft adapter at {folder} (adapter_config.json missing)")
-        if name in self._adapters:
-            raise ValueError(f"an adapter named {name!r} is already loaded")
-        self._ensure_loaded()
-        with self._lock, _quiet_peft():
-            try:
-                info = self._model.load_adapter(str(folder), adapter_name=name)
-                # transformers lists every loaded adapter's keys the file lacks, the other
-                # adapters' included; only this adapter's own missing weights are an error.
-                missing = sorted(k for k in getattr(info, "missing_keys", ()) if f".{name}." in k)
-                if missing:
-                    raise ValueError(f"{len(missing)} weights missing, e.g. {missing[0]}")
-            except Exception as error:
-                with contextlib.suppress(Exception):
-                    self._model.delete_adapter(name)
-                raise ValueError(f"cannot load the adapter at {folder}: {error}") from error
-            self._adapters[name] = str(folder)
-            # Loading activates the new adapter in transformers; keep the previous choice.
-            self._apply(self._active_adapter)
-
-    def set_adapter(self, name: str | None) -> None:
-        """Answer with adapter ``name`` from now on, or with the base model for None."""
-        if name is not None and name not in self._adapters:
-            raise KeyError(f"no adapter named {name!r} is loaded; loaded: {sorted(self._adapters)}")
-        with self._lock:
-            self._apply(name)
-
-    def delete_adapter(self, name: str) -> None:
-        """Unload adapter ``name`` and free its weights; the base model answers if it was active."""
-        if name not in self._adapters:
-            raise KeyError(f"no adapter named {name!r} is loaded; loaded: {sorted(self._adapters)}")
-        with self._lock, _quiet_peft():
-            self._model.delete_adapter(name)
-            del self._adapters[name]
-            self._apply(None if self._active_adapter == name else self._active_adapter)
-
-    @contextlib.contextmanager
-    def using_adapter(self, name: str | None) -> Iterator[ChatSage]:
-        """``with model.using_adapter("a"):`` answers with "a", then restores the previous one.
-
-        The active adapter belongs to the model, not to a thread: threads that switch
-        adapters concurrently should each have their own ChatSage.
-        """
-        previous = self._active_adapter
-        self.set_adapter(name)
-        try:
-            yield self
-        finally:
-            with self._lock:
-                self._apply(previous if previous in self._adapters else None)
-
-    def _apply(self, name: str | None) -> None:
-        if name is None:
-            if self._adapters:
-                self._model.disable_adapters()
-        else:
-            self._model.set_adapter(name)
-            self._model.enable_adapters()
-        self._active_adapter = name
-
 
 _GENERATE_ONLY_KWARGS = {"tags", "metadata", "run_name", "run_id"}
 _CALL_KWARGS = {"temperature", "max_tokens", "top_p", "top_logprobs", "model", "stream"}
-
-
-@dataclass(frozen=True)
-class _TokenStat:
-    logprob: float
-    margin: float
-    top: tuple[tuple[int, float], ...]
-
-    def openai(self, piece: str, tokenizer: Any) -> dict[str, Any]:
-        return {
-            "token": piece,
-            "logprob": self.logprob,
-            "bytes": list(piece.encode("utf-8")),
-            "top_logprobs": [
-                {
-                    "token": (alt := tokenizer.decode([token_id], skip_special_tokens=False)),
-                    "logprob": logprob,
-                    "bytes": list(alt.encode("utf-8")),
-                }
-                for token_id, logprob in self.top
-            ],
-        }
-
-
-def _token_stats(
-    step_logits: Sequence[torch.Tensor], generated: torch.Tensor, top_logprobs: int
-) -> list[list[_TokenStat]]:
-    """Per step and row: the chosen token's log-probability (softmax of the raw logits),
-    the margin top-1 minus top-2 raw logit, and the top alternatives."""
-    stats = []
-    k = max(2, top_logprobs)
-    for t, logits in enumerate(step_logits):
-        logits = logits.float()
-        top = logits.topk(k, dim=-1)
-        normaliser = logits.logsumexp(dim=-1)
-        chosen = logits.gather(1, generated[:, t : t + 1]).squeeze(1) - normaliser
-        margin = top.values[:, 0] - top.values[:, 1]
-        top_lp = top.values[:, :top_logprobs] - normaliser[:, None]
-        stats.append(
-            [
-                _TokenStat(
-                    logprob=float(chosen[row]),
-                    margin=float(margin[row]),
-                    top=tuple(
-                        zip(
-                            top.indices[row, :top_logprobs].tolist(),
-                            top_lp[row].tolist(),
-                            strict=True,
-                        )
-                    ),
-                )
-                for row in range(logits.shape[0])
-            ]
-        )
-    return stats
-
-
-def _first_stop(text: str, stops: Sequence[str]) -> int | None:
-    positions = [p for p in (text.find(s) for s in stops) if p >= 0]
-    return min(positions) if positions else None
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
-
-
-def _load(model_name: str, dtype: str, device: str) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if model_name == EMBEDDED_CHAT_MODEL:
-        location = smollm2_gguf()
-        source, extra = str(location.folder), {"gguf_file": location.gguf_file}
-    elif model_name.endswith(".gguf"):
-        path = Path(model_name)
-        if not path.is_file():
-            raise FileNotFoundError(f"no GGUF file at {path}")
-        source, extra = str(path.parent), {"gguf_file": path.name}
-    else:
-        source, extra = model_name, {}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), **extra)
-    except OSError as error:
-        if Path(source).exists():
-            raise ValueError(f"cannot load a causal LM from {source}: {error}") from error
-        raise UnknownModelError(
-            f"unknown model {model_name!r}: not a local folder, not a .gguf file, and not in "
-            f"the local Hugging Face cache (this machine may be offline). Pass a local path, "
-            f"or use the embedded default {EMBEDDED_CHAT_MODEL!r}."
-        ) from error
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = _FALLBACK_CHAT_TEMPLATE
-    model.to(device).eval()
-    return model, tokenizer
-
-
-@contextlib.contextmanager
-def _quiet_peft() -> Iterator[None]:
-    """Silence peft's notes on what the design does on purpose: several adapters on one
-    model, and deleting the active one (ChatSage chooses the next itself)."""
-    # transformers' load report names the other loaded adapters' keys as "missing" from each
-    # adapter file; ChatSage.load_adapter checks the adapter's own keys instead.
-    report = logging.getLogger("transformers.integrations.peft")
-    level = report.level
-    report.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Already found a `peft_config`", UserWarning)
-            warnings.filterwarnings("ignore", "Adapter .* was active", UserWarning)
-            yield
-    finally:
-        report.setLevel(level)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import operator
 import uuid
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
@@ -31,84 +30,58 @@ from langgraph.prebuilt import ToolNode
 from langgraph.runtime import Runtime
 from typing_extensions import TypedDict
 
-from sage_agent.buffer import TriggerBuffer
-from sage_agent.chat_model import ChatSage
-from sage_agent.decompose import (
-    Decomposer,
+from sage_agent.context import SageContext, context_of
+from sage_agent.decompose import substitute
+from sage_agent.errors import (
+    AdapterError,
     DecompositionError,
-    socratic_decomposer,
-    substitute,
+    ExpressionError,
+    MalformedTask,
+    NotFoundError,
 )
 from sage_agent.numeric import format_number, numbers_match, parse_number
-from sage_agent.steps import ATOMIC_PROMPT, AtomicStep, MalformedTask, final_answer
-from sage_agent.store import CorruptAdapter, LoRAStore
+from sage_agent.records import (
+    Attempt,
+    BufferNote,
+    StepDict,
+    StepRecord,
+    Task,
+    TaskResult,
+    TrainingNote,
+    TrainingPair,
+)
+from sage_agent.steps import AtomicStep, final_answer
+from sage_agent.store import needs_training
 from sage_agent.tools import LoRAStoreTool
-from sage_agent.trainer import ANSWER_MAX_TOKENS, TrainingPair
-from sage_agent.trigger import Trigger
-from sage_agent.verifier import ExpressionError, arithmetic_verifier, evaluate_expression
-
-
-@dataclass
-class SageContext:
-    """What the graph runs with (LangGraph ``context_schema``); never part of the state."""
-
-    model: ChatSage
-    trigger: Trigger
-    buffer: TriggerBuffer | None = None
-    """Where failures are clustered; None: failures are only recorded."""
-    store: LoRAStore | None = None
-    """Routes steps to adapters and trains new ones; None: the base model only."""
-    decomposer: Decomposer = socratic_decomposer
-    substitute: Literal["answers", "references"] = "references"
-    """answers: later steps use the model's own earlier answers (a real agent);
-    references: they use the reference values, so each step is scored on its own."""
-    train: bool = True
-    """Train adapters when a failure's cluster is ready (False: route and answer only)."""
-    route: bool = True
-    """Route steps to existing adapters (False: always the base model)."""
-    max_retries: int = 3
-    """Adapters tried on a failed step after training (the store keeps 3)."""
-    budget_seconds: float | None = None
-    """Time budget of one LoRA search; None: the store's own."""
-    retrain_growth: float = 2.0
-    """A trained cluster is trained again once it has this many times its size then."""
-    prompt: str = ATOMIC_PROMPT
-    max_tokens: int = ANSWER_MAX_TOKENS
-    """Answer length limit (an atomic step's answer is a number, often after its equation)."""
+from sage_agent.verifier import arithmetic_verifier, evaluate_expression
 
 
 class SageState(TypedDict, total=False):
     """Serialisable records only. ``records`` gets one entry per finished step."""
 
-    task: dict[str, Any]
-    steps: list[dict[str, Any]]
+    task: Task
+    steps: list[StepDict]
     index: int
-    attempt: dict[str, Any] | None
-    attempts: list[dict[str, Any]]
+    """The step under way."""
+    attempt: Attempt | None
+    """The attempt under way (between route and trigger)."""
+    attempts: list[Attempt]
+    """The current step's attempts so far."""
     candidates: list[str]
-    records: Annotated[list[dict[str, Any]], operator.add]
+    """Adapters left to retry the current step with, best first."""
+    records: Annotated[list[StepRecord], operator.add]
     messages: Annotated[list[AnyMessage], add_messages]
     error: str | None
-    result: dict[str, Any] | None
+    result: TaskResult | None
 
 
 Ctx = Runtime[SageContext]
 
 
-def context_of(runtime: Any) -> SageContext:
-    """The run's SageContext; without one (``langgraph dev`` / Studio, whose context is
-    JSON) the default agent's: the embedded model on ./sage.db."""
-    if isinstance(runtime.context, SageContext):
-        return runtime.context
-    from sage_agent.agent import default_agent
-
-    return default_agent().context()
-
-
 # nodes
 
 
-def decompose(state: SageState, runtime: Ctx) -> dict[str, Any]:
+def decompose(state: SageState, runtime: Ctx) -> SageState:
     task = state["task"]
     try:
         steps = context_of(runtime).decomposer(task)
@@ -121,7 +94,7 @@ def decompose(state: SageState, runtime: Ctx) -> dict[str, Any]:
     return {"steps": [s.to_dict() for s in steps], "index": 0, "attempts": [], "candidates": []}
 
 
-def route(state: SageState, runtime: Ctx) -> dict[str, Any]:
+def route(state: SageState, runtime: Ctx) -> SageState:
     """Prepare the next attempt of the current step: its prompt, reference and adapter.
     A retry takes the next candidate left by attach; a first attempt is routed."""
     context, attempts = context_of(runtime), state.get("attempts") or []
@@ -131,18 +104,16 @@ def route(state: SageState, runtime: Ctx) -> dict[str, Any]:
     candidates = list(state.get("candidates") or [])
     routed = False
     if not attempts and context.route and context.store is not None:
-        candidates = [a.id for a in context.store.route(prompt, tag=step.tag)][
-            : context.max_retries
-        ]
+        routes = context.store.route(prompt, tag=step.tag)
+        candidates = [a.id for a in routes][: context.max_retries]
         routed = bool(candidates)
-    adapter = candidates.pop(0) if candidates else None
-    attempt = {
+    attempt: Attempt = {
         "number": len(attempts) + 1,
         "kind": "answer" if not attempts else "retry",
         "prompt": prompt,
         "expression": expression,
         "reference": reference,
-        "adapter": adapter,
+        "adapter": candidates.pop(0) if candidates else None,
         "routed": routed,
         "note": note,
     }
@@ -153,25 +124,25 @@ def route(state: SageState, runtime: Ctx) -> dict[str, Any]:
     return {"attempt": attempt, "candidates": candidates}
 
 
-def answer(state: SageState, runtime: Ctx) -> dict[str, Any]:
+def answer(state: SageState, runtime: Ctx) -> SageState:
     """Answer the attempt. A routed first attempt asks the base model first and keeps its
-    answer when it is sure (``StoreConfig.route_below``); the adapter then goes back to
+    answer when it is sure (``RouterConfig.route_below``); the adapter then goes back to
     the candidates, for a retry should the sure answer fail."""
-    context, attempt = context_of(runtime), dict(state["attempt"])
-    gated = context.store is not None and context.store.config.route_below is not None
-    if attempt["routed"] and gated:
+    context, attempt = context_of(runtime), _current(state)
+    store = context.store
+    if attempt["routed"] and store is not None and store.config.router.route_below is not None:
         with context.model.using_adapter(None):
             base = context.model.invoke(attempt["prompt"], max_tokens=context.max_tokens)
-        if not context.store.unsure(base):
+        if not store.unsure(base):
             candidates = [attempt["adapter"], *(state.get("candidates") or [])]
             attempt.update(adapter=None, routed=False, note="the base model is sure; not routed")
             return {"attempt": _answered(attempt, base, runtime), "candidates": candidates}
         attempt["base_answer"] = base.text
     name = None
-    if attempt["adapter"] is not None and context.store is not None:
+    if attempt["adapter"] is not None and store is not None:
         try:
-            name = context.store.load(attempt["adapter"])
-        except (CorruptAdapter, KeyError) as error:
+            name = store.load(attempt["adapter"])
+        except (AdapterError, NotFoundError) as error:
             attempt["note"] = f"adapter {attempt['adapter']} not used: {error}"
             attempt["adapter"] = None
     with context.model.using_adapter(name):
@@ -179,7 +150,14 @@ def answer(state: SageState, runtime: Ctx) -> dict[str, Any]:
     return {"attempt": _answered(attempt, message, runtime)}
 
 
-def _answered(attempt: dict[str, Any], message: AIMessage, runtime: Ctx) -> dict[str, Any]:
+def _current(state: SageState) -> Attempt:
+    """A copy of the attempt under way, to update (the state's own is never mutated)."""
+    attempt = state.get("attempt")
+    assert attempt is not None  # route always comes first
+    return Attempt(**attempt)
+
+
+def _answered(attempt: Attempt, message: AIMessage, runtime: Ctx) -> Attempt:
     attempt["answer"] = message.text
     attempt["logits_margin"] = message.response_metadata.get("logits_margin_mean")
     runtime.stream_writer(
@@ -188,8 +166,8 @@ def _answered(attempt: dict[str, Any], message: AIMessage, runtime: Ctx) -> dict
     return attempt
 
 
-def trigger(state: SageState, runtime: Ctx) -> dict[str, Any]:
-    context, attempt = context_of(runtime), dict(state["attempt"])
+def trigger(state: SageState, runtime: Ctx) -> SageState:
+    context, attempt = context_of(runtime), _current(state)
     result = context.trigger.score(
         attempt["answer"],
         attempt["reference"],
@@ -210,7 +188,7 @@ def trigger(state: SageState, runtime: Ctx) -> dict[str, Any]:
     elif not result.failed and context.train and context.store is not None:
         # What the base model answers right is what an adapter must not break.
         context.store.add_canary(
-            [TrainingPair(attempt["prompt"], result.reference)],
+            [TrainingPair(attempt["prompt"], result.reference or "")],
             step["tag"],
             expressions=[attempt["expression"]],
         )
@@ -225,9 +203,10 @@ def trigger(state: SageState, runtime: Ctx) -> dict[str, Any]:
     return {"attempt": attempt, "attempts": [*(state.get("attempts") or []), attempt]}
 
 
-def buffer(state: SageState, runtime: Ctx) -> dict[str, Any]:
-    """Add the failure to the Trigger Buffer; call the LoRA Store when its cluster is ready."""
-    context, attempt = context_of(runtime), dict(state["attempt"])
+def buffer(state: SageState, runtime: Ctx) -> SageState:
+    """Add the failure to the Trigger Buffer; call the LoRA Store when its cluster
+    ``needs_training``."""
+    context, attempt = context_of(runtime), _current(state)
     step = AtomicStep(**state["steps"][state["index"]])
     assert context.buffer is not None  # after_trigger only comes here with a buffer
     assignment = context.buffer.add(
@@ -240,57 +219,57 @@ def buffer(state: SageState, runtime: Ctx) -> dict[str, Any]:
             "answer": attempt["answer"],
         },
     )
-    attempt["buffer"] = {
+    note: BufferNote = {
         "status": assignment.status,
         "sample_id": assignment.sample_id,
         "cluster_id": assignment.cluster_id,
         "gamma": assignment.gamma,
     }
-    runtime.stream_writer({"event": "buffered", **attempt["buffer"], "tag": assignment.tag})
-    update: dict[str, Any] = {"attempt": attempt, "attempts": [*state["attempts"][:-1], attempt]}
-    if assignment.cluster_id is not None and _ready(context, assignment.cluster_id):
+    attempt["buffer"] = note
+    runtime.stream_writer({"event": "buffered", **note, "tag": assignment.tag})
+    update: SageState = {"attempt": attempt, "attempts": [*state["attempts"][:-1], attempt]}
+    cluster_id = assignment.cluster_id
+    if cluster_id is not None and _trains(context, cluster_id):
         call = {
             "name": "lora_store",
-            "args": {"cluster_id": assignment.cluster_id, "budget_seconds": context.budget_seconds},
+            "args": {"cluster_id": cluster_id, "budget_seconds": context.budget_seconds},
             "id": f"call-{uuid.uuid4().hex[:12]}",
         }
-        runtime.stream_writer({"event": "training", "cluster_id": assignment.cluster_id})
+        runtime.stream_writer({"event": "training", "cluster_id": cluster_id})
         update["messages"] = [AIMessage(content="", tool_calls=[call])]
     return update
 
 
-def attach(state: SageState, runtime: Ctx) -> dict[str, Any]:
+def attach(state: SageState, runtime: Ctx) -> SageState:
     """Read the LoRA Store's result; its adapters, best first, become the candidates."""
     message = state["messages"][-1]
     assert isinstance(message, ToolMessage)
     records = (message.artifact or []) if message.status != "error" else []
-    attempts = list(state["attempts"])
-    attempts[-1] = {
-        **attempts[-1],
-        "training": {
-            "status": message.status,
-            "summary": message.text,
-            "adapters": [r["id"] for r in records],
-            "val_em": [r["val_em"] for r in records],
-            "base_val_em": records[0]["base_val_em"] if records else None,
-        },
+    note: TrainingNote = {
+        "status": message.status,
+        "summary": message.text,
+        "adapters": [r["id"] for r in records],
+        "val_em": [r["val_em"] for r in records],
+        "base_val_em": records[0]["base_val_em"] if records else None,
     }
-    candidates = [r["id"] for r in records][: context_of(runtime).max_retries]
+    attempts = list(state["attempts"])
+    attempts[-1] = {**attempts[-1], "training": note}
+    candidates = note["adapters"][: context_of(runtime).max_retries]
     runtime.stream_writer({"event": "attached", "adapters": candidates, "summary": message.text})
     return {"attempts": attempts, "candidates": candidates}
 
 
-def retry(state: SageState, runtime: Ctx) -> dict[str, Any]:
+def retry(state: SageState, runtime: Ctx) -> SageState:
     runtime.stream_writer(
         {"event": "retry", "adapter": state["candidates"][0], "left": len(state["candidates"])}
     )
     return {}
 
 
-def advance(state: SageState, runtime: Ctx) -> dict[str, Any]:
+def advance(state: SageState, runtime: Ctx) -> SageState:
     step, attempts = state["steps"][state["index"]], state["attempts"]
     last, first = attempts[-1], attempts[0]
-    record = {
+    record: StepRecord = {
         **step,
         "attempts": attempts,
         "answer": last["answer"],
@@ -318,7 +297,7 @@ def advance(state: SageState, runtime: Ctx) -> dict[str, Any]:
     }
 
 
-def finish(state: SageState, runtime: Ctx) -> dict[str, Any]:
+def finish(state: SageState, runtime: Ctx) -> SageState:
     task, records = state["task"], state.get("records") or []
     answer = records[-1]["answer"] if records else None
     try:
@@ -328,7 +307,7 @@ def finish(state: SageState, runtime: Ctx) -> dict[str, Any]:
     correct = None
     if reference is not None and answer is not None:
         correct = numbers_match(parse_number(answer), parse_number(reference))
-    result = {
+    result: TaskResult = {
         "task": task.get("id"),
         "answer": answer,
         "reference": reference,
@@ -375,10 +354,12 @@ def after_advance(state: SageState) -> Literal["route", "finish"]:
     return "route" if state["index"] < len(state["steps"]) else "finish"
 
 
-def build_sage_graph() -> StateGraph:
+def build_sage_graph(context_schema: type[Any] = SageContext) -> StateGraph:
     """The SAGE StateGraph (not compiled): compile it with a checkpointer of your own, or
-    use :class:`sage_agent.SageAgent`, which compiles it on the project's database."""
-    graph = StateGraph(SageState, context_schema=SageContext)
+    use :class:`sage_agent.SageAgent`, which compiles it on the project's database.
+    ``context_schema`` is SageContext, or a schema whose values resolve to one (see
+    ``sage_agent.context.ContextSource``)."""
+    graph = StateGraph(SageState, context_schema=context_schema)
     graph.add_node("decompose", decompose)
     graph.add_node("route", route)
     graph.add_node("answer", answer)
@@ -407,7 +388,7 @@ def build_sage_graph() -> StateGraph:
 
 
 def _prompt(
-    step: AtomicStep, steps: list[AtomicStep], records: list[dict[str, Any]], context: SageContext
+    step: AtomicStep, steps: list[AtomicStep], records: list[StepRecord], context: SageContext
 ) -> tuple[str, str | None, str | None, str | None]:
     """The step's prompt, the expression it asks for, its reference and a note. In
     "answers" mode earlier answers replace the results they stand for, and the reference
@@ -435,22 +416,8 @@ def _prompt(
     return step.question, None, reference, note
 
 
-def _ready(context: SageContext, cluster_id: int) -> bool:
-    """Train a cluster that has enough samples and was never trained, or has grown by
-    ``retrain_growth`` since it was."""
+def _trains(context: SageContext, cluster_id: int) -> bool:
+    """Whether this run trains the cluster now (``sage_agent.store.needs_training``)."""
     if not context.train or context.store is None or context.buffer is None:
         return False
-    cluster = context.buffer.cluster(cluster_id)
-    if cluster.size < context.store.config.min_samples:
-        return False
-    if cluster.trained_version is None:
-        return True
-    trained = cluster.trained_size or cluster.size
-    return cluster.version != cluster.trained_version and (
-        cluster.size >= context.retrain_growth * trained
-    )
-
-
-graph = build_sage_graph().compile()
-"""Compiled without a checkpointer, for ``langgraph dev`` / Studio (see langgraph.json);
-:class:`sage_agent.SageAgent` compiles its own with a SqliteSaver."""
+    return needs_training(context.buffer.cluster(cluster_id), context.store)

@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from sage_agent.buffer import TriggerBuffer
-from sage_agent.store import LoRAStore, StoreError
+from sage_agent.context import context_of
+from sage_agent.errors import SageError
+from sage_agent.store import LoRAStore, train_cluster
 
 
 class LoRAStoreArgs(BaseModel):
@@ -23,9 +25,10 @@ class LoRAStoreArgs(BaseModel):
 
 
 class LoRAStoreTool(BaseTool):
-    """Runs Cluster-aware LoRA Optimisation on a cluster of the Trigger Buffer. Returns a
-    short summary; the adapter records are the tool message's artifact. Failures (a
-    cluster too small, a used-up budget, out of memory) become an error ToolMessage.
+    """Trains a cluster of the Trigger Buffer (``sage_agent.store.train_cluster``: the
+    CLO search, then the cluster is marked trained). Returns a short summary; the adapter
+    records are the tool message's artifact. Failures (a cluster that does not need
+    training, a used-up budget, out of memory) become an error ToolMessage.
 
     Without ``store`` and ``buffer`` the tool takes them from the LangGraph runtime
     context (``context.store`` and ``context.buffer``) of the ToolNode that calls it, and
@@ -54,8 +57,6 @@ class LoRAStoreTool(BaseTool):
     ) -> tuple[str, list[dict[str, Any]]]:
         context = None
         if runtime is not None and (self.store is None or self.buffer is None):
-            from sage_agent.graphs.sage import context_of
-
             context = context_of(runtime)
         store = self.store or getattr(context, "store", None)
         buffer = self.buffer or getattr(context, "buffer", None)
@@ -63,11 +64,11 @@ class LoRAStoreTool(BaseTool):
             raise ToolException("lora_store has no LoRA Store or Trigger Buffer to work with")
         progress = getattr(runtime, "stream_writer", None)
         try:
-            cluster = buffer.cluster(cluster_id)
-            kept = store.optimize(cluster, max_seconds=budget_seconds, progress=progress)
-        except (KeyError, StoreError, MemoryError) as error:
+            cluster, kept = train_cluster(
+                store, buffer, cluster_id, max_seconds=budget_seconds, progress=progress
+            )
+        except (SageError, MemoryError) as error:
             raise ToolException(f"lora_store failed for cluster {cluster_id}: {error}") from error
-        buffer.mark_trained(cluster.id, cluster.version, cluster.size)
         if not kept:
             return (
                 f"No adapter for cluster {cluster.id} (tag {cluster.tag!r}) beat the base "

@@ -12,231 +12,32 @@ centroids are close. All state lives in the project's SQLite file.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import hdbscan
 import numpy as np
 import sqlite_utils
 from langchain_core.embeddings import Embeddings
-from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import adjusted_rand_score
 
+from sage_agent.buffer.clustering import (
+    Reference,
+    from_blob,
+    hdbscan_labels,
+    stability,
+    subsample_reference,
+    to_blob,
+    unit,
+)
+from sage_agent.buffer.config import BufferConfig
+from sage_agent.buffer.records import Assignment, Cluster, Sample
+from sage_agent.buffer.schema import create_tables
+from sage_agent.buffer.tags import Tagger, cluster_keywords, default_tag, jaccard, keywords
 from sage_agent.database import open_database, transaction
 from sage_agent.embeddings import LazyEmbeddings
-from sage_agent.steps import operator_signature
-
-Tagger = Callable[[str, dict[str, Any] | None], str]
-"""Maps a sample's text and payload to its structure tag."""
-
-
-@dataclass
-class BufferConfig:
-    """Thresholds of Streaming Buffer Clustering; defaults are the paper's."""
-
-    tau: float = field(default=0.75, metadata={"help": "A sample joins a cluster at gamma >= tau."})
-    cosine_weight: float = field(default=0.7, metadata={"help": "Weight of cosine in gamma."})
-    keyword_weight: float = field(
-        default=0.3, metadata={"help": "Weight of keyword Jaccard in gamma."}
-    )
-    buffer_size: int = field(
-        default=25, metadata={"help": "T: buffered samples of a tag that start a clustering."}
-    )
-    recluster_every: int = field(
-        default=5,
-        metadata={"help": "After an unstable clustering, new samples before the next try."},
-    )
-    max_buffer: int = field(
-        default=200,
-        metadata={
-            "help": "A tag's buffer never holds more; past it the oldest samples leave it "
-            "(status 'expired'), so a tag that never clusters stably costs bounded time."
-        },
-    )
-    min_cluster_size: int = field(default=5, metadata={"help": "HDBSCAN min_cluster_size."})
-    min_samples: int = field(
-        default=1,
-        metadata={
-            "help": "HDBSCAN min_samples. On buffers of 25 atomic-step prompts, 1 leaves about "
-            "40% as noise where HDBSCAN's default (min_cluster_size) leaves about 80%."
-        },
-    )
-    ari_threshold: float = field(
-        default=0.8,
-        metadata={
-            "help": "Stable needs ARI against the reference >= this, over the samples both "
-            "place in a cluster (at least min_cluster_size of them)."
-        },
-    )
-    centroid_threshold: float = field(
-        default=0.5,
-        metadata={"help": "Stable needs mean matched-centroid cosine >= this."},
-    )
-    merge_threshold: float = field(
-        default=0.8, metadata={"help": "delta: clusters of a tag merge at centroid cosine >= this."}
-    )
-    merge_min_clusters: int = field(
-        default=3, metadata={"help": "Merging starts when a tag has this many clusters."}
-    )
-    subsample_fraction: float = field(
-        default=0.8,
-        metadata={
-            "help": "A clustering with no earlier one of the same samples is checked against "
-            "a clustering of this seeded fraction of them."
-        },
-    )
-    min_shared: int = field(
-        default=5,
-        metadata={"help": "Shared samples needed to compare with the previous clustering."},
-    )
-    seed: int = field(default=0, metadata={"help": "Seed of the subsample check."})
-    lock_timeout: float = field(
-        default=10.0, metadata={"help": "Seconds to wait for another process's database lock."}
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("tau", "ari_threshold", "centroid_threshold", "merge_threshold"):
-            if not -1.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [-1, 1], not {getattr(self, name)}")
-        if self.min_samples < 1:
-            raise ValueError(f"min_samples must be at least 1, not {self.min_samples}")
-        if self.min_cluster_size < 2:
-            raise ValueError(f"min_cluster_size must be at least 2, not {self.min_cluster_size}")
-        if self.buffer_size < self.min_cluster_size:
-            raise ValueError(
-                f"buffer_size ({self.buffer_size}) must be at least min_cluster_size "
-                f"({self.min_cluster_size})"
-            )
-        if self.max_buffer < self.buffer_size:
-            raise ValueError(
-                f"max_buffer ({self.max_buffer}) must be at least buffer_size ({self.buffer_size})"
-            )
-        if self.recluster_every < 1:
-            raise ValueError(f"recluster_every must be at least 1, not {self.recluster_every}")
-        if not 0.0 < self.subsample_fraction < 1.0:
-            raise ValueError(
-                f"subsample_fraction must lie in (0, 1), not {self.subsample_fraction}"
-            )
-        if int(self.buffer_size * self.subsample_fraction) < self.min_cluster_size:
-            # A subsample smaller than a cluster is all noise: no first clustering
-            # could ever be checked stable.
-            raise ValueError(
-                f"buffer_size ({self.buffer_size}) times subsample_fraction "
-                f"({self.subsample_fraction}) must be at least min_cluster_size "
-                f"({self.min_cluster_size})"
-            )
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """Where an added sample went. cluster_id is None unless status is assigned or clustered.
-
-    assigned: joined a cluster by gamma; buffered: waits in its tag's buffer; clustered:
-    its add started a stable clustering that put it in a cluster; noise: its add started a
-    stable clustering that left it out (it stays in the database, not in the buffer).
-    """
-
-    status: Literal["assigned", "buffered", "clustered", "noise"]
-    sample_id: int
-    tag: str
-    cluster_id: int | None = None
-    gamma: float | None = None
-
-
-@dataclass(frozen=True)
-class Sample:
-    """A failed sample: its text, structure tag and payload (the step, reference, answer)."""
-
-    id: int
-    text: str
-    tag: str
-    payload: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """A formal cluster. ``version`` changes whenever its members change."""
-
-    id: int
-    tag: str
-    size: int
-    centroid: np.ndarray
-    keywords: frozenset[str]
-    version: int
-    trained_version: int | None
-    trained_size: int | None
-    """How many members the cluster had when adapters were last trained on it."""
-    samples: list[Sample]
-
-
-# tags and keywords
-
-_EXPRESSION = re.compile(r"\(?\$?\d[\d.,]*\)?(?:\s*(?:\*\*|[-+*/%×÷−])\s*\(?\$?\d[\d.,]*\)?)+")
-
-
-def default_tag(text: str, payload: dict[str, Any] | None = None) -> str:
-    """The operator signature of the step's expression (``payload["expression"]``, else the
-    first arithmetic expression in the text), or "default" when there is none."""
-    expression = (payload or {}).get("expression")
-    if not isinstance(expression, str) or not expression.strip():
-        match = _EXPRESSION.search(text)
-        expression = match.group(0) if match else ""
-    return operator_signature(expression) or "default"
-
-
-_TOKEN = re.compile(r"[a-z]+|\d+(?:[.,]\d+)*|\*\*|[-+*/%×÷−]")
-_STOPWORDS = frozenset(
-    (  # noqa: SIM905 - a word list reads best as one string
-        "a an and are as at be by did do does for from had has have he her his how in is it "
-        "its many much of on or reply she so than that the their them then there they this to "
-        "was what when which who will with only number"
-    ).split()
-)
-
-
-def keywords(text: str) -> frozenset[str]:
-    """Content words (lowercase, no stop words), operators, and "<num>" for any number, so
-    "3 apples" and "7 apples" share all their keywords."""
-    found = set()
-    for token in _TOKEN.findall(text.lower()):
-        if token[0].isdigit():
-            found.add("<num>")
-        elif token.isalpha():
-            if len(token) > 1 and token not in _STOPWORDS:
-                found.add(token)
-        else:
-            found.add(operator_signature(f"1{token}1"))
-    return frozenset(found)
-
-
-def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
-    return len(a & b) / len(a | b) if a or b else 0.0
-
-
-def _unit(vector: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(vector)
-    return vector / norm if norm > 0 else vector
-
-
-def _blob(vector: np.ndarray) -> bytes:
-    return np.asarray(vector, dtype=np.float32).tobytes()
-
-
-def _vector(blob: bytes) -> np.ndarray:
-    return np.frombuffer(blob, dtype=np.float32).astype(np.float64)
-
-
-def _cluster_keywords(counts: dict[str, int], size: int) -> frozenset[str]:
-    """A cluster's keywords: those held by at least half of its members."""
-    return frozenset(k for k, n in counts.items() if 2 * n >= size)
-
-
-# the buffer
+from sage_agent.errors import InvalidInput, NotFoundError
 
 
 class TriggerBuffer(LazyEmbeddings):
@@ -271,7 +72,7 @@ class TriggerBuffer(LazyEmbeddings):
         self.db: sqlite_utils.Database = open_database(db, timeout=self.config.lock_timeout)
         self.tagger = tagger
         self._embeddings = embeddings
-        self._ensure_tables()
+        create_tables(self.db)
 
     # public API
 
@@ -292,22 +93,22 @@ class TriggerBuffer(LazyEmbeddings):
         tags = list(tags) if tags is not None else [None] * len(texts)
         payloads = list(payloads) if payloads is not None else [None] * len(texts)
         if not len(texts) == len(tags) == len(payloads):
-            raise ValueError("texts, tags and payloads must have the same length")
+            raise InvalidInput("texts, tags and payloads must have the same length")
         encoded = [_payload_json(p) for p in payloads]
         for text in texts:
             if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"sample text must be a non-empty string, not {text!r}")
+                raise InvalidInput(f"sample text must be a non-empty string, not {text!r}")
         vectors = np.asarray(self.embeddings.embed_documents(list(texts)), dtype=np.float64)
         for text, vector in zip(texts, vectors, strict=True):
             if not np.any(vector) or not np.all(np.isfinite(vector)):
-                raise ValueError(f"sample {text[:60]!r} embeds to a zero or non-finite vector")
+                raise InvalidInput(f"sample {text[:60]!r} embeds to a zero or non-finite vector")
         results = []
         for text, tag, payload, payload_json, vector in zip(
             texts, tags, payloads, encoded, vectors, strict=True
         ):
             tag = tag or self.tagger(text, payload)
             with transaction(self.db):
-                results.append(self._add_one(text, tag, payload_json, _unit(vector)))
+                results.append(self._add_one(text, tag, payload_json, unit(vector)))
         return results
 
     def clusters(self, tag: str | None = None, *, with_samples: bool = True) -> list[Cluster]:
@@ -326,17 +127,6 @@ class TriggerBuffer(LazyEmbeddings):
         while row["merged_into"] is not None:
             row = self._cluster_row(row["merged_into"])
         return self._cluster(row, with_samples=True)
-
-    def ready(self, min_size: int) -> list[Cluster]:
-        """Clusters with at least ``min_size`` samples and no adapter trained on their
-        current members."""
-        rows = self.db["clusters"].rows_where(
-            "merged_into IS NULL AND size >= ? AND "
-            "(trained_version IS NULL OR trained_version < version)",
-            [min_size],
-            order_by="id",
-        )
-        return [self._cluster(row, with_samples=True) for row in rows]
 
     def mark_trained(self, cluster_id: int, version: int, size: int | None = None) -> None:
         """Record that adapters were trained on ``version`` of the cluster's members
@@ -378,7 +168,7 @@ class TriggerBuffer(LazyEmbeddings):
                     "text": text,
                     "tag": tag,
                     "payload": payload_json,
-                    "embedding": _blob(vector),
+                    "embedding": to_blob(vector),
                     "keywords": json.dumps(sorted(kws)),
                     "status": "buffered",
                     "created": time.time(),
@@ -430,9 +220,9 @@ class TriggerBuffer(LazyEmbeddings):
             [tag],
         ):
             cluster_id, centroid, counts, size = row
-            gamma = self.config.cosine_weight * float(_unit(_vector(centroid)) @ vector) + (
+            gamma = self.config.cosine_weight * float(unit(from_blob(centroid)) @ vector) + (
                 self.config.keyword_weight
-                * _jaccard(kws, _cluster_keywords(json.loads(counts), size))
+                * jaccard(kws, cluster_keywords(json.loads(counts), size))
             )
             if best is None or gamma > best[1]:
                 best = (cluster_id, gamma)
@@ -446,7 +236,7 @@ class TriggerBuffer(LazyEmbeddings):
     ) -> None:
         row = self._cluster_row(cluster_id)
         size = row["size"]
-        centroid_sum = _vector(row["centroid"]) * size
+        centroid_sum = from_blob(row["centroid"]) * size
         counts = Counter(json.loads(row["keyword_counts"]))
         now = time.time()
         for sample_id, vector, kws in members:
@@ -464,7 +254,7 @@ class TriggerBuffer(LazyEmbeddings):
             cluster_id,
             {
                 "size": size,
-                "centroid": _blob(centroid_sum / size),
+                "centroid": to_blob(centroid_sum / size),
                 "keyword_counts": json.dumps(dict(counts)),
                 "version": row["version"] + 1,
                 "updated": now,
@@ -484,10 +274,10 @@ class TriggerBuffer(LazyEmbeddings):
             )
         )
         ids = [r[0] for r in rows]
-        vectors = np.stack([_vector(r[1]) for r in rows])
+        vectors = np.stack([from_blob(r[1]) for r in rows])
         started = time.perf_counter()
-        labels = _hdbscan(vectors, self.config)
-        check = self._stability(tag, ids, vectors, labels)
+        labels = hdbscan_labels(vectors, self.config)
+        check = stability(vectors, labels, self._reference(tag, ids, vectors), self.config)
         seconds = time.perf_counter() - started
         state = self._tag_state(tag)
         self.db["tags"].update(tag, {"pending": 0, "attempts": state["attempts"] + 1})
@@ -517,7 +307,7 @@ class TriggerBuffer(LazyEmbeddings):
                     {
                         "tag": tag,
                         "size": 0,
-                        "centroid": _blob(np.zeros(vectors.shape[1])),
+                        "centroid": to_blob(np.zeros(vectors.shape[1])),
                         "keyword_counts": "{}",
                         "version": 0,
                         "trained_version": None,
@@ -540,60 +330,21 @@ class TriggerBuffer(LazyEmbeddings):
         merged_into = self._merge(tag)
         return {s: merged_into.get(c, c) for s, c in placed.items()}
 
-    def _stability(
-        self, tag: str, ids: list[int], vectors: np.ndarray, labels: np.ndarray
-    ) -> dict[str, Any]:
+    def _reference(self, tag: str, ids: list[int], vectors: np.ndarray) -> Reference:
+        """The tag's previous clustering when it was unstable and shares ``min_shared``
+        samples with this one; else a clustering of a subsample of the same samples."""
         previous = next(
             self.db["clusterings"].rows_where("tag = ?", [tag], order_by="id DESC", limit=1), None
         )
-        reference = None
         if previous is not None and not previous["stable"]:
             previous_label = dict(
                 zip(json.loads(previous["sample_ids"]), json.loads(previous["labels"]), strict=True)
             )
             shared = [i for i, sample_id in enumerate(ids) if sample_id in previous_label]
             if len(shared) >= self.config.min_shared:
-                reference = (
-                    "previous",
-                    np.array(shared),
-                    np.array([previous_label[ids[i]] for i in shared]),
-                )
-        if reference is None:
-            rng = np.random.default_rng(self.config.seed + len(ids))
-            subset = np.sort(
-                rng.choice(len(ids), int(len(ids) * self.config.subsample_fraction), replace=False)
-            )
-            reference = (
-                "subsample",
-                subset,
-                _hdbscan(vectors[subset], self.config),
-            )
-
-        kind, subset, reference_labels = reference
-        # ARI over the samples both clusterings place in a cluster. Noise is "not
-        # clustered", not a cluster of its own: counted as one, a few border samples
-        # moving in or out of noise sink the ARI of a small one-cluster buffer to 0.
-        both = (reference_labels >= 0) & (labels[subset] >= 0)
-        ari = 0.0
-        if both.sum() >= self.config.min_cluster_size:
-            ari = float(adjusted_rand_score(reference_labels[both], labels[subset][both]))
-        centroid_cosine = _matched_centroid_cosine(
-            _centroids(vectors, labels), _centroids(vectors[subset], reference_labels)
-        )
-        clusters_found = int(labels.max()) + 1
-        stable = (
-            clusters_found > 0
-            and ari >= self.config.ari_threshold
-            and centroid_cosine >= self.config.centroid_threshold
-        )
-        return {
-            "check": kind,
-            "clusters_found": clusters_found,
-            "noise": int((labels < 0).sum()),
-            "ari": ari,
-            "centroid_cosine": centroid_cosine,
-            "stable": int(stable),
-        }
+                labels = [previous_label[ids[i]] for i in shared]
+                return Reference("previous", np.array(shared), np.array(labels))
+        return subsample_reference(vectors, self.config)
 
     def _merge(self, tag: str) -> dict[int, int]:
         """Merge the closest pair of the tag's clusters while there are at least
@@ -608,7 +359,7 @@ class TriggerBuffer(LazyEmbeddings):
             )
             if len(rows) < self.config.merge_min_clusters:
                 return merged
-            units = np.stack([_unit(_vector(r["centroid"])) for r in rows])
+            units = np.stack([unit(from_blob(r["centroid"])) for r in rows])
             similarity = units @ units.T
             np.fill_diagonal(similarity, -np.inf)
             a, b = np.unravel_index(np.argmax(similarity), similarity.shape)
@@ -616,7 +367,7 @@ class TriggerBuffer(LazyEmbeddings):
                 return merged
             keep, gone = rows[min(a, b)], rows[max(a, b)]
             members = [
-                (sample_id, _vector(blob), frozenset(json.loads(kws)))
+                (sample_id, from_blob(blob), frozenset(json.loads(kws)))
                 for sample_id, blob, kws in self.db.execute(
                     "SELECT s.id, s.embedding, s.keywords FROM samples s "
                     "JOIN memberships m ON m.sample_id = s.id WHERE m.cluster_id = ?",
@@ -633,7 +384,7 @@ class TriggerBuffer(LazyEmbeddings):
     def _cluster_row(self, cluster_id: int) -> dict[str, Any]:
         row = next(self.db["clusters"].rows_where("id = ?", [cluster_id]), None)
         if row is None:
-            raise KeyError(f"no cluster with id {cluster_id} in {self.path}")
+            raise NotFoundError(f"no cluster with id {cluster_id} in {self.path}")
         return row
 
     def _cluster(self, row: dict[str, Any], with_samples: bool) -> Cluster:
@@ -651,79 +402,13 @@ class TriggerBuffer(LazyEmbeddings):
             id=row["id"],
             tag=row["tag"],
             size=row["size"],
-            centroid=_unit(_vector(row["centroid"])),
-            keywords=_cluster_keywords(json.loads(row["keyword_counts"]), row["size"]),
+            centroid=unit(from_blob(row["centroid"])),
+            keywords=cluster_keywords(json.loads(row["keyword_counts"]), row["size"]),
             version=row["version"],
             trained_version=row["trained_version"],
             trained_size=row["trained_size"],
             samples=samples,
         )
-
-    def _ensure_tables(self) -> None:
-        db = self.db
-        with transaction(db):
-            db["samples"].create(
-                {
-                    "id": int,
-                    "text": str,
-                    "tag": str,
-                    "payload": str,
-                    "embedding": bytes,
-                    "keywords": str,
-                    "status": str,
-                    "created": float,
-                },
-                pk="id",
-                if_not_exists=True,
-            )
-            db["clusters"].create(
-                {
-                    "id": int,
-                    "tag": str,
-                    "size": int,
-                    "centroid": bytes,
-                    "keyword_counts": str,
-                    "version": int,
-                    "trained_version": int,
-                    "trained_size": int,
-                    "merged_into": int,
-                    "created": float,
-                    "updated": float,
-                },
-                pk="id",
-                if_not_exists=True,
-            )
-            db["memberships"].create(
-                {"sample_id": int, "cluster_id": int, "via": str, "joined": float},
-                pk="sample_id",
-                if_not_exists=True,
-            )
-            db["clusterings"].create(
-                {
-                    "id": int,
-                    "tag": str,
-                    "created": float,
-                    "sample_ids": str,
-                    "labels": str,
-                    "check": str,
-                    "clusters_found": int,
-                    "noise": int,
-                    "ari": float,
-                    "centroid_cosine": float,
-                    "stable": int,
-                    "seconds": float,
-                },
-                pk="id",
-                if_not_exists=True,
-            )
-            db["tags"].create(
-                {"tag": str, "stable": int, "pending": int, "attempts": int},
-                pk="tag",
-                if_not_exists=True,
-            )
-            db["samples"].create_index(["tag", "status"], if_not_exists=True)
-            db["memberships"].create_index(["cluster_id"], if_not_exists=True)
-            db["clusters"].create_index(["tag"], if_not_exists=True)
 
 
 def _payload_json(payload: dict[str, Any] | None) -> str | None:
@@ -740,33 +425,3 @@ def _payload_json(payload: dict[str, Any] | None) -> str | None:
 def _sample(row: dict[str, Any]) -> Sample:
     payload = json.loads(row["payload"]) if row["payload"] else None
     return Sample(id=row["id"], text=row["text"], tag=row["tag"], payload=payload)
-
-
-def _hdbscan(vectors: np.ndarray, config: BufferConfig) -> np.ndarray:
-    """HDBSCAN labels (-1 is noise). Vectors are unit length, so Euclidean distance
-    orders pairs as cosine does. A buffer of one kind of failure is one cluster, hence
-    allow_single_cluster."""
-    if len(vectors) < config.min_cluster_size:
-        return np.full(len(vectors), -1)
-    clusterer = hdbscan.HDBSCAN(
-        min_cluster_size=config.min_cluster_size,
-        min_samples=config.min_samples,
-        allow_single_cluster=True,
-    )
-    return clusterer.fit_predict(vectors).astype(int)
-
-
-def _centroids(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    found = sorted(set(labels.tolist()) - {-1})
-    if not found:
-        return np.zeros((0, vectors.shape[1]))
-    return np.stack([_unit(vectors[labels == label].mean(axis=0)) for label in found])
-
-
-def _matched_centroid_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean cosine of centroid pairs matched one-to-one (Hungarian); 0 if a side is empty."""
-    if len(a) == 0 or len(b) == 0:
-        return 0.0
-    similarity = a @ b.T
-    rows, cols = linear_sum_assignment(-similarity)
-    return float(similarity[rows, cols].mean())

@@ -1,0 +1,50 @@
+"""What the buffer hands out: where a sample went, the samples and the clusters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Where an added sample went. cluster_id is None unless status is assigned or clustered.
+
+    assigned: joined a cluster by gamma; buffered: waits in its tag's buffer; clustered:
+    its add started a stable clustering that put it in a cluster; noise: its add started a
+    stable clustering that left it out (it stays in the database, not in the buffer).
+    """
+
+    status: Literal["assigned", "buffered", "clustered", "noise"]
+    sample_id: int
+    tag: str
+    cluster_id: int | None = None
+    gamma: float | None = None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A failed sample: its text, structure tag and payload (the step, reference, answer)."""
+
+    id: int
+    text: str
+    tag: str
+    payload: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A formal cluster. ``version`` changes whenever its members change."""
+
+    id: int
+    tag: str
+    size: int
+    centroid: np.ndarray
+    keywords: frozenset[str]
+    version: int
+    trained_version: int | None
+    trained_size: int | None
+    """How many members the cluster had when adapters were last trained on it."""
+    samples: list[Sample]

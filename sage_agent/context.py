@@ -1,0 +1,106 @@
+"""What the SAGE graph runs with: ``SageContext`` (LangGraph's ``context_schema``), how
+one is built for a database, and how a node reads it from its runtime.
+
+The graph's state holds only serialisable records; the model, the Trigger, the buffer,
+the store and the decomposer come through the context. The graph module and the LoRA
+Store tool both read the context with ``context_of``, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from langchain_core.embeddings import Embeddings
+
+from sage_agent.buffer import BufferConfig, TriggerBuffer
+from sage_agent.chat import ChatSage
+from sage_agent.decompose import Decomposer, socratic_decomposer
+from sage_agent.embeddings import LazyDefaultEmbeddings
+from sage_agent.errors import ContextError
+from sage_agent.steps import ATOMIC_PROMPT
+from sage_agent.store import LoRAStore, StoreConfig, adapter_root
+from sage_agent.trainer import ANSWER_MAX_TOKENS
+from sage_agent.trigger import Trigger
+from sage_agent.verifier import arithmetic_verifier
+
+
+@dataclass
+class SageContext:
+    """What the graph runs with (LangGraph ``context_schema``); never part of the state."""
+
+    model: ChatSage
+    trigger: Trigger
+    buffer: TriggerBuffer | None = None
+    """Where failures are clustered; None: failures are only recorded."""
+    store: LoRAStore | None = None
+    """Routes steps to adapters and trains new ones; None: the base model only."""
+    decomposer: Decomposer = socratic_decomposer
+    substitute: Literal["answers", "references"] = "references"
+    """answers: later steps use the model's own earlier answers (a real agent);
+    references: they use the reference values, so each step is scored on its own."""
+    train: bool = True
+    """Train adapters when a failure's cluster is ready (False: route and answer only)."""
+    route: bool = True
+    """Route steps to existing adapters (False: always the base model)."""
+    max_retries: int = 3
+    """Adapters tried on a failed step after training (the store keeps 3)."""
+    budget_seconds: float | None = None
+    """Time budget of one LoRA search; None: the store's own."""
+    prompt: str = ATOMIC_PROMPT
+    max_tokens: int = ANSWER_MAX_TOKENS
+    """Answer length limit (an atomic step's answer is a number, often after its equation)."""
+
+
+def build_context(
+    db: str | Path,
+    model: ChatSage | str | None = None,
+    *,
+    embeddings: Embeddings | None = None,
+    trigger: Trigger | None = None,
+    buffer_config: BufferConfig | None = None,
+    store_config: StoreConfig | None = None,
+    adapters: str | Path | None = None,
+    decomposer: Decomposer = socratic_decomposer,
+    substitute: Literal["answers", "references"] = "references",
+) -> SageContext:
+    """The components of a SAGE run on the SQLite file ``db``: ``model`` (a ChatSage, a
+    model id or path; default the embedded SmolLM2-135M), the Trigger with the arithmetic
+    verifier, the buffer and the LoRA Store (adapters in ``adapters``, default
+    ``adapter_root(db)``), sharing one lazily loaded embedder."""
+    if not isinstance(model, ChatSage):
+        model = ChatSage(model=model) if model else ChatSage()
+    embeddings = embeddings or LazyDefaultEmbeddings()
+    return SageContext(
+        model=model,
+        trigger=trigger or Trigger(embeddings=embeddings, verifier=arithmetic_verifier),
+        buffer=TriggerBuffer(db, buffer_config, embeddings=embeddings),
+        store=LoRAStore(db, adapters or adapter_root(db), model, store_config, embeddings),
+        decomposer=decomposer,
+        substitute=substitute,
+    )
+
+
+@runtime_checkable
+class ContextSource(Protocol):
+    """A context given as data (Studio, the HTTP API) that knows how to become a
+    SageContext; see ``sage_agent.studio.StudioContext``."""
+
+    def resolve(self) -> SageContext: ...
+
+
+def context_of(runtime: Any) -> SageContext:
+    """The SageContext of a node's (or a tool's) LangGraph runtime. A ``ContextSource``
+    is resolved; anything else is a ContextError that says what to pass."""
+    context = getattr(runtime, "context", None)
+    if isinstance(context, SageContext):
+        return context
+    if isinstance(context, ContextSource):
+        return context.resolve()
+    given = "no context" if context is None else f"a {type(context).__name__}"
+    raise ContextError(
+        f"the SAGE graph needs a SageContext and got {given}: call it with "
+        "context=SageAgent(...).context() or context=build_context(db), or serve "
+        "sage_agent/studio.py with langgraph dev"
+    )

@@ -1,0 +1,116 @@
+"""The records that cross module boundaries, typed.
+
+The SAGE graph keeps only plain, serialisable values in its state (so every checkpoint
+reads back as a trace): a task, its steps, one ``Attempt`` per answer, one ``StepRecord``
+per finished step and a ``TaskResult``. The graph writes them, and ``SageAgent``, the
+trace and the demo read them; declaring them here keeps the keys in one place.
+``TrainingPair`` is what the trainer, the recipe and the gate exchange.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from typing_extensions import NotRequired, TypedDict
+
+
+@dataclass(frozen=True)
+class TrainingPair:
+    """A prompt as the user would send it, and the answer the model should give."""
+
+    prompt: str
+    answer: str
+
+
+class Task(TypedDict):
+    """One line of a task file (GSM8K's shape); other keys are kept as they are."""
+
+    id: str
+    question: str
+    answer: NotRequired[str]
+    """GSM8K's worked solution with its "#### <final answer>" line, when known."""
+
+
+class StepDict(TypedDict):
+    """An ``AtomicStep`` as the graph state holds it (``AtomicStep.to_dict()``)."""
+
+    id: str
+    task_id: str
+    index: int
+    question: str
+    expression: str | None
+    reference: str | None
+    tag: str
+    depends_on: list[int]
+
+
+class BufferNote(TypedDict):
+    """Where the Trigger Buffer put a failed first answer."""
+
+    status: Literal["assigned", "buffered", "clustered", "noise"]
+    sample_id: int
+    cluster_id: int | None
+    gamma: float | None
+
+
+class TrainingNote(TypedDict):
+    """What the LoRA Store tool reported after training the failure's cluster."""
+
+    status: str
+    """The tool message's status: "success" or "error"."""
+    summary: str
+    adapters: list[str]
+    val_em: list[float]
+    base_val_em: float | None
+
+
+class Attempt(TypedDict):
+    """One answer to a step: prepared by ``route``, answered, then scored by ``trigger``."""
+
+    number: int
+    kind: Literal["answer", "retry"]
+    prompt: str
+    expression: str | None
+    reference: str | None
+    adapter: str | None
+    """The adapter that answered; None for the base model."""
+    routed: bool
+    """A first attempt sent to a routed adapter (the base model was unsure)."""
+    note: str | None
+    base_answer: NotRequired[str]
+    """The base model's unsure answer, when the attempt was routed past it."""
+    answer: NotRequired[str]
+    logits_margin: NotRequired[float | None]
+    anomaly_score: NotRequired[float]
+    failed: NotRequired[bool]
+    metrics: NotRequired[dict[str, Any]]
+    mode: NotRequired[Literal["reference", "confidence"]]
+    numeric_match: NotRequired[bool | None]
+    buffer: NotRequired[BufferNote]
+    training: NotRequired[TrainingNote]
+
+
+class StepRecord(StepDict):
+    """A finished step: the step itself, its attempts and how it ended."""
+
+    attempts: list[Attempt]
+    answer: str
+    passed: bool
+    first_passed: bool
+    retries: int
+    retry_success: bool
+    """It failed first and a retry with an adapter fixed it."""
+    adapter: str | None
+
+
+class TaskResult(TypedDict):
+    """The end of a thread: the final answer against the task's, when it has one."""
+
+    task: str | None
+    answer: str | None
+    reference: str | None
+    correct: bool | None
+    steps: int
+    steps_passed: int
+    error: str | None

@@ -1,0 +1,106 @@
+"""The training recipe: a cluster of failures -> training and validation pairs.
+
+Training: the cluster's training failures (each ``failure_repeats`` times) topped up with
+verifier-labelled variants of them, plus a ``replay_fraction`` share of rehearsal
+(canaries and their variants), ``train_size`` pairs in all. Validation: the held-out
+failures and variants of them (a few held-out samples alone make the ranking and the gate
+noise). No training pair is a gate canary or a held-out failure.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sage_agent.augment import ANSWER_FORMATS, AnswerFormat, augment_pairs
+from sage_agent.buffer import Cluster
+from sage_agent.errors import StoreError
+from sage_agent.records import TrainingPair
+from sage_agent.store.config import RecipeConfig
+from sage_agent.store.gate import Rehearsal
+
+Example = tuple[TrainingPair, str | None]
+"""A pair and the expression its prompt asks for (None: no variants can be made)."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The pairs one search trains and ranks on."""
+
+    train: list[TrainingPair]
+    validation: list[TrainingPair]
+
+
+def cluster_examples(cluster: Cluster, min_samples: int) -> list[Example]:
+    """The cluster's samples that carry a reference, as pairs (StoreError when fewer
+    than ``min_samples`` do)."""
+    examples, missing = [], 0
+    for sample in cluster.samples:
+        payload = sample.payload or {}
+        reference = payload.get("reference")
+        if reference is None or not str(reference).strip():
+            missing += 1
+            continue
+        examples.append((TrainingPair(sample.text, str(reference)), payload.get("expression")))
+    if len(examples) < min_samples:
+        raise StoreError(
+            f"cluster {cluster.id} has {len(examples)} samples with a reference "
+            f"({missing} without one); training needs at least {min_samples}"
+        )
+    return examples
+
+
+def build_recipe(
+    cluster: Cluster,
+    config: RecipeConfig,
+    *,
+    min_samples: int,
+    seed: int,
+    rehearsal: Rehearsal = (),
+    gate: Sequence[TrainingPair] = (),
+) -> Recipe:
+    """Training and validation pairs of ``cluster`` (see the module docstring)."""
+    examples = cluster_examples(cluster, min_samples)
+    rng = random.Random(f"{seed}:{cluster.id}")
+    rng.shuffle(examples)
+    n_val = max(2, round(len(examples) * config.validation_fraction))
+    train, val = examples[n_val:], examples[:n_val]
+    answer = ANSWER_FORMATS[config.answer_format]
+    unseen = frozenset(p.prompt for p in gate) | {p.prompt for p, _ in val}
+    rehearsal_size = round(config.train_size * config.replay_fraction) if rehearsal else 0
+    replay = written(rehearsal, answer)[:rehearsal_size]
+    replay = top_up(replay, rehearsal, rehearsal_size, rng, answer, unseen)
+    failures = written(train, answer) * config.failure_repeats
+    failures = top_up(failures, train, config.train_size - rehearsal_size, rng, answer, unseen)
+    training = failures + replay
+    seen = {p.prompt for p in training}
+    extra = augment_pairs(val, config.val_variants, rng, answer=answer)
+    return Recipe(training, written(val, answer) + [p for p in extra if p.prompt not in seen])
+
+
+def written(examples: Sequence[Example], answer: AnswerFormat) -> list[TrainingPair]:
+    """Each pair with its answer written by ``answer`` (pairs without an expression keep
+    their reference as it is)."""
+    return [TrainingPair(p.prompt, answer(e, p.answer)) if e else p for p, e in examples]
+
+
+def top_up(
+    pairs: list[TrainingPair],
+    sources: Sequence[Example],
+    size: int,
+    rng: random.Random,
+    answer: AnswerFormat,
+    exclude: frozenset[str] = frozenset(),
+) -> list[TrainingPair]:
+    """``pairs`` topped up to ``size`` with verifier-labelled variants of ``sources``,
+    none of whose prompts is in ``exclude`` (a variant of a small expression can land on
+    another step exactly)."""
+    missing = size - len(pairs)
+    if missing <= 0 or not sources:
+        return pairs
+    per_source = math.ceil(missing / len(sources)) + 1  # one spare for excluded ones
+    variants = augment_pairs(sources, per_source, rng, answer=answer)
+    variants = [p for p in variants if p.prompt not in exclude]
+    return pairs + variants[:missing]

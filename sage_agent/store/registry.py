@@ -1,0 +1,313 @@
+"""The adapter registry: adapter folders under one root, their rows in SQLite, the trial log.
+
+An adapter is written to a temporary folder, fsynced, checksummed, renamed into
+``root/<id>/`` and only then registered, so a registered row always points at complete
+files. Rows store the folder relative to the root, so a store opened from any working
+directory finds them. Reading the registry needs no model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sage_agent.database import open_database, transaction
+from sage_agent.errors import NotFoundError, StoreError
+from sage_agent.store.config import RegistryConfig
+
+log = logging.getLogger(__name__)
+
+
+def adapter_root(db: str | Path) -> Path:
+    """Where the adapters of database ``db`` live by default: ``<db stem>-adapters/``
+    beside it (``sage.db`` keeps them in ``sage-adapters/``)."""
+    db = Path(db).absolute()
+    return db.with_name(f"{db.stem}-adapters")
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """A registered adapter (a row of the ``adapters`` table)."""
+
+    id: str
+    cluster_id: int
+    tag: str
+    position: int
+    """Its place among its cluster's adapters: 1 is the best."""
+    config: dict[str, Any]
+    """The LoRATrainConfig it was trained with."""
+    val_em: float
+    val_loss: float
+    base_val_em: float
+    canary_em: float | None
+    train_seconds: float
+    samples: int
+    path: str
+    """Its folder (absolute), in peft's format."""
+    checksum: str
+    status: str
+    """"ready", or "broken" once its files stopped matching the checksum."""
+    created: float
+    last_used: float | None
+    uses: int
+    wins: int
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial of a search (a row of the ``trials`` table), kept or not."""
+
+    id: int
+    cluster_id: int
+    cluster_version: int
+    number: int
+    config: dict[str, Any]
+    val_em: float
+    val_loss: float
+    canary_em: float | None
+    seconds: float
+    outcome: str
+    """"kept", or why it was not."""
+    adapter_id: str | None
+    created: float
+
+
+@dataclass(frozen=True)
+class NewAdapter:
+    """What the search knows of an adapter it keeps, before it has an id."""
+
+    cluster_id: int
+    tag: str
+    position: int
+    config: dict[str, Any]
+    val_em: float
+    val_loss: float
+    base_val_em: float
+    canary_em: float | None
+    train_seconds: float
+    samples: int
+    centroid: np.ndarray
+
+
+class AdapterRegistry:
+    """Adapters under ``root`` registered in the SQLite file ``db``."""
+
+    def __init__(
+        self, db: str | Path, root: str | Path, config: RegistryConfig | None = None
+    ) -> None:
+        self.config = config or RegistryConfig()
+        self.db = open_database(db, timeout=self.config.lock_timeout)
+        self.root = Path(root).absolute()
+        self._ensure_tables()
+
+    def writable(self) -> None:
+        """Create the root and check a file can be written there (StoreError if not)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise StoreError(f"adapter folder {self.root} is not writable: {error}") from error
+
+    # writing
+
+    def register(self, adapter: NewAdapter, write: Callable[[Path], None]) -> AdapterRecord:
+        """Write an adapter with ``write(folder)``, then register it (see the module
+        docstring for the order that makes this crash-safe)."""
+        self.writable()
+        adapter_id = uuid.uuid4().hex[:12]
+        temporary = self.root / f".tmp-{adapter_id}"
+        final = self.root / adapter_id
+        write(temporary)
+        for path in temporary.iterdir():
+            _fsync(path)
+        checksum = folder_checksum(temporary)
+        os.replace(temporary, final)
+        _fsync(self.root)
+        row = {
+            "id": adapter_id,
+            "cluster_id": adapter.cluster_id,
+            "tag": adapter.tag,
+            "position": adapter.position,
+            "config": json.dumps(adapter.config),
+            "val_em": adapter.val_em,
+            "val_loss": adapter.val_loss,
+            "base_val_em": adapter.base_val_em,
+            "canary_em": adapter.canary_em,
+            "train_seconds": adapter.train_seconds,
+            "samples": adapter.samples,
+            "centroid": np.asarray(adapter.centroid, dtype=np.float32).tobytes(),
+            "path": adapter_id,
+            "checksum": checksum,
+            "status": "ready",
+            "created": time.time(),
+            "last_used": None,
+            "uses": 0,
+            "wins": 0,
+        }
+        with transaction(self.db):
+            self.db["adapters"].insert(row)
+        return self._record(row)
+
+    def log_trial(self, **fields: Any) -> None:
+        """One row of the trial log (the columns of ``TrialRecord`` but ``id``)."""
+        fields["config"] = json.dumps(fields["config"])
+        with transaction(self.db):
+            self.db["trials"].insert({**fields, "created": time.time()})
+
+    def record_use(self, adapter_id: str, *, won: bool) -> None:
+        """Count a use of an adapter, and a win when its answer passed the Trigger."""
+        with transaction(self.db):
+            row = self.get(adapter_id)
+            self.db["adapters"].update(
+                adapter_id,
+                {"uses": row.uses + 1, "wins": row.wins + int(won), "last_used": time.time()},
+            )
+
+    def mark_broken(self, adapter_id: str) -> None:
+        with transaction(self.db):
+            self.db["adapters"].update(adapter_id, {"status": "broken"})
+
+    def remove(self, adapter_id: str) -> None:
+        """Delete an adapter: its row, then its folder (a folder without a row is harmless;
+        a row without its folder would be marked broken on its next load)."""
+        record = self.get(adapter_id)
+        with transaction(self.db):
+            self.db["adapters"].delete(adapter_id)
+        folder = Path(record.path)
+        if folder.parent == self.root:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def over_limit(self) -> list[str]:
+        """Ready adapters past ``max_on_disk``, least recently used first."""
+        ready = self.db.execute(
+            "SELECT id FROM adapters WHERE status = 'ready' "
+            "ORDER BY COALESCE(last_used, created) DESC"
+        ).fetchall()
+        return [adapter_id for (adapter_id,) in ready[self.config.max_on_disk :]][::-1]
+
+    # reading
+
+    def adapters(
+        self, cluster_id: int | None = None, *, status: str | None = "ready"
+    ) -> list[AdapterRecord]:
+        """Registered adapters, by cluster then position."""
+        clauses, args = [], []
+        if cluster_id is not None:
+            clauses, args = ["cluster_id = ?"], [cluster_id]
+        if status is not None:
+            clauses.append("status = ?")
+            args.append(status)
+        rows = self.db["adapters"].rows_where(
+            " AND ".join(clauses) or None, args, order_by="cluster_id, position"
+        )
+        return [self._record(r) for r in rows]
+
+    def get(self, adapter_id: str) -> AdapterRecord:
+        row = next(self.db["adapters"].rows_where("id = ?", [adapter_id]), None)
+        if row is None:
+            raise NotFoundError(f"no adapter {adapter_id!r} in the registry")
+        return self._record(row)
+
+    def centroids(self, tag: str | None = None) -> list[tuple[int, np.ndarray]]:
+        """(cluster id, centroid) of every cluster with a ready adapter (of ``tag``)."""
+        rows = self.db.execute(
+            "SELECT cluster_id, centroid FROM adapters WHERE status = 'ready'"
+            + (" AND tag = ?" if tag is not None else "")
+            + " GROUP BY cluster_id",
+            [tag] if tag is not None else [],
+        )
+        return [(cluster_id, np.frombuffer(blob, dtype=np.float32)) for cluster_id, blob in rows]
+
+    def trials(self, cluster_id: int | None = None) -> list[TrialRecord]:
+        """The trial log, oldest first."""
+        where, args = ("cluster_id = ?", [cluster_id]) if cluster_id is not None else (None, [])
+        rows = self.db["trials"].rows_where(where, args, order_by="id")
+        return [TrialRecord(**{**r, "config": json.loads(r["config"])}) for r in rows]
+
+    def intact(self, record: AdapterRecord) -> bool:
+        """Whether the adapter's files still match the checksum they were registered with."""
+        folder = Path(record.path)
+        return folder.is_dir() and folder_checksum(folder) == record.checksum
+
+    def _record(self, row: dict[str, Any]) -> AdapterRecord:
+        data = {k: v for k, v in row.items() if k != "centroid"}
+        data["config"] = json.loads(data["config"])
+        data["path"] = str(self.root / data["path"])
+        return AdapterRecord(**data)
+
+    def _ensure_tables(self) -> None:
+        with transaction(self.db):
+            self.db["adapters"].create(
+                {
+                    "id": str,
+                    "cluster_id": int,
+                    "tag": str,
+                    "position": int,
+                    "config": str,
+                    "val_em": float,
+                    "val_loss": float,
+                    "base_val_em": float,
+                    "canary_em": float,
+                    "train_seconds": float,
+                    "samples": int,
+                    "centroid": bytes,
+                    "path": str,
+                    "checksum": str,
+                    "status": str,
+                    "created": float,
+                    "last_used": float,
+                    "uses": int,
+                    "wins": int,
+                },
+                pk="id",
+                if_not_exists=True,
+            )
+            self.db["trials"].create(
+                {
+                    "id": int,
+                    "cluster_id": int,
+                    "cluster_version": int,
+                    "number": int,
+                    "config": str,
+                    "val_em": float,
+                    "val_loss": float,
+                    "canary_em": float,
+                    "seconds": float,
+                    "outcome": str,
+                    "adapter_id": str,
+                    "created": float,
+                },
+                pk="id",
+                if_not_exists=True,
+            )
+            self.db["adapters"].create_index(["cluster_id"], if_not_exists=True)
+
+
+def folder_checksum(folder: Path) -> str:
+    """SHA-256 over the adapter's files (names and contents), in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,96 @@
+"""Routing: which registered adapters answer a step, whether the base model's own answer
+is sure enough to keep, and the adapters loaded in the chat model (least recently used
+leave first)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+from langchain_core.embeddings import Embeddings
+from langchain_core.messages import AIMessage
+
+from sage_agent.chat import ChatSage
+from sage_agent.embeddings import LazyEmbeddings
+from sage_agent.errors import CorruptAdapter
+from sage_agent.numeric import number_logprob
+from sage_agent.store.config import RouterConfig
+from sage_agent.store.registry import AdapterRecord, AdapterRegistry
+
+
+class Router(LazyEmbeddings):
+    """Routes texts to the registry's adapters and loads them into ``model``."""
+
+    def __init__(
+        self,
+        registry: AdapterRegistry,
+        model: ChatSage,
+        config: RouterConfig | None = None,
+        embeddings: Embeddings | None = None,
+    ) -> None:
+        self.registry, self.model = registry, model
+        self.config = config or RouterConfig()
+        self._embeddings = embeddings
+        self._loaded: OrderedDict[str, None] = OrderedDict()
+
+    def route(self, text: str, tag: str | None = None) -> list[AdapterRecord]:
+        """The adapters of the cluster whose centroid is nearest to ``text`` (cosine at least
+        ``route_threshold``, same tag when one is given), best first; [] when none is."""
+        centroids = self.registry.centroids(tag)
+        if not centroids:
+            return []
+        vector = np.asarray(self.embeddings.embed_query(text), dtype=np.float64)
+        vector /= np.linalg.norm(vector) or 1.0
+        best, best_cosine = None, self.config.route_threshold
+        for cluster_id, centroid in centroids:
+            centroid = centroid.astype(np.float64)
+            cosine = float(vector @ centroid / (np.linalg.norm(centroid) or 1.0))
+            if cosine >= best_cosine:
+                best, best_cosine = cluster_id, cosine
+        return [] if best is None else self.registry.adapters(best)
+
+    def unsure(self, answer: AIMessage) -> bool:
+        """Whether a base-model answer should go to a routed adapter (``route_below``):
+        the log-probability of its number is below the threshold, or it has no number."""
+        if self.config.route_below is None:
+            return True
+        tokens = answer.response_metadata.get("logprobs", {}).get("content")
+        if not tokens:
+            return True
+        confidence = number_logprob(tokens)
+        return confidence is None or confidence < self.config.route_below
+
+    def load(self, adapter_id: str) -> str:
+        """Load a registered adapter into the chat model (verifying its checksum) and
+        return the name it is loaded under; keeps at most ``max_loaded`` in memory."""
+        record = self.registry.get(adapter_id)
+        if record.status != "ready":
+            raise CorruptAdapter(f"adapter {adapter_id} is {record.status}; it is not loaded")
+        if adapter_id in self._loaded and adapter_id not in self.model.adapters:
+            # The chat model is shared; its owner may have deleted the adapter directly.
+            del self._loaded[adapter_id]
+        if adapter_id in self._loaded:
+            self._loaded.move_to_end(adapter_id)
+            return adapter_id
+        if not self.registry.intact(record):
+            self.registry.mark_broken(adapter_id)
+            raise CorruptAdapter(
+                f"adapter {adapter_id} at {record.path} does not match its checksum "
+                "(missing or changed files); marked broken and not loaded"
+            )
+        self.model.load_adapter(record.path, adapter_id)
+        self._loaded[adapter_id] = None
+        while len(self._loaded) > self.config.max_loaded:
+            self.unload(next(iter(self._loaded)))  # the least recently used
+        return adapter_id
+
+    def unload(self, adapter_id: str | None = None) -> None:
+        """Free one loaded adapter, or (None) every adapter this router loaded; if one was
+        active, the base model answers. They load again on the next ``load``."""
+        for loaded in [adapter_id] if adapter_id is not None else list(self._loaded):
+            if loaded not in self._loaded:
+                continue
+            # ChatSage.delete_adapter falls back to the base model if this one was active.
+            if loaded in self.model.adapters:
+                self.model.delete_adapter(loaded)
+            del self._loaded[loaded]

@@ -1,0 +1,219 @@
+"""LoRAStore: the front of the store's parts, and ``optimize``, which runs them in order.
+
+``optimize(cluster)`` builds the cluster's recipe (training and validation pairs), runs
+the search on the one base model, ranks every trial, and keeps the best ``keep`` that
+beat the base model and pass the regression gate: each is written in peft's format and
+registered (see ``registry``). Every trial is logged whether kept or not.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from langchain_core.embeddings import Embeddings
+from langchain_core.messages import AIMessage
+
+from sage_agent.buffer import Cluster
+from sage_agent.chat import ChatSage
+from sage_agent.errors import StoreError
+from sage_agent.records import TrainingPair
+from sage_agent.store.config import StoreConfig
+from sage_agent.store.gate import CanarySet
+from sage_agent.store.recipe import build_recipe
+from sage_agent.store.registry import AdapterRecord, AdapterRegistry, NewAdapter
+from sage_agent.store.router import Router
+from sage_agent.store.search import Emit, Trial, config_dict, ranking, run_search
+from sage_agent.trainer import evaluate, save_adapter
+
+log = logging.getLogger(__name__)
+
+
+class LoRAStore:
+    """The LoRA Store over the project's SQLite file ``db`` and the adapter folder ``root``.
+
+    Its parts, each usable alone: ``registry`` (adapters on disk and the trial log),
+    ``canaries`` (the regression gate's steps), ``router`` (routing and loading into
+    ``model``). An adapter whose exact match on its tag's canaries falls further below
+    the base model's than its gain pays for (``GateConfig``) is discarded.
+    """
+
+    def __init__(
+        self,
+        db: str | Path,
+        root: str | Path,
+        model: ChatSage,
+        config: StoreConfig | None = None,
+        embeddings: Embeddings | None = None,
+    ) -> None:
+        self.config = config or StoreConfig()
+        self.model = model
+        self.registry = AdapterRegistry(db, root, self.config.registry)
+        self.registry.writable()
+        self.canaries = CanarySet(
+            db, self.config.gate, seed=self.config.seed, timeout=self.config.registry.lock_timeout
+        )
+        self.router = Router(self.registry, model, self.config.router, embeddings)
+
+    # what the graph calls
+
+    def route(self, text: str, tag: str | None = None) -> list[AdapterRecord]:
+        return self.router.route(text, tag)
+
+    def unsure(self, answer: AIMessage) -> bool:
+        return self.router.unsure(answer)
+
+    def load(self, adapter_id: str) -> str:
+        return self.router.load(adapter_id)
+
+    def unload(self) -> None:
+        self.router.unload()
+
+    def adapters(
+        self, cluster_id: int | None = None, *, status: str | None = "ready"
+    ) -> list[AdapterRecord]:
+        return self.registry.adapters(cluster_id, status=status)
+
+    def get(self, adapter_id: str) -> AdapterRecord:
+        return self.registry.get(adapter_id)
+
+    def record_use(self, adapter_id: str, *, won: bool) -> None:
+        self.registry.record_use(adapter_id, won=won)
+
+    def add_canary(
+        self,
+        pairs: Sequence[TrainingPair],
+        tag: str | None = None,
+        expressions: Sequence[str | None] | None = None,
+    ) -> None:
+        self.canaries.add(pairs, tag, expressions)
+
+    def remove(self, adapter_id: str) -> None:
+        """Unload an adapter and delete it from the registry and the disk."""
+        self.router.unload(adapter_id)
+        self.registry.remove(adapter_id)
+
+    # CLO
+
+    def optimize(
+        self, cluster: Cluster, *, max_seconds: float | None = None, progress: Emit | None = None
+    ) -> list[AdapterRecord]:
+        """Run Cluster-aware LoRA Optimisation on ``cluster``; returns the kept adapters,
+        best first (empty when none beat the base model and passed the gate)."""
+        budget = self.config.search.max_seconds if max_seconds is None else max_seconds
+        if not budget > 0:
+            raise StoreError(f"time budget must be positive, not {budget}")
+        emit = progress or (lambda _event: None)
+        rehearse = self.config.recipe.replay_fraction > 0
+        gate, rehearsal = self.canaries.split(cluster.tag, rehearse=rehearse)
+        recipe = build_recipe(
+            cluster,
+            self.config.recipe,
+            min_samples=self.config.min_train_samples,
+            seed=self.config.seed,
+            rehearsal=rehearsal,
+            gate=gate,
+        )
+        base = evaluate(self.model, None, recipe.validation)
+        base_canary = evaluate(self.model, None, gate).exact_match if gate else None
+        trials = run_search(
+            self.model,
+            recipe,
+            self.config.search,
+            rng=random.Random(f"{self.config.seed}:{cluster.id}:{cluster.version}"),
+            train_seed=self.config.seed,
+            cluster_id=cluster.id,
+            max_seconds=budget,
+            emit=emit,
+        )
+        if not trials:
+            raise StoreError(f"time budget of {budget:g} s was used up before the first trial")
+        previous = self.registry.adapters(cluster.id)
+        try:
+            kept = self._keep(
+                cluster, trials, len(recipe.train), base.exact_match, gate, base_canary, emit
+            )
+        finally:
+            for trial in trials:
+                if trial.name in self.model.adapters:
+                    self.model.delete_adapter(trial.name)
+        if kept:  # the new adapters saw the cluster's current members; retire the old ones
+            for old in previous:
+                self.remove(old.id)
+        for adapter_id in self.registry.over_limit():
+            log.info("evicting adapter %s (pool limit)", adapter_id)
+            self.remove(adapter_id)
+        return kept
+
+    def _keep(
+        self,
+        cluster: Cluster,
+        trials: list[Trial],
+        samples: int,
+        base_em: float,
+        gate: list[TrainingPair],
+        base_canary: float | None,
+        emit: Emit,
+    ) -> list[AdapterRecord]:
+        """Register the best trials that beat the base model and pass the gate; log all."""
+        kept: list[AdapterRecord] = []
+        keep = self.config.search.keep
+        for trial in sorted(trials, key=ranking):
+            outcome, canary_em = "kept", None
+            if len(kept) == keep:
+                outcome = f"ranked below the {keep} kept"
+            elif trial.val_em <= base_em:
+                outcome = f"validation EM {trial.val_em:.3f} does not beat the base {base_em:.3f}"
+            elif gate and base_canary is not None:
+                canary_em = evaluate(self.model, trial.name, gate).exact_match
+                margin = self.canaries.margin(cluster.tag, cluster.size, trial.val_em - base_em)
+                if canary_em < base_canary - margin:
+                    outcome = (
+                        f"canary EM {canary_em:.3f} is below the base {base_canary:.3f} "
+                        f"by more than {margin:.3f}"
+                    )
+            adapter_id = None
+            if outcome == "kept":
+                record = self.registry.register(
+                    NewAdapter(
+                        cluster_id=cluster.id,
+                        tag=cluster.tag,
+                        position=len(kept) + 1,
+                        config=config_dict(trial.config),
+                        val_em=trial.val_em,
+                        val_loss=trial.val_loss,
+                        base_val_em=base_em,
+                        canary_em=canary_em,
+                        train_seconds=trial.seconds,
+                        samples=samples,
+                        centroid=cluster.centroid,
+                    ),
+                    lambda folder, name=trial.name: save_adapter(self.model, name, folder),
+                )
+                kept.append(record)
+                adapter_id = record.id
+                emit(
+                    {
+                        "event": "adapter_kept",
+                        "cluster_id": cluster.id,
+                        "adapter": record.id,
+                        "val_em": trial.val_em,
+                    }
+                )
+            else:
+                log.info("cluster %s, trial %s discarded: %s", cluster.id, trial.number, outcome)
+            self.registry.log_trial(
+                cluster_id=cluster.id,
+                cluster_version=cluster.version,
+                number=trial.number,
+                config=config_dict(trial.config),
+                val_em=trial.val_em,
+                val_loss=trial.val_loss,
+                canary_em=canary_em,
+                seconds=trial.seconds,
+                outcome=outcome,
+                adapter_id=adapter_id,
+            )
+        return kept
