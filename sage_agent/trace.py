@@ -7,15 +7,13 @@ import base64
 import html
 import io
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tabulate import tabulate
 
+from sage_agent.agent import SageAgent
 from sage_agent.errors import NotFoundError
 from sage_agent.records import Attempt
-
-if TYPE_CHECKING:
-    from sage_agent.agent import SageAgent
 
 _METRICS = ("lm", "bleu", "rouge_l", "cosine")
 
