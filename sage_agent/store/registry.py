@@ -16,7 +16,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,9 @@ def adapter_root(db: str | Path) -> Path:
 
 
 @dataclass(frozen=True)
-class AdapterRecord:
-    """A registered adapter (a row of the ``adapters`` table)."""
+class TrainedAdapter:
+    """What the search knows of an adapter it keeps."""
 
-    id: str
     cluster_id: int
     tag: str
     position: int
@@ -53,6 +52,20 @@ class AdapterRecord:
     canary_em: float | None
     train_seconds: float
     samples: int
+
+
+@dataclass(frozen=True)
+class NewAdapter(TrainedAdapter):
+    """A kept adapter before it is registered, with the centroid routing will use."""
+
+    centroid: np.ndarray
+
+
+@dataclass(frozen=True)
+class AdapterRecord(TrainedAdapter):
+    """A registered adapter (a row of the ``adapters`` table)."""
+
+    id: str
     path: str
     """Its folder (absolute), in peft's format."""
     checksum: str
@@ -81,23 +94,6 @@ class TrialRecord:
     """"kept", or why it was not."""
     adapter_id: str | None
     created: float
-
-
-@dataclass(frozen=True)
-class NewAdapter:
-    """What the search knows of an adapter it keeps, before it has an id."""
-
-    cluster_id: int
-    tag: str
-    position: int
-    config: dict[str, Any]
-    val_em: float
-    val_loss: float
-    base_val_em: float
-    canary_em: float | None
-    train_seconds: float
-    samples: int
-    centroid: np.ndarray
 
 
 class AdapterRegistry:
@@ -136,18 +132,11 @@ class AdapterRegistry:
         checksum = folder_checksum(temporary)
         os.replace(temporary, final)
         _fsync(self.root)
+        fields = {k: v for k, v in asdict(adapter).items() if k != "centroid"}
         row = {
+            **fields,
             "id": adapter_id,
-            "cluster_id": adapter.cluster_id,
-            "tag": adapter.tag,
-            "position": adapter.position,
             "config": json.dumps(adapter.config),
-            "val_em": adapter.val_em,
-            "val_loss": adapter.val_loss,
-            "base_val_em": adapter.base_val_em,
-            "canary_em": adapter.canary_em,
-            "train_seconds": adapter.train_seconds,
-            "samples": adapter.samples,
             "centroid": np.asarray(adapter.centroid, dtype=np.float32).tobytes(),
             "path": adapter_id,
             "checksum": checksum,
