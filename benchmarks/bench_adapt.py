@@ -78,10 +78,11 @@ from sage_agent import BufferConfig, ChatSage, SageAgent, StoreConfig, default_e
 from sage_agent.buffer import Cluster
 from sage_agent.data import read_tasks
 from sage_agent.decompose import DecompositionError, Task, annotation_decomposer
+from sage_agent.errors import StoreError
 from sage_agent.numeric import math_metrics, numbers_match, parse_number
 from sage_agent.records import TrainingPair
 from sage_agent.steps import ATOMIC_PROMPT
-from sage_agent.store import LoRAStore, StoreError
+from sage_agent.store import LoRAStore
 from sage_agent.trainer import ANSWER_MAX_TOKENS
 from sage_agent.trigger import METRICS, Trigger, TriggerConfig
 

@@ -88,20 +88,31 @@ def transaction(db: sqlite_utils.Database) -> Iterator[None]:
     """BEGIN IMMEDIATE ... COMMIT: the write lock is taken up front, so a transaction either
     waits for the lock (up to the timeout given to open_database) or fails before it has
     done anything; an error inside rolls everything back. sqlite-utils' own writes nest
-    inside as savepoints."""
+    inside as savepoints. A full disk is a DatabaseError saying nothing was written."""
     try:
         db.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as error:
         if "locked" not in str(error) and "busy" not in str(error):
             raise
-        path = db.execute("PRAGMA database_list").fetchone()[2]
         raise DatabaseLocked(
-            f"{path} is locked by another process. Stop the other sage-agent run or raise "
-            "the lock timeout; nothing was written."
+            f"{_path(db)} is locked by another process. Stop the other sage-agent run or "
+            "raise the lock timeout; nothing was written."
         ) from error
     try:
         yield
-    except BaseException:
-        db.execute("ROLLBACK")
+        db.execute("COMMIT")
+    except BaseException as error:
+        # SQLite may have rolled back already (a full disk does): then there is nothing
+        # to roll back, and trying would hide the real error behind "cannot rollback".
+        if db.conn.in_transaction:
+            db.execute("ROLLBACK")
+        if isinstance(error, sqlite3.OperationalError) and "full" in str(error):
+            raise DatabaseError(
+                f"{_path(db)}: the disk is full; nothing of this write was kept. Free "
+                "space and run again (a run resumes with --resume)."
+            ) from error
         raise
-    db.execute("COMMIT")
+
+
+def _path(db: sqlite_utils.Database) -> str:
+    return db.execute("PRAGMA database_list").fetchone()[2]

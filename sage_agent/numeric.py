@@ -9,8 +9,11 @@ from dataclasses import asdict, dataclass
 
 # One number: optional sign and currency, digits with optional thousands commas,
 # an optional decimal part, or a simple fraction "a/b".
+# A match starts only at a sign, "$" or a digit, and the spaces around "$" have one way
+# to match: model output is untrusted, and "\s*\$?\s*" tried at every space of a long run
+# of spaces took seconds (cubic).
 _NUMBER = re.compile(
-    r"(?<![\w.])(?P<sign>[-\u2212+]?)\s*\$?\s*"
+    r"(?<![\w.])(?=[-\u2212+$\d.])(?P<sign>[-\u2212+]?)(?:\s*\$)?\s*"
     r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
     r"(?:\s*/\s*(?P<den>\d+(?:\.\d+)?))?"
 )

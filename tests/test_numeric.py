@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 
@@ -131,11 +132,36 @@ def test_evaluate_expression(expression: str, value: float) -> None:
         ("2**1000.5", "exponent"),
         ("4*", "cannot parse"),
         ("(-8)**0.5", "no real value"),
+        # Hostile input: each refused at once, never a hang or another exception.
+        ("((((9**64)**64)**64)**64)", "larger than"),
+        ("(10**64)**64", "larger than"),
+        ("-" * 5000 + "1", "at most 1000"),
+        ("-" * 900 + "1", "nested deeper"),
+        ("1+" * 300 + "1", "nested deeper"),
+        ("(" * 300 + "1" + ")" * 300, "cannot parse|nested"),
+        ("1e308*10", "beyond"),
+        ("1" * 999, "overflows|beyond"),
+        ("999999999999*999999999999", "beyond"),
+        (None, "empty"),
     ],
 )
 def test_evaluate_expression_refuses(expression: str, message: str) -> None:
     with pytest.raises(ExpressionError, match=message):
         evaluate_expression(expression)
+
+
+def test_a_long_sum_within_the_bounds_is_arithmetic() -> None:
+    assert evaluate_expression("1+" * 150 + "1") == 151
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["-" + " " * 20000 + "x", " " * 100000 + "5", "$ " * 20000, "1" + " " * 5000 + "/" * 3],
+)
+def test_parse_number_is_linear_on_runs_of_spaces(text: str) -> None:
+    started = time.perf_counter()
+    parse_number(text)
+    assert time.perf_counter() - started < 2.0  # a hang detector: it was cubic (800: 4 s)
 
 
 def test_arithmetic_verifier_formats_references() -> None:

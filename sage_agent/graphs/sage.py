@@ -184,7 +184,10 @@ def trigger(state: SageState, runtime: Ctx) -> SageState:
     )
     step = state["steps"][state["index"]]
     if attempt["adapter"] is not None and context.store is not None:
-        context.store.record_use(attempt["adapter"], won=not result.failed)
+        try:
+            context.store.record_use(attempt["adapter"], won=not result.failed)
+        except NotFoundError:  # removed since it answered (adapters rm, eviction)
+            attempt["note"] = f"adapter {attempt['adapter']} was removed after answering"
     elif not result.failed and context.train and context.store is not None:
         # What the base model answers right is what an adapter must not break.
         context.store.add_canary(

@@ -1,17 +1,22 @@
 """The adapter registry: adapter folders under one root, their rows in SQLite, the trial log.
 
-An adapter is written to a temporary folder, fsynced, checksummed, renamed into
-``root/<id>/`` and only then registered, so a registered row always points at complete
-files. Rows store the folder relative to the root, so a store opened from any working
-directory finds them. Reading the registry needs no model.
+An adapter is written to ``root/.tmp-<id>-<pid>/``, fsynced and checksummed; then, inside
+one write transaction, its row is inserted and the folder renamed to ``root/<id>/``. A
+registered row therefore always points at complete files, and a process killed anywhere
+leaves at most a temporary folder or an unregistered one, which ``sweep`` removes (under
+the write lock, so it never sees another process halfway). Rows store the folder relative
+to the root, so a store opened from any working directory finds them. Reading the
+registry needs no model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -87,7 +92,7 @@ class TrialRecord:
     number: int
     config: dict[str, Any]
     val_em: float
-    val_loss: float
+    val_loss: float | None
     canary_em: float | None
     seconds: float
     outcome: str
@@ -124,31 +129,63 @@ class AdapterRegistry:
         docstring for the order that makes this crash-safe)."""
         self.writable()
         adapter_id = uuid.uuid4().hex[:12]
-        temporary = self.root / f".tmp-{adapter_id}"
+        temporary = self.root / f".tmp-{adapter_id}-{os.getpid()}"
         final = self.root / adapter_id
-        write(temporary)
-        for path in temporary.iterdir():
-            _fsync(path)
-        checksum = folder_checksum(temporary)
-        os.replace(temporary, final)
-        _fsync(self.root)
-        fields = {k: v for k, v in asdict(adapter).items() if k != "centroid"}
-        row = {
-            **fields,
-            "id": adapter_id,
-            "config": json.dumps(adapter.config),
-            "centroid": np.asarray(adapter.centroid, dtype=np.float32).tobytes(),
-            "path": adapter_id,
-            "checksum": checksum,
-            "status": "ready",
-            "created": time.time(),
-            "last_used": None,
-            "uses": 0,
-            "wins": 0,
-        }
-        with transaction(self.db):
-            self.db["adapters"].insert(row)
+        try:
+            write(temporary)
+            for path in temporary.iterdir():
+                _fsync(path)
+            fields = {k: v for k, v in asdict(adapter).items() if k != "centroid"}
+            row = {
+                **fields,
+                "id": adapter_id,
+                "config": json.dumps(adapter.config),
+                "centroid": np.asarray(adapter.centroid, dtype=np.float32).tobytes(),
+                "path": adapter_id,
+                "checksum": folder_checksum(temporary),
+                "status": "ready",
+                "created": time.time(),
+                "last_used": None,
+                "uses": 0,
+                "wins": 0,
+            }
+            with transaction(self.db):
+                self.db["adapters"].insert(row)
+                os.replace(temporary, final)
+                _fsync(self.root)
+        except BaseException:
+            # Nothing was registered (the transaction rolled back): no files stay either.
+            shutil.rmtree(temporary, ignore_errors=True)
+            with contextlib.suppress(Exception):  # unknown: sweep decides on the next open
+                if not self._registered(adapter_id):
+                    shutil.rmtree(final, ignore_errors=True)
+            raise
         return self._record(row)
+
+    def sweep(self) -> list[str]:
+        """Remove what killed processes left in the root: temporary folders of processes
+        that are gone, and adapter folders no row names. Returns the names removed."""
+        if not self.root.is_dir():
+            return []
+        removed = []
+        with transaction(self.db):  # the write lock: no other process is mid-register
+            registered = {path for (path,) in self.db.execute("SELECT path FROM adapters")}
+            for entry in self.root.iterdir():
+                if entry.name.startswith(".tmp-"):
+                    owner = entry.name.rsplit("-", 1)[-1]
+                    if owner.isdigit() and _alive(int(owner)):
+                        continue
+                elif not _ADAPTER_FOLDER.fullmatch(entry.name) or entry.name in registered:
+                    continue
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+        if removed:
+            log.warning("removed %d unfinished adapter folders from %s", len(removed), self.root)
+        return removed
+
+    def _registered(self, adapter_id: str) -> bool:
+        row = self.db.execute("SELECT 1 FROM adapters WHERE id = ?", [adapter_id]).fetchone()
+        return row is not None
 
     def log_trial(self, **fields: Any) -> None:
         """One row of the trial log (the columns of ``TrialRecord`` but ``id``)."""
@@ -283,6 +320,21 @@ class AdapterRegistry:
                 if_not_exists=True,
             )
             self.db["adapters"].create_index(["cluster_id"], if_not_exists=True)
+
+
+_ADAPTER_FOLDER = re.compile(r"[0-9a-f]{12}")
+"""An adapter's folder name (its id); nothing else in the root is ever removed."""
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this machine is running (its temporary folder is in use)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def folder_checksum(folder: Path) -> str:

@@ -5,6 +5,7 @@ budget. Every trial is ranked by validation exact match, then validation loss.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -16,12 +17,16 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from sage_agent.chat import ChatSage
+from sage_agent.errors import StoreError
 from sage_agent.store.config import SearchConfig
 from sage_agent.store.recipe import Recipe
 from sage_agent.trainer import FrozenPrefix, LoRATrainConfig, evaluate, train_lora
 
+log = logging.getLogger(__name__)
+
 StoreEvent = dict[str, Any]
-"""A progress event: {"event": "trial_started" | "trial_done" | "adapter_kept", ...}."""
+"""A progress event: {"event": "trial_started" | "trial_done" | "trial_failed" |
+"adapter_kept", ...}."""
 
 Emit = Callable[[StoreEvent], None]
 
@@ -51,25 +56,29 @@ def run_search(
     cluster_id: int,
     max_seconds: float,
     emit: Emit,
-) -> list[Trial]:
+) -> tuple[list[Trial], list[FailedTrial]]:
     """Train and validate configurations until the trial or time budget is spent;
-    returns the trials run (at least one: the first always runs). ``rng`` draws the
-    configurations; every trial trains with ``train_seed``."""
+    returns the trials run (at least one: the first always runs) and the failed ones. A
+    trial that runs out of memory is dropped, reported as a ``trial_failed`` event, and
+    the search goes on; StoreError if every trial fails. ``rng`` draws the configurations;
+    every trial trains with ``train_seed``."""
     started = time.perf_counter()
     run_id = uuid.uuid4().hex[:8]
     # Trials on the last N layers share the frozen layers' output (computed once).
     prefix = FrozenPrefix(model, recipe.train, config.batch_size)
     layers = model.hf_model.config.num_hidden_layers
     trials: list[Trial] = []
+    failed: list[FailedTrial] = []
 
     def run(candidate: LoRATrainConfig, bar: tqdm) -> None:
-        if len(trials) >= config.max_trials:
+        if len(trials) + len(failed) >= config.max_trials:
             return
         if time.perf_counter() - started + expected_seconds(trials, candidate, layers) > (
             max_seconds
         ):
             return
-        trial = Trial(len(trials) + 1, candidate, f"trial-{run_id}-{len(trials) + 1}")
+        number = len(trials) + len(failed) + 1
+        trial = Trial(number, candidate, f"trial-{run_id}-{number}")
         trials.append(trial)
         emit(
             {
@@ -80,14 +89,22 @@ def run_search(
                 "config": config_dict(candidate),
             }
         )
-        result = train_lora(model, trial.name, recipe.train, candidate, prefix=prefix)
-        trained = time.perf_counter()
-        scores = evaluate(model, trial.name, recipe.validation)
-        trial.val_em, trial.val_loss, trial.seconds = (
-            scores.exact_match,
-            scores.loss,
-            result.seconds,
-        )
+        try:
+            result = train_lora(model, trial.name, recipe.train, candidate, prefix=prefix)
+            trained = time.perf_counter()
+            scores = evaluate(model, trial.name, recipe.validation)
+        except (MemoryError, OSError) as error:
+            # Out of memory (or a failing device) in one configuration: drop the trial,
+            # keep searching; a smaller rank may still fit.
+            trials.remove(trial)
+            if trial.name in model.adapters:
+                model.delete_adapter(trial.name)
+            failed.append(FailedTrial(trial.number, candidate, f"{type(error).__name__}: {error}"))
+            log.warning("cluster %s, trial %s failed: %s", cluster_id, number, failed[-1].error)
+            emit({"event": "trial_failed", "trial": number, "error": failed[-1].error})
+            return
+        trial.val_em, trial.val_loss = scores.exact_match, scores.loss
+        trial.seconds = result.seconds
         trial.validation_seconds = time.perf_counter() - trained
         emit(
             {
@@ -109,7 +126,18 @@ def run_search(
         for leader in sorted(trials, key=ranking)[: config.top_k]:
             for neighbour in neighbours(config, leader.config):
                 run(neighbour, bar)
-    return trials
+    if failed and not trials:
+        raise StoreError(f"every trial failed: {'; '.join(f.error for f in failed)}")
+    return trials, failed
+
+
+@dataclass(frozen=True)
+class FailedTrial:
+    """A configuration whose training or validation failed (out of memory, an I/O error)."""
+
+    number: int
+    config: LoRATrainConfig
+    error: str
 
 
 def sample_config(config: SearchConfig, rng: random.Random, *, seed: int) -> LoRATrainConfig:

@@ -52,6 +52,7 @@ class LoRAStore:
         self.model = model
         self.registry = AdapterRegistry(db, root, self.config.registry)
         self.registry.writable()
+        self.registry.sweep()
         self.canaries = CanarySet(
             db, self.config.gate, seed=self.config.seed, timeout=self.config.registry.lock_timeout
         )
@@ -118,7 +119,7 @@ class LoRAStore:
         )
         base = evaluate(self.model, None, recipe.validation)
         base_canary = evaluate(self.model, None, gate).exact_match if gate else None
-        trials = run_search(
+        trials, failed = run_search(
             self.model,
             recipe,
             self.config.search,
@@ -130,6 +131,19 @@ class LoRAStore:
         )
         if not trials:
             raise StoreError(f"time budget of {budget:g} s was used up before the first trial")
+        for failure in failed:
+            self.registry.log_trial(
+                cluster_id=cluster.id,
+                cluster_version=cluster.version,
+                number=failure.number,
+                config=config_dict(failure.config),
+                val_em=0.0,
+                val_loss=None,
+                canary_em=None,
+                seconds=0.0,
+                outcome=f"failed: {failure.error}",
+                adapter_id=None,
+            )
         previous = self.registry.adapters(cluster.id)
         try:
             kept = self._keep(
