@@ -16,20 +16,24 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import sqlite_utils
 from langchain_core.embeddings import Embeddings
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from sage_agent.buffer import BufferConfig, TriggerBuffer
 from sage_agent.chat import ChatSage
 from sage_agent.context import SageContext, build_context
-from sage_agent.database import open_database, transaction
+from sage_agent.database import open_database, owner_alive, this_owner, transaction
 from sage_agent.decompose import Decomposer, socratic_decomposer
-from sage_agent.errors import NotFoundError
+from sage_agent.errors import DatabaseLocked, DataError, NotFoundError, RunError
 from sage_agent.graphs import SageState, build_sage_graph
 from sage_agent.numeric import math_metrics
 from sage_agent.records import Task, TaskResult
 from sage_agent.store import LoRAStore, StoreConfig
 from sage_agent.trigger import Trigger
+
+LOCK_TIMEOUT = 30.0
+"""Seconds a write waits for another process's lock (the components' and checkpoints')."""
 
 Event = dict[str, Any]
 """A custom stream event of the graph: {"event": "step_done", ...}."""
@@ -85,7 +89,7 @@ class SageAgent:
         substitute: Literal["answers", "references"] = "references",
     ) -> None:
         self.db_path = Path(db).absolute()
-        self.db = open_database(self.db_path)
+        self.db = open_database(self.db_path, timeout=LOCK_TIMEOUT)
         self._ensure_tables()
         self._base = build_context(
             self.db_path,
@@ -98,7 +102,10 @@ class SageAgent:
             decomposer=decomposer,
             substitute=substitute,
         )
-        connection = sqlite3.connect(str(self.db_path), check_same_thread=False)
+        # The checkpointer's own connection waits for a lock as long as the components do.
+        connection = sqlite3.connect(
+            str(self.db_path), check_same_thread=False, timeout=LOCK_TIMEOUT
+        )
         self.checkpointer = SqliteSaver(connection)
         self.graph = build_sage_graph().compile(checkpointer=self.checkpointer)
 
@@ -150,11 +157,19 @@ class SageAgent:
         if started and not snapshot.next:
             return snapshot.values.get("result")
         graph_input = None if started else {"task": task}
-        for chunk in self.graph.stream(
-            graph_input, config, context=context or self.context(), stream_mode="custom"
-        ):
-            if on_event is not None:
-                on_event(chunk)
+        try:
+            for chunk in self.graph.stream(
+                graph_input, config, context=context or self.context(), stream_mode="custom"
+            ):
+                if on_event is not None:
+                    on_event(chunk)
+        except sqlite3.OperationalError as error:  # the checkpointer's own connection
+            if "locked" not in str(error):
+                raise
+            raise DatabaseLocked(
+                f"{self.db_path} stayed locked by another process for {LOCK_TIMEOUT:g} s; "
+                f"thread {thread_id} resumes from its last checkpoint with --resume"
+            ) from error
         return self.state(thread_id).get("result")
 
     # runs
@@ -173,9 +188,13 @@ class SageAgent:
     ) -> RunSummary:
         """Stream ``tasks`` through the graph, one thread each. With ``run_id`` of an
         unfinished run, its finished threads are skipped and the interrupted one resumes
-        from its checkpoint. ``stop_when`` ends the run early once it returns True."""
+        from its checkpoint; the run is leased to this process while it runs, so a second
+        resume of it is refused (RunError). ``stop_when`` ends the run early once it
+        returns True. Task ids must be unique (DataError)."""
         tasks = list(tasks)
+        _check_unique_ids(tasks)
         started = time.perf_counter()
+        owner = this_owner()
         if run_id is None:
             run_id = uuid.uuid4().hex[:10]
             with transaction(self.db):
@@ -187,8 +206,11 @@ class SageAgent:
                         "started": time.time(),
                         "finished": None,
                         "summary": None,
+                        "owner": owner,
                     }
                 )
+        else:
+            self._lease(run_id, owner)
         context = self.context(train=train, route=route)
         for position, task in enumerate(tasks):
             thread_id = f"{run_id}:{task['id']}"
@@ -214,16 +236,30 @@ class SageAgent:
         summary = self.summarize(run_id, wall_s=time.perf_counter() - started)
         with transaction(self.db):
             self.db["runs"].update(
-                run_id, {"finished": time.time(), "summary": json.dumps(summary.__dict__)}
+                run_id,
+                {"finished": time.time(), "summary": json.dumps(summary.__dict__), "owner": None},
             )
         return summary
 
+    def _lease(self, run_id: str, owner: str) -> None:
+        """Take an unfinished run over: refused while the process that runs it is alive."""
+        with transaction(self.db):
+            run = next(self.db["runs"].rows_where("id = ?", [run_id]), None)
+            if run is None:
+                raise NotFoundError(f"no run {run_id!r} in {self.db_path}")
+            if run["finished"] is not None:
+                raise RunError(f"run {run_id} has finished; there is nothing to resume")
+            holder = run.get("owner")
+            if holder not in (None, owner) and owner_alive(holder):
+                raise RunError(
+                    f"run {run_id} is running in another process ({holder}); it cannot be "
+                    "resumed twice at once"
+                )
+            self.db["runs"].update(run_id, {"owner": owner})
+
     def unfinished_run(self) -> dict[str, Any] | None:
         """The latest run that did not finish (for --resume), or None."""
-        return next(
-            self.db["runs"].rows_where("finished IS NULL", order_by="started DESC", limit=1),
-            None,
-        )
+        return unfinished_run(self.db)
 
     def summarize(self, run_id: str, *, wall_s: float | None = None) -> RunSummary:
         """The figures of a run, from its threads' final states."""
@@ -287,6 +323,7 @@ class SageAgent:
                     "started": float,
                     "finished": float,
                     "summary": str,
+                    "owner": str,
                 },
                 pk="id",
                 if_not_exists=True,
@@ -303,3 +340,21 @@ class SageAgent:
                 pk="id",
                 if_not_exists=True,
             )
+
+
+def _check_unique_ids(tasks: list[Task]) -> None:
+    seen: set[str] = set()
+    for task in tasks:
+        if task["id"] in seen:
+            raise DataError(
+                f"task id {task['id']!r} appears twice; every task of a run needs its own "
+                "id (it names the task's thread)"
+            )
+        seen.add(task["id"])
+
+
+def unfinished_run(db: sqlite_utils.Database) -> dict[str, Any] | None:
+    """The latest run of the project's database ``db`` that did not finish, or None."""
+    if "runs" not in db.table_names():
+        return None
+    return next(db["runs"].rows_where("finished IS NULL", order_by="started DESC", limit=1), None)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
-from sage_agent.agent import RunSummary, SageAgent
+from sage_agent.agent import RunSummary, SageAgent, unfinished_run
 from sage_agent.buffer import TriggerBuffer
 from sage_agent.errors import (
     ConfigError,
@@ -59,26 +61,34 @@ def _parser() -> argparse.ArgumentParser:
         ("eval", "answer tasks with routing to existing adapters; trains nothing"),
     ):
         command = sub.add_parser(name, help=text)
-        command.add_argument("--data", type=Path, help="JSONL task file (not with --resume)")
+        # Run options default to None, so that a resumed run can tell what was given.
+        command.add_argument("--data", type=Path, help="JSONL task file")
         command.add_argument("--limit", type=int, default=None, help="first N tasks only")
         command.add_argument("--db", type=Path, default=Path("sage.db"))
         command.add_argument("--model", default=None, help="hub id or local path")
         command.add_argument(
-            "--decompose", choices=("socratic", "annotations", "llm"), default="socratic"
+            "--decompose",
+            choices=("socratic", "annotations", "llm"),
+            default=None,
+            help="how tasks become steps (default socratic)",
         )
         command.add_argument(
             "--substitute",
             choices=("references", "answers"),
-            default="references",
-            help="what later steps use: the references (score each step on its own) or "
-            "the model's own earlier answers",
+            default=None,
+            help="what later steps use: the references (score each step on its own, the "
+            "default) or the model's own earlier answers",
         )
-        command.add_argument("--strict", action="store_true", help="stop at a malformed line")
+        command.add_argument(
+            "--strict", action="store_true", default=None, help="stop at a malformed line"
+        )
         command.add_argument("--json", action="store_true", help="one JSON object on stdout")
+        command.add_argument(
+            "--resume",
+            action="store_true",
+            help=f"continue the latest unfinished {name} run with the options it started with",
+        )
         if name == "run":
-            command.add_argument(
-                "--resume", action="store_true", help="continue the latest unfinished run"
-            )
             command.add_argument("--budget", type=float, default=None, help="seconds per search")
             command.add_argument(
                 "--buffer-size",
@@ -95,7 +105,9 @@ def _parser() -> argparse.ArgumentParser:
                 "StoreConfig.min_train_samples)",
             )
         else:
-            command.add_argument("--no-adapters", action="store_true", help="base model only")
+            command.add_argument(
+                "--no-adapters", action="store_true", default=None, help="base model only"
+            )
         command.set_defaults(handler=_run)
 
     trace = sub.add_parser("trace", help="a thread step by step")
@@ -129,55 +141,87 @@ def _existing(db: Path) -> Path:
 # run / eval
 
 
+RUN_OPTIONS = {
+    "data": None,
+    "limit": None,
+    "strict": False,
+    "model": None,
+    "decompose": "socratic",
+    "substitute": "references",
+    "budget": None,
+    "buffer_size": None,
+    "min_cluster": None,
+    "no_adapters": False,
+}
+"""The options a run is stored with (and resumed with), and their defaults."""
+
+
 def _run(args: argparse.Namespace) -> int:
     from sage_agent.data import read_tasks
     from sage_agent.decompose import LLMDecomposer, annotation_decomposer, socratic_decomposer
 
-    resume = getattr(args, "resume", False)
-    agent = SageAgent(args.db, args.model, substitute=args.substitute)
-    if args.decompose == "annotations":
-        agent.configure(decomposer=annotation_decomposer)
-    elif args.decompose == "socratic":
-        agent.configure(decomposer=socratic_decomposer)
-    else:
-        agent.configure(decomposer=LLMDecomposer(agent.model))
-    run_id, options = (
-        None,
-        {
-            "data": str(args.data) if args.data else None,
-            "limit": args.limit,
-            "strict": args.strict,
-            "buffer_size": getattr(args, "buffer_size", None),
-            "min_cluster": getattr(args, "min_cluster", None),
-        },
-    )
-    if resume:
-        unfinished = agent.unfinished_run()
-        if unfinished is None:
-            raise RunError(f"{args.db} has no unfinished run to resume")
-        run_id, options = unfinished["id"], json.loads(unfinished["options"])
-    _apply_sizes(agent, options.get("buffer_size"), options.get("min_cluster"))
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    given = {k: given.get(k) for k in RUN_OPTIONS}
+    _check_options(given)
+    run_id, options = None, {k: v if v is not None else RUN_OPTIONS[k] for k, v in given.items()}
+    if args.resume:
+        run_id, options = _resumed(args, given)
     if options["data"] is None:
         raise DataError("--data is required")
     tasks = read_tasks(options["data"], limit=options["limit"], strict=options["strict"])
     if not tasks:
         raise DataError(f"{options['data']} holds no tasks")
-    train = args.command == "run"
-    if train and args.budget is not None:
-        if not args.budget > 0:
-            raise InvalidInput(f"--budget must be a positive number of seconds, not {args.budget}")
-        agent.configure(budget_seconds=args.budget)
+    agent = SageAgent(args.db, options["model"], substitute=options["substitute"])
+    decomposers = {"annotations": annotation_decomposer, "socratic": socratic_decomposer}
+    decomposer = decomposers.get(options["decompose"]) or LLMDecomposer(agent.model)
+    agent.configure(decomposer=decomposer, budget_seconds=options["budget"])
+    _apply_sizes(agent, options["buffer_size"], options["min_cluster"])
     summary = run_with_progress(
         agent,
         tasks,
-        train=train,
-        route=not getattr(args, "no_adapters", False),
-        options=options,
+        train=args.command == "run",
+        route=not options["no_adapters"],
+        options={"mode": args.command, **options},
         run_id=run_id,
         quiet=args.json,
     )
     _print_summary(summary, args.json)
     return 0
+
+
+def _check_options(given: dict[str, Any]) -> None:
+    """Numbers a run cannot use, refused before anything is opened."""
+    if given["limit"] is not None and given["limit"] < 1:
+        raise InvalidInput(f"--limit must be at least 1, not {given['limit']}")
+    budget = given["budget"]
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise InvalidInput(f"--budget must be a positive number of seconds, not {budget}")
+
+
+def _resumed(args: argparse.Namespace, given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The latest unfinished run of ``args.command``'s kind, and the options it started
+    with; an option given now that differs from them is refused."""
+    from sage_agent.database import open_database
+
+    unfinished = unfinished_run(open_database(_existing(args.db)))
+    if unfinished is None:
+        raise RunError(f"{args.db} has no unfinished run to resume")
+    if unfinished["mode"] != args.command:
+        raise RunError(
+            f"the unfinished run {unfinished['id']} is a {unfinished['mode']} run; resume "
+            f"it with `sage-agent {unfinished['mode']} --resume`"
+        )
+    stored = json.loads(unfinished["options"] or "{}")
+    for name, value in given.items():
+        if name in stored and value is not None and value != stored[name]:
+            flag = "--" + name.replace("_", "-")
+            raise RunError(
+                f"run {unfinished['id']} was started with {flag} {stored[name]}; resume "
+                f"it without {flag} or with the same value"
+            )
+    # What the run did not record (a run of an older sage-agent) is taken as given now.
+    options = {k: stored[k] if k in stored else given[k] for k in RUN_OPTIONS}
+    return unfinished["id"], {k: RUN_OPTIONS[k] if v is None else v for k, v in options.items()}
 
 
 def _apply_sizes(agent: SageAgent, buffer_size: int | None, min_cluster: int | None) -> None:

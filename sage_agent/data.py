@@ -15,29 +15,43 @@ log = logging.getLogger(__name__)
 def read_tasks(path: str | Path, *, limit: int | None = None, strict: bool = False) -> list[Task]:
     """Tasks of a JSONL file, each with an "id" of ``<file stem>:<line number>``.
 
-    A line that is not a JSON object with a string "question" is skipped with a warning
-    naming it, or, with ``strict``, raises DataError. Blank lines are ignored. Whether the
+    A line that is not UTF-8, not a JSON object with a string "question", or whose id
+    was used by an earlier line is skipped with a warning naming it, or, with ``strict``,
+    raises DataError. Blank lines are ignored. Whether the
     answer splits into steps is the decomposer's business, not this reader's.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
     tasks: list[Task] = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    seen: dict[str, int] = {}
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
             if limit is not None and len(tasks) >= limit:
                 break
-            if not line.strip():
-                continue
             try:
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
                 record = json.loads(line)
                 if not isinstance(record, dict) or not isinstance(record.get("question"), str):
                     raise ValueError('not a JSON object with a string "question"')
-            except ValueError as error:
-                message = f"{path}:{number}: {error}"
+                task_id = str(record.get("id") or f"{path.stem}:{number}")
+                if task_id in seen:
+                    raise ValueError(f"id {task_id!r} was already used on line {seen[task_id]}")
+            except ValueError as error:  # UnicodeDecodeError and JSONDecodeError included
+                message = f"{path}:{number}: {_short(error)}"
                 if strict:
                     raise DataError(message) from error
                 log.warning("skipping %s", message)
                 continue
-            tasks.append({**record, "id": str(record.get("id") or f"{path.stem}:{number}")})
+            seen[task_id] = number
+            tasks.append({**record, "id": task_id})
     return tasks
+
+
+def _short(error: ValueError) -> str:
+    if isinstance(error, UnicodeDecodeError):
+        return f"not UTF-8 (byte {error.object[error.start]:#04x} at column {error.start + 1})"
+    text = str(error)
+    return text if len(text) <= 200 else text[:197] + "..."

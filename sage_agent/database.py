@@ -7,6 +7,8 @@ migrated in one transaction, a newer one is refused before anything is written t
 
 from __future__ import annotations
 
+import os
+import socket
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +21,7 @@ from sage_agent.errors import DatabaseError, DatabaseLocked, SchemaVersionError
 SCHEMA_VERSION = 2
 """2: adapters.rank became adapters.position (the LoRA rank is in its config), and
 adapters.path is the folder's name under the adapter root, not a path from the working
-directory."""
+directory; samples.key, clusters.claimed_by / claimed_until and runs.owner were added."""
 
 
 def open_database(path: str | Path, *, timeout: float = 10.0) -> sqlite_utils.Database:
@@ -75,12 +77,45 @@ def _check_version(db: sqlite_utils.Database, path: Path) -> None:
 
 
 def _migrate_1_to_2(db: sqlite_utils.Database) -> None:
-    if "adapters" in db.table_names():
+    tables = db.table_names()
+    if "samples" in tables:  # idempotent adds and claims (see TriggerBuffer.add, .claim)
+        db["samples"].add_column("key", str)
+    if "clusters" in tables:
+        db["clusters"].add_column("claimed_by", str)
+        db["clusters"].add_column("claimed_until", float)
+    if "runs" in tables:
+        db["runs"].add_column("owner", str)
+    if "adapters" in tables:
         db.execute("ALTER TABLE adapters RENAME COLUMN rank TO position")
         for adapter_id, path in db.execute("SELECT id, path FROM adapters").fetchall():
             db["adapters"].update(adapter_id, {"path": Path(path).name})
     if "canary" in db.table_names() and "expression" not in db["canary"].columns_dict:
         db["canary"].add_column("expression", str)
+
+
+def this_owner() -> str:
+    """Who holds a claim or a lease: this process, as "host:pid"."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the process named by ``owner`` may still run: a process of this machine is
+    checked; one of another machine is assumed alive (its claim's time limit decides)."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    return process_alive(int(pid))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine is running."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextmanager

@@ -88,6 +88,7 @@ def test_run_eval_trace_adapters_clusters(data, tmp_path, tiny_model_dir, capsys
 
 def test_bad_input_exits_1_with_one_line(data, tmp_path, tiny_model_dir, capsys) -> None:
     db = tmp_path / "sage.db"
+    sage_agent.agent.SageAgent(db, str(tiny_model_dir))  # an empty project database
     cases = [
         (["run", "--data", str(tmp_path / "missing.jsonl"), "--db", str(db)], "does not exist"),
         (["trace", "--db", str(tmp_path / "none.db")], "no database at"),
@@ -106,6 +107,9 @@ def test_bad_input_exits_1_with_one_line(data, tmp_path, tiny_model_dir, capsys)
             [*["run", "--data", str(data), "--db", str(db)], "--min-cluster", "1"],
             "min_train_samples must be at least 4",
         ),
+        ([*["run", "--data", str(data), "--db", str(db)], "--budget", "nan"], "--budget must"),
+        ([*["run", "--data", str(data), "--db", str(db)], "--budget", "-5"], "--budget must"),
+        ([*["run", "--data", str(data), "--db", str(db)], "--limit", "0"], "--limit must"),
     ]
     for argv, message in cases:
         assert main(argv) == 1, argv
@@ -166,3 +170,43 @@ def test_buffer_size_and_min_cluster_apply_and_resume_with_the_run(
     )
     assert main(["run", "--resume", "--db", str(db), "--model", str(tiny_model_dir)]) == 1
     assert "buffer_size (3) must be at least" in capsys.readouterr().err
+
+
+def _unfinished(db: Path, tiny_model_dir: Path, mode: str, options: dict) -> None:
+    sage_agent.agent.SageAgent(db, str(tiny_model_dir)).db["runs"].insert(
+        {
+            "id": "r1",
+            "mode": mode,
+            "started": 1.0,
+            "finished": None,
+            "summary": None,
+            "options": json.dumps(options),
+        }
+    )
+
+
+def test_a_resumed_run_keeps_its_options_and_refuses_others(
+    data, tmp_path, tiny_model_dir, capsys
+) -> None:
+    db = tmp_path / "sage.db"
+    started = {"data": str(data), "limit": 2, "model": str(tiny_model_dir), "budget": 60.0}
+    _unfinished(db, tiny_model_dir, "run", started)
+    refused = main(["run", "--resume", "--db", str(db), "--budget", "900"])
+    assert refused == 1
+    assert "was started with --budget 60.0" in capsys.readouterr().err
+    assert main(["eval", "--resume", "--db", str(db)]) == 1
+    assert "is a run run; resume it with `sage-agent run --resume`" in capsys.readouterr().err
+    assert main(["run", "--resume", "--db", str(db), "--budget", "60", "--json"]) == 0
+    summary = _last_json(capsys)
+    assert summary["run_id"] == "r1" and summary["problems"] == 2  # limit and model kept
+
+
+def test_an_eval_run_resumes_as_an_eval_run(data, tmp_path, tiny_model_dir, capsys) -> None:
+    db = tmp_path / "sage.db"
+    _unfinished(db, tiny_model_dir, "eval", {"data": str(data), "model": str(tiny_model_dir)})
+    assert main(["run", "--resume", "--db", str(db)]) == 1
+    assert "eval --resume" in capsys.readouterr().err
+    assert main(["eval", "--resume", "--db", str(db), "--json"]) == 0
+    assert _last_json(capsys)["run_id"] == "r1"
+    agent = sage_agent.agent.SageAgent(db, str(tiny_model_dir))
+    assert agent.buffer.buffered() == [] and agent.buffer.clusters() == []  # trained nothing

@@ -22,6 +22,7 @@ import numpy as np
 import sqlite_utils
 from langchain_core.embeddings import Embeddings
 
+from sage_agent.buffer.claims import claim, mark_trained, release
 from sage_agent.buffer.clustering import (
     Reference,
     from_blob,
@@ -32,7 +33,7 @@ from sage_agent.buffer.clustering import (
     unit,
 )
 from sage_agent.buffer.config import BufferConfig
-from sage_agent.buffer.records import Assignment, Cluster, Sample
+from sage_agent.buffer.records import Assignment, Cluster, Sample, payload_json, sample_of
 from sage_agent.buffer.schema import create_tables
 from sage_agent.buffer.tags import Tagger, cluster_keywords, default_tag, jaccard, keywords
 from sage_agent.database import open_database, transaction
@@ -47,17 +48,11 @@ class TriggerBuffer(LazyEmbeddings):
     continues exactly where the last one stopped. Each add is one transaction: a crash
     loses at most the add in flight.
 
-    Stability of a clustering: when the previous clustering of this tag was unstable and
-    shares at least ``min_shared`` samples with this one (it clustered the same buffer,
-    before the newest samples came), the check compares against it: ARI over the shared
-    samples and the mean cosine of optimally matched centroids. The very first clustering
-    of a buffer has no such predecessor; it is compared, the same way, with an HDBSCAN
-    clustering of a seeded ``subsample_fraction`` of the same samples. A clustering with
-    no cluster at all (only noise) is never stable.
-
-    A stable clustering empties the buffer: clustered samples join their clusters, and
-    the ones HDBSCAN left as noise leave the buffer with status "noise". An unstable one
-    leaves the buffer as it was, up to ``max_buffer`` samples.
+    A clustering is checked against the tag's previous one when that was unstable and
+    shares ``min_shared`` samples, else against a clustering of a seeded subsample
+    (``clustering.stability``; only noise is never stable). A stable clustering empties
+    the buffer (HDBSCAN's noise leaves it with status "noise"); an unstable one leaves it
+    as it was, up to ``max_buffer`` samples.
     """
 
     def __init__(
@@ -77,10 +72,17 @@ class TriggerBuffer(LazyEmbeddings):
     # public API
 
     def add(
-        self, text: str, *, tag: str | None = None, payload: dict[str, Any] | None = None
+        self,
+        text: str,
+        *,
+        tag: str | None = None,
+        payload: dict[str, Any] | None = None,
+        key: str | None = None,
     ) -> Assignment:
-        """Add one failed sample; see the class docstring."""
-        return self.add_many([text], tags=[tag], payloads=[payload])[0]
+        """Add one failed sample; see the class docstring. A sample with the ``key`` of
+        one already added is not added again: its assignment as it stands is returned
+        (a graph node re-run after a crash adds its sample once)."""
+        return self.add_many([text], tags=[tag], payloads=[payload], keys=[key])[0]
 
     def add_many(
         self,
@@ -88,13 +90,15 @@ class TriggerBuffer(LazyEmbeddings):
         *,
         tags: Sequence[str | None] | None = None,
         payloads: Sequence[dict[str, Any] | None] | None = None,
+        keys: Sequence[str | None] | None = None,
     ) -> list[Assignment]:
         """Add samples in order with one embedding call; each add is its own transaction."""
         tags = list(tags) if tags is not None else [None] * len(texts)
         payloads = list(payloads) if payloads is not None else [None] * len(texts)
-        if not len(texts) == len(tags) == len(payloads):
-            raise InvalidInput("texts, tags and payloads must have the same length")
-        encoded = [_payload_json(p) for p in payloads]
+        keys = list(keys) if keys is not None else [None] * len(texts)
+        if not len(texts) == len(tags) == len(payloads) == len(keys):
+            raise InvalidInput("texts, tags, payloads and keys must have the same length")
+        encoded = [payload_json(p) for p in payloads]
         for text in texts:
             if not isinstance(text, str) or not text.strip():
                 raise InvalidInput(f"sample text must be a non-empty string, not {text!r}")
@@ -103,12 +107,15 @@ class TriggerBuffer(LazyEmbeddings):
             if not np.any(vector) or not np.all(np.isfinite(vector)):
                 raise InvalidInput(f"sample {text[:60]!r} embeds to a zero or non-finite vector")
         results = []
-        for text, tag, payload, payload_json, vector in zip(
-            texts, tags, payloads, encoded, vectors, strict=True
+        for text, tag, payload, encoded_payload, key, vector in zip(
+            texts, tags, payloads, encoded, keys, vectors, strict=True
         ):
             tag = tag or self.tagger(text, payload)
             with transaction(self.db):
-                results.append(self._add_one(text, tag, payload_json, unit(vector)))
+                known = self._keyed(key) if key is not None else None
+                results.append(
+                    known or self._add_one(text, tag, encoded_payload, unit(vector), key)
+                )
         return results
 
     def clusters(self, tag: str | None = None, *, with_samples: bool = True) -> list[Cluster]:
@@ -130,19 +137,27 @@ class TriggerBuffer(LazyEmbeddings):
 
     def mark_trained(self, cluster_id: int, version: int, size: int | None = None) -> None:
         """Record that adapters were trained on ``version`` of the cluster's members
-        (``size`` of them), so a caller can retrain once the cluster has grown."""
-        with transaction(self.db):
-            self._cluster_row(cluster_id)
-            self.db["clusters"].update(
-                cluster_id, {"trained_version": version, "trained_size": size}
-            )
+        (``size`` of them), so a caller can retrain once the cluster has grown; the
+        cluster's claim is released."""
+        self._cluster_row(cluster_id)
+        mark_trained(self.db, cluster_id, version, size)
+
+    def claim(self, cluster_id: int, owner: str, seconds: float) -> bool:
+        """Claim a cluster for training for ``seconds``: True when no one else holds a
+        live claim on it (so two processes never train one cluster at once)."""
+        self._cluster_row(cluster_id)
+        return claim(self.db, cluster_id, owner, seconds)
+
+    def release(self, cluster_id: int, owner: str) -> None:
+        """Give up a claim (training failed or was interrupted)."""
+        release(self.db, cluster_id, owner)
 
     def buffered(self, tag: str | None = None) -> list[Sample]:
         """Samples waiting in the buffer (of one tag, or all), oldest first."""
         where, args = "status = 'buffered'", []
         if tag is not None:
             where, args = where + " AND tag = ?", [tag]
-        return [_sample(r) for r in self.db["samples"].rows_where(where, args, order_by="id")]
+        return [sample_of(r) for r in self.db["samples"].rows_where(where, args, order_by="id")]
 
     def stable_tags(self) -> list[str]:
         return [r["tag"] for r in self.db["tags"].rows_where("stable = 1", order_by="tag")]
@@ -157,8 +172,23 @@ class TriggerBuffer(LazyEmbeddings):
 
     # one add, inside a transaction
 
+    def _keyed(self, key: str) -> Assignment | None:
+        """The assignment of the sample added under ``key``, as it stands now."""
+        row = self.db.execute(
+            "SELECT s.id, s.tag, s.status, m.cluster_id FROM samples s "
+            "LEFT JOIN memberships m ON m.sample_id = s.id WHERE s.key = ?",
+            [key],
+        ).fetchone()
+        if row is None:
+            return None
+        sample_id, tag, status, cluster_id = row
+        if cluster_id is not None:
+            cluster_id = self.cluster(cluster_id).id  # follows a merge
+        status = {"expired": "buffered"}.get(status, status)
+        return Assignment(status, sample_id, tag, cluster_id)
+
     def _add_one(
-        self, text: str, tag: str, payload_json: str | None, vector: np.ndarray
+        self, text: str, tag: str, payload_json: str | None, vector: np.ndarray, key: str | None
     ) -> Assignment:
         kws = keywords(text)
         sample_id = (
@@ -172,6 +202,7 @@ class TriggerBuffer(LazyEmbeddings):
                     "keywords": json.dumps(sorted(kws)),
                     "status": "buffered",
                     "created": time.time(),
+                    "key": key,
                 }
             )
             .last_pk
@@ -391,7 +422,7 @@ class TriggerBuffer(LazyEmbeddings):
         samples = []
         if with_samples:
             samples = [
-                _sample(r)
+                sample_of(r)
                 for r in self.db.query(
                     "SELECT s.* FROM samples s JOIN memberships m ON m.sample_id = s.id "
                     "WHERE m.cluster_id = ? ORDER BY s.id",
@@ -409,19 +440,3 @@ class TriggerBuffer(LazyEmbeddings):
             trained_size=row["trained_size"],
             samples=samples,
         )
-
-
-def _payload_json(payload: dict[str, Any] | None) -> str | None:
-    if payload is None:
-        return None
-    if not isinstance(payload, dict):
-        raise TypeError(f"payload must be a dict, not {type(payload).__name__}")
-    try:
-        return json.dumps(payload, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"payload is not JSON-serialisable: {error}") from error
-
-
-def _sample(row: dict[str, Any]) -> Sample:
-    payload = json.loads(row["payload"]) if row["payload"] else None
-    return Sample(id=row["id"], text=row["text"], tag=row["tag"], payload=payload)

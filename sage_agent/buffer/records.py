@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -48,3 +49,19 @@ class Cluster:
     trained_size: int | None
     """How many members the cluster had when adapters were last trained on it."""
     samples: list[Sample]
+
+
+def payload_json(payload: dict[str, Any] | None) -> str | None:
+    if payload is None:
+        return None
+    if not isinstance(payload, dict):
+        raise TypeError(f"payload must be a dict, not {type(payload).__name__}")
+    try:
+        return json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"payload is not JSON-serialisable: {error}") from error
+
+
+def sample_of(row: dict[str, Any]) -> Sample:
+    payload = json.loads(row["payload"]) if row["payload"] else None
+    return Sample(id=row["id"], text=row["text"], tag=row["tag"], payload=payload)

@@ -26,6 +26,7 @@ def create_tables(db: sqlite_utils.Database) -> None:
                 "keywords": str,
                 "status": str,
                 "created": float,
+                "key": str,
             },
             pk="id",
             if_not_exists=True,
@@ -43,6 +44,8 @@ def create_tables(db: sqlite_utils.Database) -> None:
                 "merged_into": int,
                 "created": float,
                 "updated": float,
+                "claimed_by": str,
+                "claimed_until": float,
             },
             pk="id",
             if_not_exists=True,
@@ -76,5 +79,6 @@ def create_tables(db: sqlite_utils.Database) -> None:
             if_not_exists=True,
         )
         db["samples"].create_index(["tag", "status"], if_not_exists=True)
+        db["samples"].create_index(["key"], unique=True, if_not_exists=True)
         db["memberships"].create_index(["cluster_id"], if_not_exists=True)
         db["clusters"].create_index(["tag"], if_not_exists=True)

@@ -24,6 +24,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
+from langgraph.config import get_config
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.prebuilt import ToolNode
@@ -212,6 +213,7 @@ def buffer(state: SageState, runtime: Ctx) -> SageState:
     context, attempt = context_of(runtime), _current(state)
     step = AtomicStep(**state["steps"][state["index"]])
     assert context.buffer is not None  # after_trigger only comes here with a buffer
+    thread = (get_config().get("configurable") or {}).get("thread_id")
     assignment = context.buffer.add(
         attempt["prompt"],
         tag=step.tag,
@@ -221,6 +223,8 @@ def buffer(state: SageState, runtime: Ctx) -> SageState:
             "reference": attempt["reference"],
             "answer": attempt["answer"],
         },
+        # One sample per thread and step: a node re-run after a crash adds it once.
+        key=f"{thread}:{step.id}" if thread else None,
     )
     note: BufferNote = {
         "status": assignment.status,

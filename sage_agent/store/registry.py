@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from sage_agent.database import open_database, transaction
+from sage_agent.database import open_database, process_alive, transaction
 from sage_agent.errors import NotFoundError, StoreError
 from sage_agent.store.config import RegistryConfig
 
@@ -173,7 +173,7 @@ class AdapterRegistry:
             for entry in self.root.iterdir():
                 if entry.name.startswith(".tmp-"):
                     owner = entry.name.rsplit("-", 1)[-1]
-                    if owner.isdigit() and _alive(int(owner)):
+                    if owner.isdigit() and process_alive(int(owner)):
                         continue
                 elif not _ADAPTER_FOLDER.fullmatch(entry.name) or entry.name in registered:
                     continue
@@ -324,17 +324,6 @@ class AdapterRegistry:
 
 _ADAPTER_FOLDER = re.compile(r"[0-9a-f]{12}")
 """An adapter's folder name (its id); nothing else in the root is ever removed."""
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process of this machine is running (its temporary folder is in use)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def folder_checksum(folder: Path) -> str:

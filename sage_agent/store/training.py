@@ -7,6 +7,7 @@ calls the LoRA Store tool, which calls ``train_cluster``.
 from __future__ import annotations
 
 from sage_agent.buffer import Cluster, TriggerBuffer
+from sage_agent.database import this_owner
 from sage_agent.errors import StoreError
 from sage_agent.store.registry import AdapterRecord
 from sage_agent.store.search import Emit
@@ -36,7 +37,13 @@ def train_cluster(
 ) -> tuple[Cluster, list[AdapterRecord]]:
     """Run the store's search on a cluster that ``needs_training`` and mark it trained
     (even when no adapter was kept: the same members are not searched again). Returns the
-    cluster as trained and the kept adapters, best first."""
+    cluster as trained and its adapters, best first.
+
+    The cluster is claimed first, so two processes never train it at once (the second
+    gets a StoreError). A search of these very members that finished before its process
+    was killed is not run again: its logged trials and kept adapters stand, and the
+    cluster is only marked trained.
+    """
     cluster = buffer.cluster(cluster_id)
     if not needs_training(cluster, store):
         raise StoreError(
@@ -44,6 +51,18 @@ def train_cluster(
             f"(training needs {store.config.min_train_samples}, and a trained cluster "
             f"{store.config.retrain_growth:g} times the members it was trained on)"
         )
-    kept = store.optimize(cluster, max_seconds=max_seconds, progress=progress)
+    if any(t.cluster_version == cluster.version for t in store.registry.trials(cluster.id)):
+        buffer.mark_trained(cluster.id, cluster.version, cluster.size)
+        return cluster, store.adapters(cluster.id)
+    budget = store.config.search.max_seconds if max_seconds is None else max_seconds
+    owner = this_owner()
+    # The claim outlasts the search's budget, whose first trial may overrun it.
+    if not buffer.claim(cluster.id, owner, 3 * budget + 600):
+        raise StoreError(f"cluster {cluster.id} is being trained by another process")
+    try:
+        kept = store.optimize(cluster, max_seconds=max_seconds, progress=progress)
+    except BaseException:
+        buffer.release(cluster.id, owner)
+        raise
     buffer.mark_trained(cluster.id, cluster.version, cluster.size)
     return cluster, kept
