@@ -152,11 +152,13 @@ class SageAgent:
         return its final state's ``result`` (None when it ended without one)."""
         thread_id = thread_id or f"task-{uuid.uuid4().hex[:8]}"
         config = {"configurable": {"thread_id": thread_id}}
-        snapshot = self.graph.get_state(config)
-        started = bool(snapshot.values)
-        if started and not snapshot.next:
-            return snapshot.values.get("result")
-        graph_input = None if started else {"task": task}
+        values = self.graph.get_state(config).values
+        # A finished thread has its result (finish always writes one). Its snapshot's
+        # `next` is no test: after a kill, the last step's writes can be saved without
+        # the checkpoint after them, and then `next` is empty in a thread half done.
+        if values.get("result") is not None:
+            return values["result"]
+        graph_input = None if values else {"task": task}
         try:
             for chunk in self.graph.stream(
                 graph_input, config, context=context or self.context(), stream_mode="custom"

@@ -8,12 +8,16 @@ trace. The demo keeps its own database (``sage-demo.db``), started afresh each t
 
 from __future__ import annotations
 
+import contextlib
+import re
 import shutil
 import time
 from pathlib import Path
 
 from sage_agent.agent import RunSummary, SageAgent
 from sage_agent.buffer import BufferConfig
+from sage_agent.database import open_database, transaction
+from sage_agent.errors import DatabaseError, RunError
 from sage_agent.problems import generate_problems
 from sage_agent.progress import run_with_progress
 from sage_agent.store import GateConfig, RecipeConfig, SearchConfig, StoreConfig, adapter_root
@@ -38,7 +42,7 @@ minutes. The regression gate is the default one."""
 
 DEMO_OPERATORS = "+*"
 """The demo's problems add and multiply. The 135M model's subtraction failures ("243-8 =
-243 + 8") did not improve with LoRA on a cluster's worth of data (README, "LoRA Store"),
+243 + 8") did not improve with LoRA on a cluster's worth of data (docs/store.md),
 so a demo on them would train and then have nothing to retry with."""
 
 DEMO_BUFFER = BufferConfig(buffer_size=10)
@@ -48,9 +52,7 @@ DEMO_BUFFER = BufferConfig(buffer_size=10)
 def run_demo(problems: int = 80, seed: int = 0, db: str | Path = "sage-demo.db") -> int:
     started = time.perf_counter()
     db = Path(db)
-    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
-        path.unlink(missing_ok=True)
-    shutil.rmtree(adapter_root(db), ignore_errors=True)
+    _start_afresh(db)
     tasks = [
         {**record, "id": f"demo-{i}"}
         for i, record in enumerate(generate_problems(problems, seed, operators=DEMO_OPERATORS))
@@ -60,6 +62,8 @@ def run_demo(problems: int = 80, seed: int = 0, db: str | Path = "sage-demo.db")
         f"SmolLM2-135M-Instruct, database {db}"
     )
     agent = SageAgent(db, buffer_config=DEMO_BUFFER, store_config=DEMO_STORE)
+    with transaction(agent.db):
+        agent.db["meta"].upsert({"key": "demo", "value": "1"}, pk="key")
     summary = run_with_progress(
         agent,
         tasks,
@@ -72,6 +76,27 @@ def run_demo(problems: int = 80, seed: int = 0, db: str | Path = "sage-demo.db")
     )
     _report(agent, summary, time.perf_counter() - started)
     return 0
+
+
+def _start_afresh(db: Path) -> None:
+    """Delete the previous demo's database and adapters, and nothing else: a database the
+    demo did not make is refused, and only adapter folders leave the adapter root."""
+    if db.exists():
+        try:
+            marked = next(open_database(db)["meta"].rows_where("key = 'demo'"), None)
+        except DatabaseError:  # not a sage-agent database at all
+            marked = None
+        if marked is None:
+            raise RunError(f"{db} exists and is not a demo database; pick another --db")
+    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        path.unlink(missing_ok=True)
+    root = adapter_root(db)
+    if root.is_dir():
+        for entry in root.iterdir():
+            if re.fullmatch(r"[0-9a-f]{12}|\.tmp-[0-9a-f]{12}-\d+", entry.name):
+                shutil.rmtree(entry, ignore_errors=True)
+        with contextlib.suppress(OSError):  # not empty: something else is in it
+            root.rmdir()
 
 
 def _report(agent: SageAgent, summary: RunSummary, seconds: float) -> None:

@@ -7,6 +7,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from sage_agent.errors import InvalidInput
+
 # One number: optional sign and currency, digits with optional thousands commas,
 # an optional decimal part, or a simple fraction "a/b".
 # A match starts only at a sign, "$" or a digit, and the spaces around "$" have one way
@@ -92,7 +94,7 @@ def numbers_match(a: float | None, b: float | None) -> bool:
 def format_number(value: float) -> str:
     """A reference string for a computed value: integers without ".0", else up to 6 decimals."""
     if not math.isfinite(value):
-        raise ValueError(f"cannot format a non-finite number: {value}")
+        raise InvalidInput(f"cannot format a non-finite number: {value}")
     if float(value).is_integer():
         return str(int(value))
     return f"{value:.6f}".rstrip("0").rstrip(".")
@@ -120,16 +122,16 @@ class MathMetrics:
 def math_metrics(predictions: Sequence[str], references: Sequence[str | float]) -> MathMetrics:
     """EM, MAE, MSE and NER of ``predictions`` against numeric ``references``."""
     if len(predictions) != len(references):
-        raise ValueError(
+        raise InvalidInput(
             f"{len(predictions)} predictions but {len(references)} references; they must pair up"
         )
     if not predictions:
-        raise ValueError("no predictions to score")
+        raise InvalidInput("no predictions to score")
     gold = []
     for i, reference in enumerate(references):
         value = reference if isinstance(reference, int | float) else parse_number(reference)
         if value is None or not math.isfinite(value):
-            raise ValueError(f"reference {i} ({reference!r}) is not a finite number")
+            raise InvalidInput(f"reference {i} ({reference!r}) is not a finite number")
         gold.append(float(value))
     extracted = [parse_number(p) for p in predictions]
     hits = sum(numbers_match(p, g) for p, g in zip(extracted, gold, strict=True))

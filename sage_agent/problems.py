@@ -11,6 +11,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sage_agent.errors import InvalidInput
 from sage_agent.numeric import format_number
 from sage_agent.steps import AtomicStep, steps_from_gsm8k
 from sage_agent.verifier import evaluate_expression
@@ -149,10 +150,10 @@ def generate_problems(n: int, seed: int = 0, operators: str | None = None) -> li
     """``n`` GSM8K-format records, the same for the same seed. ``operators`` (e.g. "+*")
     keeps the templates whose steps use only those operators."""
     if n < 0:
-        raise ValueError(f"n must be non-negative, not {n}")
+        raise InvalidInput(f"n must be non-negative, not {n}")
     templates = [t for ops, t in _TEMPLATES if operators is None or set(ops) <= set(operators)]
     if not templates:
-        raise ValueError(f"no template uses only the operators {operators!r}")
+        raise InvalidInput(f"no template uses only the operators {operators!r}")
     rng = random.Random(seed)
     records = []
     for _ in range(n):

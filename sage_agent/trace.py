@@ -19,10 +19,12 @@ _METRICS = ("lm", "bleu", "rouge_l", "cosine")
 
 
 def latest_thread(agent: SageAgent) -> str:
-    threads = agent.threads()
-    if not threads:
-        raise NotFoundError(f"{agent.db_path} holds no threads yet; run a task first")
-    return threads[-1]["id"]
+    """The most recent thread that has a checkpoint (a run registers a thread just
+    before its first checkpoint is written)."""
+    for thread in reversed(agent.threads()):
+        if agent.state(thread["id"]):
+            return thread["id"]
+    raise NotFoundError(f"{agent.db_path} holds no threads yet; run a task first")
 
 
 def trace(agent: SageAgent, thread_id: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from rouge_score.rouge_scorer import RougeScorer
 from sacrebleu.metrics import BLEU
 
 from sage_agent.embeddings import LazyEmbeddings
+from sage_agent.errors import ConfigError, InvalidInput
 from sage_agent.numeric import numbers_match, parse_number
 from sage_agent.verifier import Verifier
 
@@ -67,18 +68,20 @@ class TriggerConfig:
 
     def __post_init__(self) -> None:
         if len(self.weights) != len(METRICS) or any(w < 0 for w in self.weights):
-            raise ValueError(f"weights must be {len(METRICS)} non-negative numbers: {self.weights}")
+            raise ConfigError(
+                f"weights must be {len(METRICS)} non-negative numbers: {self.weights}"
+            )
         if sum(self.weights) <= 0:
-            raise ValueError("at least one weight must be positive")
+            raise ConfigError("at least one weight must be positive")
         if self.lm_max <= 0:
-            raise ValueError(f"lm_max must be positive, not {self.lm_max}")
+            raise ConfigError(f"lm_max must be positive, not {self.lm_max}")
         low, high = self.damping_percentiles
         if not 0 <= low < high <= 100:
-            raise ValueError(
+            raise ConfigError(
                 f"damping_percentiles must satisfy 0 <= low < high <= 100: {low, high}"
             )
         if self.numeric not in ("auto", "always", "never"):
-            raise ValueError(f"numeric must be auto, always or never, not {self.numeric!r}")
+            raise ConfigError(f"numeric must be auto, always or never, not {self.numeric!r}")
 
 
 @dataclass
@@ -176,7 +179,7 @@ class Trigger(LazyEmbeddings):
         """Set the damping band from (prediction, reference) pairs of answers known to be
         right: the configured percentiles of their embedding cosine. Returns the band."""
         if len(in_distribution_pairs) < 5:
-            raise ValueError(
+            raise InvalidInput(
                 f"calibrate needs 5 or more in-distribution pairs, got {len(in_distribution_pairs)}"
             )
         predictions = [self._clip(_as_text(p, "prediction")) for p, _ in in_distribution_pairs]
@@ -198,16 +201,18 @@ class Trigger(LazyEmbeddings):
             reference = self.verifier(expression)
         if reference is None:
             if self.config.numeric == "always":
-                raise ValueError("numeric mode 'always' needs a reference or a verifier")
+                raise InvalidInput("numeric mode 'always' needs a reference or a verifier")
             return None
         if isinstance(reference, int | float):
             if not math.isfinite(reference):
-                raise ValueError(f"reference must be a finite number, not {reference}")
+                raise InvalidInput(f"reference must be a finite number, not {reference}")
             reference = str(reference)
         if not reference.strip():
-            raise ValueError("reference is empty; pass None for a confidence-only score")
+            raise InvalidInput("reference is empty; pass None for a confidence-only score")
         if self.config.numeric == "always" and parse_number(reference) is None:
-            raise ValueError(f"reference {reference[:80]!r} is not numeric (numeric mode 'always')")
+            raise InvalidInput(
+                f"reference {reference[:80]!r} is not numeric (numeric mode 'always')"
+            )
         return self._clip(reference)
 
     def _cosines(self, predictions: list[str], references: list[str]) -> list[float]:
@@ -232,7 +237,7 @@ class Trigger(LazyEmbeddings):
 
     def _confidence_only(self, margin: float | None) -> TriggerResult:
         if margin is None:
-            raise ValueError(
+            raise InvalidInput(
                 "no reference, no verifier and no logits margin: nothing to score against"
             )
         s1 = self._lm_score(margin)
@@ -313,7 +318,7 @@ def _per_item(values: Sequence | None, n: int, name: str) -> list:
     if values is None:
         return [None] * n
     if len(values) != n:
-        raise ValueError(f"{name} has {len(values)} items for {n} predictions")
+        raise InvalidInput(f"{name} has {len(values)} items for {n} predictions")
     return list(values)
 
 
@@ -334,5 +339,5 @@ def _mean_margin(margin: float | Sequence[float] | None) -> float | None:
             return None
         value = sum(values) / len(values)
     if not math.isfinite(value):
-        raise ValueError(f"logits_margin must be finite, not {value}")
+        raise InvalidInput(f"logits_margin must be finite, not {value}")
     return value

@@ -88,8 +88,11 @@ def test_errors_become_error_tool_messages(parts) -> None:
 def test_args_are_validated(parts) -> None:
     buffer, store = parts
     tool = LoRAStoreTool(store=store, buffer=buffer)
-    with pytest.raises(Exception, match="greater than 0"):
-        tool.invoke({"cluster_id": 1, "budget_seconds": -5})
+    # An agent gets bad arguments back as an error message, never an exception.
+    assert "validation error" in tool.invoke({"cluster_id": 1, "budget_seconds": -5})
+    call = {"type": "tool_call", "id": "c1", "name": tool.name, "args": {"cluster_id": "x"}}
+    message = tool.invoke(call)
+    assert message.status == "error" and "validation error" in message.content
 
 
 @pytest.mark.parametrize(

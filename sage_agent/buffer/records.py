@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from sage_agent.errors import InvalidInput
+
 
 @dataclass(frozen=True)
 class Assignment:
@@ -59,7 +61,7 @@ def payload_json(payload: dict[str, Any] | None) -> str | None:
     try:
         return json.dumps(payload, allow_nan=False)
     except (TypeError, ValueError) as error:
-        raise TypeError(f"payload is not JSON-serialisable: {error}") from error
+        raise InvalidInput(f"payload is not JSON-serialisable: {error}") from error
 
 
 def sample_of(row: dict[str, Any]) -> Sample:

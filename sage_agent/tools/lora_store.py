@@ -43,6 +43,7 @@ class LoRAStoreTool(BaseTool):
     args_schema: type[BaseModel] = LoRAStoreArgs
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
     handle_tool_error: bool = True
+    handle_validation_error: bool = True
     store: LoRAStore | None = None
     buffer: TriggerBuffer | None = None
 
@@ -96,6 +97,7 @@ class RouteAdapterTool(BaseTool):
     description: str = "Find the LoRA adapters trained on failures like this step, best first."
     args_schema: type[BaseModel] = RouteAdapterArgs
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    handle_validation_error: bool = True
     store: LoRAStore
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
