@@ -362,3 +362,37 @@ def test_foreign_or_corrupt_files_are_refused(tmp_path: Path) -> None:
 def test_bad_config(config: dict) -> None:
     with pytest.raises(ValueError):
         BufferConfig(**config)
+
+
+def test_a_keyed_sample_is_added_once(db_path: Path) -> None:
+    buffer = _buffer(db_path)
+    first = buffer.add("a: apples 1", tag="t", key="thread-1:step-0")
+    again = buffer.add("a: apples 1", tag="t", key="thread-1:step-0")  # a node re-run
+    other = buffer.add("a: apples 1", tag="t", key="thread-2:step-0")
+    assert again == first and other.sample_id != first.sample_id
+    assert len(buffer.buffered("t")) == 2
+
+
+def test_a_cluster_is_claimed_by_one_owner_at_a_time(db_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    buffer = _buffer(db_path)
+    buffer.add_many(_texts("abc", 9), tags=["t"] * 27)
+    cluster = buffer.clusters("t")[0]
+    host = socket.gethostname()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert buffer.claim(cluster.id, f"{host}:{sleeper.pid}", 600)
+        assert not buffer.claim(cluster.id, "me", 600)  # a live owner holds it
+        assert buffer.claim(cluster.id, f"{host}:{sleeper.pid}", 600)  # its own again
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert buffer.claim(cluster.id, "me", 600)  # its owner is gone: free at once
+    assert not buffer.claim(cluster.id, "someone-else-elsewhere:1", 600)
+    buffer.release(cluster.id, "me")
+    assert buffer.claim(cluster.id, "someone-else-elsewhere:1", 600)
+    buffer.mark_trained(cluster.id, cluster.version, cluster.size)  # frees the claim
+    assert buffer.claim(cluster.id, "me", 600)

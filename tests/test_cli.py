@@ -210,3 +210,21 @@ def test_an_eval_run_resumes_as_an_eval_run(data, tmp_path, tiny_model_dir, caps
     assert _last_json(capsys)["run_id"] == "r1"
     agent = sage_agent.agent.SageAgent(db, str(tiny_model_dir))
     assert agent.buffer.buffered() == [] and agent.buffer.clusters() == []  # trained nothing
+
+
+def test_the_demo_starts_afresh_deleting_only_what_it_made(tmp_path, tiny_model_dir) -> None:
+    from sage_agent.demo import _start_afresh
+    from sage_agent.store import adapter_root
+
+    db = tmp_path / "sage-demo.db"
+    agent = sage_agent.agent.SageAgent(db, str(tiny_model_dir))
+    agent.db["meta"].insert({"key": "demo", "value": "1"})
+    root = adapter_root(db)
+    (root / "0123456789ab").mkdir(parents=True)  # an adapter of the last demo
+    (root / "0123456789ab" / "adapter_model.safetensors").write_bytes(b"w")
+    (root / "my-notes.txt").write_text("not the demo's")
+    _start_afresh(db)
+    assert not db.exists() and [p.name for p in root.iterdir()] == ["my-notes.txt"]
+    (root / "my-notes.txt").unlink()
+    _start_afresh(db)  # nothing there: nothing to do
+    assert not root.exists()

@@ -187,3 +187,19 @@ def test_graph_has_the_design_nodes_and_a_context_schema() -> None:
     }
     assert graph.context_schema is SageContext
     assert SageContext.__dataclass_fields__["decomposer"].default is socratic_decomposer
+
+
+def test_an_adapter_removed_mid_run_is_noted_and_the_base_model_answers(
+    agent: SageAgent,
+) -> None:
+    agent.run([nine_task(i) for i in range(24)], stop_when=lambda s: s.adapters_trained > 0)
+    routed = agent.store.route("Compute 2+7. Reply with the number only.")
+    assert routed
+    for record in agent.store.adapters():  # another process removes them ...
+        agent.store.registry.remove(record.id)
+    agent.store.route = lambda text, tag=None: routed  # ... right after this step was routed
+    agent.store.unsure = lambda _answer: True
+    summary = agent.run([nine_task(5)], train=False)
+    first = agent.state(summary.threads[0])["records"][0]["attempts"][0]
+    assert first["adapter"] is None and f"adapter {routed[0].id} not used" in first["note"]
+    assert summary.problems == 1 and summary.errors == []

@@ -68,19 +68,25 @@ class LoRAStoreTool(BaseTool):
             cluster, kept = train_cluster(
                 store, buffer, cluster_id, max_seconds=budget_seconds, progress=progress
             )
-        except (SageError, MemoryError) as error:
+        except (SageError, MemoryError, OSError) as error:  # OSError: a full disk, say
             raise ToolException(f"lora_store failed for cluster {cluster_id}: {error}") from error
+        failed = [
+            t
+            for t in store.registry.trials(cluster.id)
+            if t.cluster_version == cluster.version and t.outcome.startswith("failed")
+        ]
+        note = f" {len(failed)} trials failed: {failed[0].outcome}." if failed else ""
         if not kept:
             return (
                 f"No adapter for cluster {cluster.id} (tag {cluster.tag!r}) beat the base "
-                "model and passed the regression gate.",
+                f"model and passed the regression gate.{note}",
                 [],
             )
         best = kept[0]
         summary = (
             f"Kept {len(kept)} adapters for cluster {cluster.id} (tag {cluster.tag!r}, "
             f"{cluster.size} samples): best {best.id} with validation EM {best.val_em:.2f} "
-            f"(base {best.base_val_em:.2f})."
+            f"(base {best.base_val_em:.2f}).{note}"
         )
         return summary, [asdict(record) for record in kept]
 
