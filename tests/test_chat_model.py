@@ -199,6 +199,39 @@ def test_adapter_lifecycle(tiny_model_dir: Path, lora_dirs: list[Path]) -> None:
     assert model.adapters == {} and _margins(model) == base
 
 
+def test_a_per_call_adapter_leaves_the_model_as_it_was(
+    tiny_model_dir: Path, lora_dirs: list[Path]
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sage_agent import NotFoundError
+
+    model = ChatSage(model=str(tiny_model_dir), max_tokens=6)
+    model.load_adapter(lora_dirs[0], "a")
+    model.load_adapter(lora_dirs[1], "b")
+    base = _margins(model)
+    with model.using_adapter("a"):
+        with_a = _margins(model)
+    with model.using_adapter("b"):
+        with_b = _margins(model)
+    assert len({str(base), str(with_a), str(with_b)}) == 3
+
+    def margins(adapter: str | None) -> list[float]:
+        message = model.bind(adapter=adapter).invoke("Hello")
+        assert message.response_metadata["adapter"] == adapter
+        return message.response_metadata["logits_margin"]
+
+    assert margins("a") == with_a and margins(None) == base
+    assert model.invoke("Hello", adapter="b").response_metadata["logits_margin"] == with_b
+    assert model.active_adapter is None and _margins(model) == base  # left as it was
+    # Two threads on one ChatSage, each with its own adapter, get each adapter's answer.
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(margins, ["a", "b", None, "a", "b", None] * 3))
+    assert answers == [with_a, with_b, base, with_a, with_b, base] * 3
+    with pytest.raises(NotFoundError, match="no adapter named 'zz'"):
+        model.invoke("Hello", adapter="zz")
+
+
 def test_each_loaded_adapter_holds_its_own_weights(
     tiny_model_dir: Path, lora_dirs: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -98,6 +98,20 @@ class AdapterSlots:
             with self._lock:
                 self._apply(previous if previous in self._adapters else None)
 
+    @contextlib.contextmanager
+    def _answering_with(self, name: str | None) -> Iterator[None]:
+        """Switch to adapter ``name`` for one generation, then back; the caller holds the
+        lock, so no other thread sees the switch (a per-call ``adapter=``)."""
+        previous = self._active_adapter
+        if name == previous:
+            yield
+            return
+        self._apply(name)
+        try:
+            yield
+        finally:
+            self._apply(previous if previous in self._adapters else None)
+
     def _apply(self, name: str | None) -> None:
         if name is None:
             if self._adapters:

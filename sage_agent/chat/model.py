@@ -31,7 +31,7 @@ from sage_agent.chat.adapters import AdapterSlots
 from sage_agent.chat.loading import load_causal_lm
 from sage_agent.chat.tokens import TokenStat, eos_ids, first_stop, token_stats
 from sage_agent.embedded import EMBEDDED_CHAT_MODEL
-from sage_agent.errors import InvalidInput
+from sage_agent.errors import InvalidInput, NotFoundError
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
 
@@ -49,6 +49,8 @@ class _CallParams:
     top_p: float
     stop: tuple[str, ...]
     top_logprobs: int
+    adapter: str | None
+    """The adapter this call answers with (None: the base model)."""
 
 
 class ChatSage(AdapterSlots, BaseChatModel):
@@ -164,12 +166,18 @@ class ChatSage(AdapterSlots, BaseChatModel):
                 f"({kwargs['model']!r}) needs a second ChatSage"
             )
         stops = tuple(s for s in (stop if stop is not None else self.stop or []) if s)
+        adapter = kwargs.get("adapter", self._active_adapter)
+        if adapter is not None and adapter not in self._adapters:
+            raise NotFoundError(
+                f"no adapter named {adapter!r} is loaded; loaded: {sorted(self._adapters)}"
+            )
         return _CallParams(
             temperature=float(kwargs.get("temperature", self.temperature)),
             max_tokens=int(kwargs.get("max_tokens", self.max_tokens)),
             top_p=float(kwargs.get("top_p", self.top_p)),
             stop=stops,
             top_logprobs=int(kwargs.get("top_logprobs", self.top_logprobs)),
+            adapter=adapter,
         )
 
     def render_prompt(self, messages: Sequence[BaseMessage]) -> str:
@@ -228,7 +236,7 @@ class ChatSage(AdapterSlots, BaseChatModel):
                 self.render_prompt(c) for c in conversations[start : start + self.batch_size]
             ]
             encoded = self._encode(prompts, params.max_tokens)
-            with self._lock, torch.inference_mode():
+            with self._lock, self._answering_with(params.adapter), torch.inference_mode():
                 output = self._model.generate(**encoded, **self._generate_kwargs(params))
             results.extend(self._results(encoded, output, params))
         return results
@@ -289,7 +297,7 @@ class ChatSage(AdapterSlots, BaseChatModel):
                 },
                 "logits_margin": margins,
                 "logits_margin_mean": sum(margins) / len(margins) if margins else None,
-                "adapter": self._active_adapter,
+                "adapter": params.adapter,
             },
             usage_metadata=UsageMetadata(
                 input_tokens=input_tokens,
@@ -388,7 +396,7 @@ class ChatSage(AdapterSlots, BaseChatModel):
             # The lock is taken here, in the generating thread: the caller's thread may
             # change between two chunks (async streaming resumes us in an executor).
             try:
-                with self._lock, torch.inference_mode():
+                with self._lock, self._answering_with(params.adapter), torch.inference_mode():
                     outcome["output"] = self._model.generate(
                         **encoded, streamer=streamer, **self._generate_kwargs(params)
                     )
@@ -429,4 +437,4 @@ class ChatSage(AdapterSlots, BaseChatModel):
 
 
 _GENERATE_ONLY_KWARGS = {"tags", "metadata", "run_name", "run_id"}
-_CALL_KWARGS = {"temperature", "max_tokens", "top_p", "top_logprobs", "model", "stream"}
+_CALL_KWARGS = {"temperature", "max_tokens", "top_p", "top_logprobs", "model", "stream", "adapter"}
