@@ -26,6 +26,7 @@ from sage_agent.errors import (
     StoreError,
     UnknownModelError,
 )
+from sage_agent.middleware import SageMiddleware
 from sage_agent.numeric import MathMetrics, format_number, math_metrics, parse_number
 from sage_agent.records import Attempt, StepRecord, TaskResult, TrainingPair
 from sage_agent.steps import AtomicStep, steps_from_gsm8k
@@ -63,6 +64,7 @@ __all__ = [
     "SageAgent",
     "SageContext",
     "SageError",
+    "SageMiddleware",
     "SchemaVersionError",
     "StepRecord",
     "StoreConfig",

@@ -1,0 +1,263 @@
+"""SageMiddleware: SAGE inside any ``langchain.agents.create_agent`` agent.
+
+Around every model call it routes the prompt to an adapter when the store has one and the
+base answer is unsure (the graph's confidence gate), scores the answer with the Trigger
+when a reference is known (a callable of yours, or the arithmetic verifier on an
+expression in the prompt), buffers failures, and keeps one ``SageRecord`` per call in the
+agent's state. Training never runs inside a model call: clusters that became ready during
+a turn are trained after it (``after_agent``), or after an ``interrupt()`` that asks for
+approval when ``train="approve"``.
+
+With a chat model other than the context's ChatSage, failures are recorded and buffered
+but nothing is routed or trained (a warning says so, once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import re
+import warnings
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+from langchain.agents.middleware import (
+    AgentMiddleware,
+    AgentState,
+    ExtendedModelResponse,
+    ModelRequest,
+    ModelResponse,
+)
+from langchain_core.messages import AIMessage, AnyMessage
+from langgraph.config import get_config
+from langgraph.runtime import Runtime
+from langgraph.types import Command, interrupt
+from typing_extensions import NotRequired, TypedDict
+
+from sage_agent.buffer import default_tag
+from sage_agent.chat import ChatSage
+from sage_agent.context import SageContext
+from sage_agent.errors import AdapterError, ExpressionError, NotFoundError, StoreError
+from sage_agent.records import TrainingPair
+from sage_agent.store import needs_training, train_cluster
+from sage_agent.verifier import arithmetic_verifier
+
+Reference = Callable[[ModelRequest, AIMessage], "str | None"]
+"""The reference answer of a model call (a gold answer, a checked tool result), or None
+when it is not known."""
+
+_EXPRESSION = re.compile(r"\d[\d.,]*(?:\s*(?:\*\*|[-+*/%×÷−])\s*\(?\d[\d.,]*\)?)+")
+
+
+class SageRecord(TypedDict):
+    """What SAGE did around one model call."""
+
+    prompt: str
+    answer: str
+    adapter: str | None
+    """The adapter that answered; None for the base model."""
+    reference: str | None
+    failed: bool | None
+    """None: no reference was known, so the answer was not scored."""
+    anomaly_score: float | None
+    cluster_id: int | None
+    """The buffer cluster the failure joined, if any."""
+    note: str | None
+
+
+class TrainingOutcome(TypedDict):
+    """A cluster trained after a turn."""
+
+    cluster_id: int
+    adapters: list[str]
+    error: str | None
+
+
+class SageAgentState(AgentState[Any]):
+    """The agent's state with SAGE's records."""
+
+    sage_records: NotRequired[Annotated[list[SageRecord], operator.add]]
+    sage_ready: NotRequired[list[int]]
+    """Clusters that became ready for training during this turn."""
+    sage_trained: NotRequired[Annotated[list[TrainingOutcome], operator.add]]
+
+
+def expression_reference(request: ModelRequest, _answer: AIMessage) -> str | None:
+    """The value of the first arithmetic expression in the last user message, computed by
+    the arithmetic verifier (None when there is none)."""
+    found = _EXPRESSION.search(_prompt(request.messages))
+    if found is None:
+        return None
+    try:
+        return arithmetic_verifier(found.group(0))
+    except ExpressionError:
+        return None
+
+
+class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
+    """SAGE around the model calls of a ``create_agent`` agent (see the module docstring).
+
+    ``context`` is the SageContext of the project's database (``build_context(db,
+    chat)``); give the agent that same ChatSage as its model. ``reference`` gives each
+    call's reference answer (default: the arithmetic verifier on the prompt).
+    ``train``: "after_turn", "approve" (an ``interrupt()`` asks first; resume with
+    ``Command(resume=True)``) or "never".
+    """
+
+    state_schema = SageAgentState
+
+    def __init__(
+        self,
+        context: SageContext,
+        *,
+        reference: Reference = expression_reference,
+        train: Literal["after_turn", "approve", "never"] = "after_turn",
+        max_seconds: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.context, self.reference, self.train = context, reference, train
+        self.max_seconds = max_seconds
+        self._warned = False
+
+    # around the model call
+
+    def wrap_model_call(
+        self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
+    ) -> ExtendedModelResponse:
+        adapter, note = self._route(request)
+        response = handler(request)
+        if adapter is not None and self.context.store.unsure(_message(response)):
+            response = handler(_with_adapter(request, adapter))
+        else:
+            adapter = None
+        return self._scored(request, response, adapter, note)
+
+    async def awrap_model_call(
+        self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
+    ) -> ExtendedModelResponse:
+        adapter, note = await asyncio.to_thread(self._route, request)
+        response = await handler(request)
+        if adapter is not None and self.context.store.unsure(_message(response)):
+            response = await handler(_with_adapter(request, adapter))
+        else:
+            adapter = None
+        return await asyncio.to_thread(self._scored, request, response, adapter, note)
+
+    def _route(self, request: ModelRequest) -> tuple[str | None, str | None]:
+        """The adapter to answer with if the base model turns out unsure, loaded."""
+        store, prompt = self.context.store, _prompt(request.messages)
+        if not self._adapts(request.model) or store is None or not prompt or not self.context.route:
+            return None, None
+        routes = store.route(prompt, tag=default_tag(prompt))
+        if not routes:
+            return None, None
+        try:
+            return store.load(routes[0].id), None
+        except (AdapterError, NotFoundError) as error:
+            return None, f"adapter {routes[0].id} not used: {error}"
+
+    def _scored(
+        self,
+        request: ModelRequest,
+        response: ModelResponse,
+        adapter: str | None,
+        note: str | None,
+    ) -> ExtendedModelResponse:
+        message, prompt = _message(response), _prompt(request.messages)
+        reference = self.reference(request, message)
+        record = SageRecord(
+            prompt=prompt,
+            answer=message.text,
+            adapter=adapter,
+            reference=reference,
+            failed=None,
+            anomaly_score=None,
+            cluster_id=None,
+            note=note,
+        )
+        ready = list(request.state.get("sage_ready") or [])
+        if reference is not None and prompt:
+            margin = message.response_metadata.get("logits_margin_mean")
+            result = self.context.trigger.score(message.text, reference, logits_margin=margin)
+            record.update(failed=result.failed, anomaly_score=result.anomaly_score)
+            ready += self._learn(request, record, adapter is not None)
+        update = {"sage_records": [record], "sage_ready": ready}
+        return ExtendedModelResponse(model_response=response, command=Command(update=update))
+
+    def _learn(self, request: ModelRequest, record: SageRecord, routed: bool) -> list[int]:
+        """Count the adapter's use; buffer a base failure (returning its cluster if it is
+        now ready), or keep a base success as a canary."""
+        store, buffer, tag = self.context.store, self.context.buffer, default_tag(record["prompt"])
+        if routed and store is not None:
+            try:
+                store.record_use(record["adapter"], won=not record["failed"])
+            except NotFoundError:
+                record["note"] = f"adapter {record['adapter']} was removed after answering"
+            return []
+        if not record["failed"]:
+            if store is not None and self.context.train:
+                store.add_canary([TrainingPair(record["prompt"], record["reference"])], tag)
+            return []
+        if buffer is None:
+            return []
+        thread = (get_config().get("configurable") or {}).get("thread_id")
+        assignment = buffer.add(
+            record["prompt"],
+            tag=tag,
+            payload={"reference": record["reference"], "answer": record["answer"]},
+            key=f"{thread}:{len(request.messages)}" if thread else None,
+        )
+        record["cluster_id"] = assignment.cluster_id
+        if assignment.cluster_id is None or store is None or not self._adapts(request.model):
+            return []
+        cluster = buffer.cluster(assignment.cluster_id)
+        return [cluster.id] if self.context.train and needs_training(cluster, store) else []
+
+    def _adapts(self, model: Any) -> bool:
+        if model is self.context.model and isinstance(model, ChatSage):
+            return True
+        if not self._warned:
+            warnings.warn(
+                f"SageMiddleware: the agent's model ({type(model).__name__}) is not the "
+                "context's ChatSage; failures are recorded, nothing is routed or trained",
+                stacklevel=3,
+            )
+            self._warned = True
+        return False
+
+    # after the turn
+
+    def after_agent(self, state: SageAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        ready = sorted(set(state.get("sage_ready") or []))
+        if not ready or self.train == "never":
+            return None
+        if self.train == "approve" and not interrupt({"train_clusters": ready}):
+            return {"sage_ready": []}
+        return {"sage_ready": [], "sage_trained": [self._train(c) for c in ready]}
+
+    async def aafter_agent(
+        self, state: SageAgentState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self.after_agent, state, runtime)
+
+    def _train(self, cluster_id: int) -> TrainingOutcome:
+        store, buffer = self.context.store, self.context.buffer
+        assert store is not None and buffer is not None  # only ready clusters come here
+        try:
+            _, kept = train_cluster(store, buffer, cluster_id, max_seconds=self.max_seconds)
+        except (StoreError, MemoryError, OSError) as error:
+            return TrainingOutcome(cluster_id=cluster_id, adapters=[], error=str(error))
+        return TrainingOutcome(cluster_id=cluster_id, adapters=[a.id for a in kept], error=None)
+
+
+def _prompt(messages: list[AnyMessage]) -> str:
+    """The text of the last user message ("" when there is none)."""
+    return next((m.text for m in reversed(messages) if m.type == "human"), "")
+
+
+def _message(response: ModelResponse) -> AIMessage:
+    return next(m for m in reversed(response.result) if isinstance(m, AIMessage))
+
+
+def _with_adapter(request: ModelRequest, adapter: str) -> ModelRequest:
+    return request.override(model_settings={**request.model_settings, "adapter": adapter})

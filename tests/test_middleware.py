@@ -1,0 +1,100 @@
+"""SageMiddleware in a real ``create_agent`` agent on the tiny llama: failures are scored
+and buffered, an adapter is trained after the turn that made its cluster ready, and later
+questions are answered with it."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.types import Command
+
+from sage_agent import ChatSage, build_context
+from sage_agent.middleware import SageMiddleware, expression_reference
+from tests.test_graph import NINES, SMALL_BUFFER
+
+
+def _question(i: int) -> str:
+    a = 1 + i % 8
+    return f"Compute {a}+{9 - a}. Reply with the number only."
+
+
+@pytest.fixture
+def context(tiny_model_dir: Path, tmp_path: Path, bow_embeddings):
+    chat = ChatSage(model=str(tiny_model_dir), max_tokens=4)
+    return build_context(
+        tmp_path / "sage.db",
+        chat,
+        embeddings=bow_embeddings,
+        buffer_config=SMALL_BUFFER,
+        store_config=NINES,
+    )
+
+
+def test_an_agent_adapts_on_a_stream_of_questions(context) -> None:
+    agent = create_agent(context.model, middleware=[SageMiddleware(context)])
+    states = [agent.invoke({"messages": [HumanMessage(_question(i))]}) for i in range(24)]
+    records = [s["sage_records"][-1] for s in states]
+    assert all(r["reference"] == "9" and r["failed"] is not None for r in records)
+    first_failure = next(i for i, r in enumerate(records) if r["failed"])
+    assert records[first_failure]["cluster_id"] is None  # buffered, not yet clustered
+    trained = [i for i, s in enumerate(states) if s.get("sage_trained")]
+    assert trained, "no cluster was trained after a turn"
+    outcome = states[trained[0]]["sage_trained"][0]
+    assert outcome["error"] is None and outcome["adapters"]
+    assert states[trained[0]]["sage_ready"] == []
+    later = records[trained[0] + 1 :]
+    routed = [r for r in later if r["adapter"] is not None]
+    assert routed and any(not r["failed"] for r in routed)  # a better answer, routed
+    assert context.store.get(routed[0]["adapter"]).uses >= 1
+    assert context.model.active_adapter is None  # per-call adapters left it as it was
+
+
+def test_training_waits_for_approval(context) -> None:
+    agent = create_agent(
+        context.model,
+        middleware=[SageMiddleware(context, train="approve")],
+        checkpointer=InMemorySaver(),
+    )
+    asked = None
+    for i in range(24):
+        config = {"configurable": {"thread_id": f"t{i}"}}
+        state = agent.invoke({"messages": [HumanMessage(_question(i))]}, config)
+        if "__interrupt__" in state:
+            asked = state["__interrupt__"][0].value
+            state = agent.invoke(Command(resume=True), config)
+            assert state["sage_trained"][0]["adapters"]
+            break
+    assert asked is not None and asked["train_clusters"]
+
+
+def test_another_chat_model_is_recorded_but_never_routed(context) -> None:
+    other = GenericFakeChatModel(messages=iter([AIMessage("10")] * 3))
+    agent = create_agent(other, middleware=[SageMiddleware(context)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(3):
+            state = agent.invoke({"messages": [HumanMessage(_question(i))]})
+    assert sum("not the context's ChatSage" in str(w.message) for w in caught) == 1
+    record = state["sage_records"][-1]
+    assert record["failed"] is True and record["adapter"] is None
+    assert context.buffer.buffered()  # failures are still recorded
+
+
+def test_a_reference_that_is_unknown_leaves_the_answer_unscored(context) -> None:
+    agent = create_agent(context.model, middleware=[SageMiddleware(context)])
+    state = agent.invoke({"messages": [HumanMessage("Tell me about Paris.")]})
+    record = state["sage_records"][-1]
+    assert record["reference"] is None and record["failed"] is None
+    assert expression_reference.__doc__ and context.buffer.buffered() == []
+
+
+async def test_the_agent_works_async(context) -> None:
+    agent = create_agent(context.model, middleware=[SageMiddleware(context)])
+    state = await agent.ainvoke({"messages": [HumanMessage(_question(3))]})
+    assert state["sage_records"][-1]["reference"] == "9"
