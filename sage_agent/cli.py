@@ -28,6 +28,7 @@ from sage_agent.errors import (
 )
 from sage_agent.progress import run_with_progress
 from sage_agent.store import AdapterRegistry, adapter_root
+from sage_agent.store.export import export_adapter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,8 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     trace.set_defaults(handler=_trace)
 
     adapters = sub.add_parser("adapters", help="the registered adapters")
-    adapters.add_argument("action", choices=("list", "show", "rm"))
+    adapters.add_argument("action", choices=("list", "show", "rm", "export"))
     adapters.add_argument("id", nargs="?")
+    adapters.add_argument("--to", type=Path, help="export: the new folder")
     adapters.add_argument("--db", type=Path, default=Path("sage.db"))
     adapters.add_argument("--json", action="store_true")
     adapters.set_defaults(handler=_adapters)
@@ -299,6 +301,12 @@ def _adapters(args: argparse.Namespace) -> int:
         raise InvalidInput(f"adapters {args.action} needs an adapter id")
     if args.action == "show":
         print(json.dumps(asdict(registry.get(args.id)), indent=1))
+    elif args.action == "export":
+        if args.to is None:
+            raise InvalidInput("adapters export needs --to FOLDER")
+        folder = export_adapter(registry.get(args.id), args.to)
+        config = json.loads((folder / "adapter_config.json").read_text())
+        print(f"exported adapter {args.id} to {folder} (base {config['base_model_name_or_path']})")
     else:
         registry.remove(args.id)
         print(f"removed adapter {args.id}")

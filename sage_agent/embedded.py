@@ -20,6 +20,9 @@ from sage_agent.errors import EmbeddedModelMissing
 EMBEDDED_CHAT_MODEL = "SmolLM2-135M-Instruct"
 """The model id that selects the embedded chat model (the default of ChatSage)."""
 
+EMBEDDED_CHAT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The hub model the embedded GGUF was quantized from (what exported adapters name)."""
+
 EMBEDDED_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 """The model name that selects the embedded sentence embedder."""
 

@@ -384,6 +384,9 @@ def _same_answer(prediction: str, reference: str) -> bool:
     return numbers_match(parse_number(prediction), expected)
 
 
+_PEFT_PREFIX = "base_model.model."
+
+
 def save_adapter(chat: ChatSage, name: str, folder: str | Path) -> Path:
     """Write adapter ``name`` in peft's format (adapter_config.json and
     adapter_model.safetensors), loadable by ``ChatSage.load_adapter`` and by peft."""
@@ -397,8 +400,13 @@ def save_adapter(chat: ChatSage, name: str, folder: str | Path) -> Path:
         # folder has none, and LoRA leaves the vocabulary alone anyway.
         warnings.filterwarnings("ignore", "Could not find a config file", UserWarning)
         weights = get_peft_model_state_dict(model, adapter_name=name)
+    # peft's own key names ("base_model.model." + the module path), so that plain
+    # PeftModel.from_pretrained reads the file too (transformers reads either form).
     save_file(
-        {k: v.detach().contiguous() for k, v in weights.items()},
+        {
+            _PEFT_PREFIX + k.removeprefix(_PEFT_PREFIX): v.detach().contiguous()
+            for k, v in weights.items()
+        },
         folder / "adapter_model.safetensors",
     )
     config = model.peft_config[name]
