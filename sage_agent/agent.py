@@ -18,7 +18,9 @@ from typing import Any, Literal
 
 import sqlite_utils
 from langchain_core.embeddings import Embeddings
+from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from langgraph.checkpoint.sqlite import SqliteSaver
+from pydantic import BaseModel, Field
 
 from sage_agent.buffer import BufferConfig, TriggerBuffer
 from sage_agent.chat import ChatSage
@@ -66,6 +68,12 @@ class RunSummary:
     wall_s: float = 0.0
     threads: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+
+class SageQuestion(BaseModel):
+    """The arguments of ``SageAgent.as_tool()``."""
+
+    question: str = Field(min_length=1, description="The math question to solve.")
 
 
 class SageAgent:
@@ -242,6 +250,32 @@ class SageAgent:
                 {"finished": time.time(), "summary": json.dumps(summary.__dict__), "owner": None},
             )
         return summary
+
+    def as_tool(self, name: str = "sage_solve", description: str | None = None) -> BaseTool:
+        """The SAGE graph as a LangChain tool for a supervisor agent: a question in, the
+        final answer out; the steps and the thread that traces them are the tool message's
+        artifact. Each call is a run of its own in this agent's database. Plain questions
+        need a decomposer that plans (``configure(decomposer=LLMDecomposer(model))``)."""
+
+        def solve(question: str) -> tuple[str, dict[str, Any]]:
+            summary = self.run([{"id": f"q-{uuid.uuid4().hex[:8]}", "question": question}])
+            values = self.state(summary.threads[0])
+            result = values.get("result") or {}
+            if result.get("error"):
+                raise ToolException(result["error"])
+            artifact = {"thread_id": summary.threads[0], "records": values.get("records", [])}
+            return str(result.get("answer")), artifact
+
+        return StructuredTool.from_function(
+            solve,
+            name=name,
+            description=description
+            or "Solve a multi-step math question step by step with a self-adapting local "
+            "model; returns the final answer.",
+            args_schema=SageQuestion,
+            response_format="content_and_artifact",
+            handle_tool_error=True,
+        )
 
     def _lease(self, run_id: str, owner: str) -> None:
         """Take an unfinished run over: refused while the process that runs it is alive."""

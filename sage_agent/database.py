@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,38 +34,69 @@ def open_database(path: str | Path, *, timeout: float = 10.0) -> sqlite_utils.Da
     path = Path(path)
     if not path.parent.exists():
         raise DatabaseError(f"folder {path.parent} does not exist; create it or pick another --db")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return _open(path, timeout)
+        except (DatabaseLocked, sqlite3.OperationalError) as error:
+            # Opening takes locks of its own (creating the file, switching it to WAL),
+            # which SQLite may refuse at once rather than wait for: wait here instead.
+            if not _busy(error):
+                raise DatabaseError(f"{path} cannot be opened: {error}") from error
+            if time.monotonic() > deadline:
+                raise DatabaseLocked(
+                    f"{path} stayed locked by another process for {timeout:g} s; nothing "
+                    "was written"
+                ) from error
+            time.sleep(0.05)
+        except sqlite3.DatabaseError as error:
+            raise DatabaseError(f"{path} is not a sage-agent SQLite database: {error}") from error
+
+
+def _open(path: Path, timeout: float) -> sqlite_utils.Database:
+    # LangGraph runs sync nodes on worker threads; one node at a time uses the file.
+    connection = sqlite3.connect(
+        str(path), timeout=timeout, isolation_level=None, check_same_thread=False
+    )
     try:
-        # LangGraph runs sync nodes on worker threads; one node at a time uses the file.
-        connection = sqlite3.connect(
-            str(path), timeout=timeout, isolation_level=None, check_same_thread=False
-        )
         db = sqlite_utils.Database(connection)
         _check_version(db, path)
         # WAL: readers (sage-agent trace) never block the writer, and a commit needs no
         # fsync of the main file; NORMAL sync keeps every commit across a process crash.
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-    except sqlite3.DatabaseError as error:
-        raise DatabaseError(f"{path} is not a sage-agent SQLite database: {error}") from error
+    except BaseException:
+        connection.close()
+        raise
     return db
+
+
+def _busy(error: Exception) -> bool:
+    return isinstance(error, DatabaseLocked) or "locked" in str(error) or "busy" in str(error)
 
 
 def _check_version(db: sqlite_utils.Database, path: Path) -> None:
     if "meta" not in db.table_names():
-        if [t for t in db.table_names() if not t.startswith("sqlite_")]:
-            raise SchemaVersionError(
-                f"{path} holds tables but no sage-agent schema version; it was not written by "
-                "sage-agent. Pick another --db; nothing was changed."
-            )
+        # Under the write lock, and looked at again there: two processes may create the
+        # same new file at once, and only one of them writes its version.
         with transaction(db):
-            db["meta"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
-        return
+            tables = [t for t in db.table_names() if not t.startswith("sqlite_")]
+            if "meta" not in tables:
+                if tables:
+                    raise SchemaVersionError(
+                        f"{path} holds tables but no sage-agent schema version; it was not "
+                        "written by sage-agent. Pick another --db; nothing was changed."
+                    )
+                version = {"key": "schema_version", "value": str(SCHEMA_VERSION)}
+                db["meta"].insert(version, pk="key")
     row = next(db["meta"].rows_where("key = ?", ["schema_version"]), None)
     found = int(row["value"]) if row else None
     if found == 1:
-        with transaction(db):
-            _migrate_1_to_2(db)
-            db["meta"].update("schema_version", {"value": str(SCHEMA_VERSION)})
+        with transaction(db):  # looked at again under the lock: another may have migrated
+            again = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if again[0] == "1":
+                _migrate_1_to_2(db)
+                db["meta"].update("schema_version", {"value": str(SCHEMA_VERSION)})
         found = SCHEMA_VERSION
     if found != SCHEMA_VERSION:
         newer = found is not None and found > SCHEMA_VERSION

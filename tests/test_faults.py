@@ -151,3 +151,21 @@ def test_a_locked_database_waits_then_says_so(tmp_path) -> None:
             pass
     finally:
         holder.execute("ROLLBACK")
+
+
+def _open(path: str) -> str:
+    try:
+        open_database(path, timeout=30)
+    except Exception as error:  # reported to the test, not raised in the worker
+        return f"{type(error).__name__}: {error}"
+    return "ok"
+
+
+def test_processes_creating_one_new_database_at_once_all_open_it(tmp_path) -> None:
+    import multiprocessing
+
+    paths = [str(tmp_path / f"new-{i}.db") for i in range(6)]  # a race: try it a few times
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        outcomes = pool.map(_open, [path for path in paths for _ in range(8)])
+    assert outcomes == ["ok"] * len(outcomes)
+    assert all(open_database(p)["meta"].get("schema_version")["value"] == "2" for p in paths)

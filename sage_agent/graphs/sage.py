@@ -32,15 +32,14 @@ from langgraph.runtime import Runtime
 from typing_extensions import TypedDict
 
 from sage_agent.context import SageContext, context_of
-from sage_agent.decompose import substitute
 from sage_agent.errors import (
     AdapterError,
     DecompositionError,
-    ExpressionError,
     MalformedTask,
     NotFoundError,
 )
-from sage_agent.numeric import format_number, numbers_match, parse_number
+from sage_agent.graphs.prompting import step_prompt
+from sage_agent.numeric import numbers_match, parse_number
 from sage_agent.records import (
     Attempt,
     BufferNote,
@@ -54,13 +53,32 @@ from sage_agent.records import (
 from sage_agent.steps import AtomicStep, final_answer
 from sage_agent.store import needs_training
 from sage_agent.tools import LoRAStoreTool
-from sage_agent.verifier import arithmetic_verifier, evaluate_expression
+
+
+class SageInput(TypedDict, total=False):
+    """What the graph takes: a task (GSM8K's shape), or a plain question."""
+
+    task: Task
+    question: str
+
+
+class SageOutput(TypedDict, total=False):
+    """What the graph gives back: the final answer, every step, and where to trace it."""
+
+    answer: str | None
+    records: list[StepRecord]
+    result: TaskResult | None
+    thread_id: str | None
+    """The thread whose checkpoints hold the trace (None without a checkpointer)."""
 
 
 class SageState(TypedDict, total=False):
     """Serialisable records only. ``records`` gets one entry per finished step."""
 
     task: Task
+    question: str
+    answer: str | None
+    thread_id: str | None
     steps: list[StepDict]
     index: int
     """The step under way."""
@@ -71,7 +89,9 @@ class SageState(TypedDict, total=False):
     candidates: list[str]
     """Adapters left to retry the current step with, best first."""
     records: Annotated[list[StepRecord], operator.add]
-    messages: Annotated[list[AnyMessage], add_messages]
+    store_calls: Annotated[list[AnyMessage], add_messages]
+    """The LoRA Store's tool calls and results (its own key, so that the graph can be a
+    subgraph of a state that has ``messages``)."""
     error: str | None
     result: TaskResult | None
 
@@ -83,16 +103,20 @@ Ctx = Runtime[SageContext]
 
 
 def decompose(state: SageState, runtime: Ctx) -> SageState:
-    task = state["task"]
+    thread = (get_config().get("configurable") or {}).get("thread_id")
+    task = state.get("task") or {"id": thread or "question", "question": state.get("question")}
+    update: SageState = {"task": task, "thread_id": thread, "index": 0}
     try:
+        if not isinstance(task.get("question"), str) or not task["question"].strip():
+            raise DecompositionError('the graph takes {"task": ...} or {"question": "..."}')
         steps = context_of(runtime).decomposer(task)
     except (DecompositionError, MalformedTask) as error:
         runtime.stream_writer(
             {"event": "decompose_failed", "task": task.get("id"), "error": str(error)}
         )
-        return {"steps": [], "index": 0, "error": f"decompose: {error}"}
+        return {**update, "steps": [], "error": f"decompose: {error}"}
     runtime.stream_writer({"event": "decomposed", "task": task.get("id"), "steps": len(steps)})
-    return {"steps": [s.to_dict() for s in steps], "index": 0, "attempts": [], "candidates": []}
+    return {**update, "steps": [s.to_dict() for s in steps], "attempts": [], "candidates": []}
 
 
 def route(state: SageState, runtime: Ctx) -> SageState:
@@ -101,7 +125,9 @@ def route(state: SageState, runtime: Ctx) -> SageState:
     context, attempts = context_of(runtime), state.get("attempts") or []
     steps = [AtomicStep(**s) for s in state["steps"]]
     step = steps[state["index"]]
-    prompt, expression, reference, note = _prompt(step, steps, state.get("records") or [], context)
+    prompt, expression, reference, note = step_prompt(
+        step, steps, state.get("records") or [], context.substitute, context.prompt
+    )
     candidates = list(state.get("candidates") or [])
     routed = False
     if not attempts and context.route and context.store is not None:
@@ -243,13 +269,13 @@ def buffer(state: SageState, runtime: Ctx) -> SageState:
             "id": f"call-{uuid.uuid4().hex[:12]}",
         }
         runtime.stream_writer({"event": "training", "cluster_id": cluster_id})
-        update["messages"] = [AIMessage(content="", tool_calls=[call])]
+        update["store_calls"] = [AIMessage(content="", tool_calls=[call])]
     return update
 
 
 def attach(state: SageState, runtime: Ctx) -> SageState:
     """Read the LoRA Store's result; its adapters, best first, become the candidates."""
-    message = state["messages"][-1]
+    message = state["store_calls"][-1]
     assert isinstance(message, ToolMessage)
     records = (message.artifact or []) if message.status != "error" else []
     note: TrainingNote = {
@@ -324,7 +350,7 @@ def finish(state: SageState, runtime: Ctx) -> SageState:
         "error": state.get("error"),
     }
     runtime.stream_writer({"event": "finished", **result})
-    return {"result": result}
+    return {"result": result, "answer": answer}
 
 
 # edges
@@ -346,7 +372,7 @@ def after_trigger(state: SageState, runtime: Ctx) -> Literal["advance", "buffer"
 def after_buffer(state: SageState) -> Literal["lora_store", "retry", "advance"]:
     """Train when the cluster is ready; otherwise try the next routed adapter, if any
     (the first attempt already used the best one)."""
-    messages = state.get("messages") or []
+    messages = state.get("store_calls") or []
     pending = messages and isinstance(messages[-1], AIMessage) and messages[-1].tool_calls
     if pending:
         return "lora_store"
@@ -366,13 +392,18 @@ def build_sage_graph(context_schema: type[Any] = SageContext) -> StateGraph:
     use :class:`sage_agent.SageAgent`, which compiles it on the project's database.
     ``context_schema`` is SageContext, or a schema whose values resolve to one (see
     ``sage_agent.context.ContextSource``)."""
-    graph = StateGraph(SageState, context_schema=context_schema)
+    graph = StateGraph(
+        SageState,
+        context_schema=context_schema,
+        input_schema=SageInput,
+        output_schema=SageOutput,
+    )
     graph.add_node("decompose", decompose)
     graph.add_node("route", route)
     graph.add_node("answer", answer)
     graph.add_node("trigger", trigger)
     graph.add_node("buffer", buffer)
-    graph.add_node("lora_store", ToolNode([LoRAStoreTool()]))
+    graph.add_node("lora_store", ToolNode([LoRAStoreTool()], messages_key="store_calls"))
     graph.add_node("attach", attach)
     graph.add_node("retry", retry)
     graph.add_node("advance", advance)
@@ -392,35 +423,6 @@ def build_sage_graph(context_schema: type[Any] = SageContext) -> StateGraph:
 
 
 # helpers
-
-
-def _prompt(
-    step: AtomicStep, steps: list[AtomicStep], records: list[StepRecord], context: SageContext
-) -> tuple[str, str | None, str | None, str | None]:
-    """The step's prompt, the expression it asks for, its reference and a note. In
-    "answers" mode earlier answers replace the results they stand for, and the reference
-    is recomputed from the substituted expression."""
-    expression, reference, note = step.expression, step.reference, None
-    if context.substitute == "answers" and step.expression and step.depends_on:
-        answers = {r["index"]: r["answer"] for r in records}
-        substituted = substitute(step, steps, answers)
-        if substituted is None:
-            note = "an earlier answer has no number; the step uses the reference values"
-        elif substituted != step.expression:
-            try:
-                reference = format_number(evaluate_expression(substituted))
-                expression = substituted
-            except ExpressionError as error:
-                note = f"substituted expression does not evaluate ({error}); references used"
-    if reference is None and expression is not None:
-        try:
-            reference = arithmetic_verifier(expression)
-        except ExpressionError as error:
-            note = f"expression does not parse: {error}"
-            expression = None
-    if expression is not None:
-        return context.prompt.format(expression=expression), expression, reference, note
-    return step.question, None, reference, note
 
 
 def _trains(context: SageContext, cluster_id: int) -> bool:
