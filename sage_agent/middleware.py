@@ -164,7 +164,12 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
         note: str | None,
     ) -> ExtendedModelResponse:
         message, prompt = _message(response), _prompt(request.messages)
-        reference = self.reference(request, message)
+        try:
+            reference = self.reference(request, message)
+        except Exception as error:  # the user's checker: its failure must not end the turn
+            reference = None
+            note = f"reference raised {type(error).__name__}: {error}; answer not scored"
+            warnings.warn(f"SageMiddleware: {note}", stacklevel=2)
         record = SageRecord(
             prompt=prompt,
             answer=message.text,

@@ -98,3 +98,15 @@ async def test_the_agent_works_async(context) -> None:
     agent = create_agent(context.model, middleware=[SageMiddleware(context)])
     state = await agent.ainvoke({"messages": [HumanMessage(_question(3))]})
     assert state["sage_records"][-1]["reference"] == "9"
+
+
+def test_a_reference_that_raises_leaves_the_answer_unscored(context) -> None:
+    def broken(_request, _answer):
+        raise RuntimeError("checker down")
+
+    agent = create_agent(context.model, middleware=[SageMiddleware(context, reference=broken)])
+    with pytest.warns(UserWarning, match="reference raised RuntimeError: checker down"):
+        state = agent.invoke({"messages": [HumanMessage(_question(1))]})
+    record = state["sage_records"][-1]
+    assert record["failed"] is None and "checker down" in record["note"]
+    assert context.buffer.buffered() == []  # nothing written half
