@@ -8,18 +8,22 @@ and model, then shared by every run of the server).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from sage_agent.context import SageContext, build_context
 from sage_agent.graphs.sage import build_sage_graph
 
 
-@dataclass(frozen=True)
-class StudioContext:
-    """The context as JSON: {"db": "sage.db", "model": null}."""
+class StudioContext(BaseModel):
+    """The context as JSON: {"db": "sage.db", "model": null}. ``db`` is required and
+    nothing else is accepted, so a missing or mistyped context is refused, never
+    replaced by a default database."""
 
-    db: str = "sage.db"
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    db: str = Field(min_length=1)
     """The project's SQLite file, relative to the server's working directory."""
     model: str | None = None
     """A local folder, .gguf file or cached hub id; None: the embedded SmolLM2-135M."""
