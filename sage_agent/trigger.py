@@ -1,6 +1,6 @@
 """The Trigger: an anomaly score for each answer, and the pass / fail decision.
 
-Per answer (DESIGN.md, paper section 3.1):
+Per answer (paper section 3.1):
 
 * s1 = clip(LM / LM_max, 0, 1), LM the mean logits margin of the generated tokens
 * s2 = sentence BLEU-4 (sacrebleu) / 100

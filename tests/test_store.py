@@ -122,7 +122,7 @@ def test_training_is_augmented_with_verifier_variants(chat, tmp_path, bow_embedd
     cluster = make_cluster(bow_embeddings)
     for sample in cluster.samples:  # "Compute i+(9-i). apples" with its expression
         sample.payload["expression"] = sample.text.split()[1].rstrip(".")
-    recipe = build_recipe(cluster, store.config.recipe, min_samples=12, seed=0)
+    recipe = build_recipe(cluster, store.config.recipe, min_train_samples=12, seed=0)
     train, val = recipe.train, recipe.validation
     assert 5 < len(val) <= 5 * 3 and len(train) == 15 * 3
     real = {s.text for s in cluster.samples}
@@ -151,7 +151,7 @@ def test_training_rehearses_canaries_the_gate_never_sees(chat, tmp_path, bow_emb
     assert store.canaries.split("+", rehearse=True) == (gate, replay)  # seeded: the same again
     assert not {p.prompt for p in gate} & {p.prompt for p, _ in replay}
     recipe = build_recipe(
-        cluster, store.config.recipe, min_samples=12, seed=0, rehearsal=replay, gate=gate
+        cluster, store.config.recipe, min_train_samples=12, seed=0, rehearsal=replay, gate=gate
     )
     train, val = recipe.train, recipe.validation
     assert len(train) == 40

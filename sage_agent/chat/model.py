@@ -86,7 +86,7 @@ class ChatSage(AdapterSlots, BaseChatModel):
     system_prompt: str | None = None
     """System message for conversations that start without one; None keeps the chat
     template's own default (about 20 tokens on SmolLM2; "" saves 16 tokens per prompt,
-    see the README for what it does to accuracy)."""
+    see docs/trainer.md for what it does to accuracy)."""
     streaming: bool = False
     """Stream through ``_stream`` even on ``invoke`` (LangChain's convention)."""
 

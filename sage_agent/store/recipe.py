@@ -33,9 +33,9 @@ class Recipe:
     validation: list[TrainingPair]
 
 
-def cluster_examples(cluster: Cluster, min_samples: int) -> list[Example]:
+def cluster_examples(cluster: Cluster, min_train_samples: int) -> list[Example]:
     """The cluster's samples that carry a reference, as pairs (StoreError when fewer
-    than ``min_samples`` do)."""
+    than ``min_train_samples`` do)."""
     examples, missing = [], 0
     for sample in cluster.samples:
         payload = sample.payload or {}
@@ -44,10 +44,10 @@ def cluster_examples(cluster: Cluster, min_samples: int) -> list[Example]:
             missing += 1
             continue
         examples.append((TrainingPair(sample.text, str(reference)), payload.get("expression")))
-    if len(examples) < min_samples:
+    if len(examples) < min_train_samples:
         raise StoreError(
             f"cluster {cluster.id} has {len(examples)} samples with a reference "
-            f"({missing} without one); training needs at least {min_samples}"
+            f"({missing} without one); training needs at least {min_train_samples}"
         )
     return examples
 
@@ -56,13 +56,13 @@ def build_recipe(
     cluster: Cluster,
     config: RecipeConfig,
     *,
-    min_samples: int,
+    min_train_samples: int,
     seed: int,
     rehearsal: Rehearsal = (),
     gate: Sequence[TrainingPair] = (),
 ) -> Recipe:
     """Training and validation pairs of ``cluster`` (see the module docstring)."""
-    examples = cluster_examples(cluster, min_samples)
+    examples = cluster_examples(cluster, min_train_samples)
     rng = random.Random(f"{seed}:{cluster.id}")
     rng.shuffle(examples)
     n_val = max(2, round(len(examples) * config.validation_fraction))

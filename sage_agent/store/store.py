@@ -112,7 +112,7 @@ class LoRAStore:
         recipe = build_recipe(
             cluster,
             self.config.recipe,
-            min_samples=self.config.min_train_samples,
+            min_train_samples=self.config.min_train_samples,
             seed=self.config.seed,
             rehearsal=rehearsal,
             gate=gate,
