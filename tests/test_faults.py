@@ -169,3 +169,26 @@ def test_processes_creating_one_new_database_at_once_all_open_it(tmp_path) -> No
         outcomes = pool.map(_open, [path for path in paths for _ in range(8)])
     assert outcomes == ["ok"] * len(outcomes)
     assert all(open_database(p)["meta"].get("schema_version")["value"] == "2" for p in paths)
+
+
+def test_an_adapter_of_another_base_model_is_refused_and_the_model_unchanged(
+    chat, tmp_path, bow_embeddings, tiny_model_dir
+) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sage_agent import AdapterError
+
+    store = _store(chat, tmp_path, bow_embeddings, keep=1)
+    (kept,) = store.optimize(make_cluster(bow_embeddings))
+    wider = tmp_path / "wider"  # the same tokenizer, a base model of another width
+    config = LlamaConfig.from_pretrained(tiny_model_dir)
+    config.hidden_size, config.intermediate_size = 48, 96
+    LlamaForCausalLM(config).save_pretrained(wider)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny_model_dir / name).exists():
+            (wider / name).write_bytes((tiny_model_dir / name).read_bytes())
+    other = ChatSage(model=str(wider), max_tokens=4)
+    before = other.invoke("Compute 2+7.").text
+    with pytest.raises(AdapterError, match="cannot load the adapter"):
+        other.load_adapter(kept.path, "foreign")
+    assert other.adapters == {} and other.invoke("Compute 2+7.").text == before
