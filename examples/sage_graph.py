@@ -2,7 +2,7 @@
 
 python examples/sage_graph.py [path/to/gsm8k_socratic.jsonl]
 
-Without a file it runs 10 generated word problems. Adapters are trained only once a
+Without a file it runs 5 generated word problems. Adapters are trained only once a
 cluster of failures is ready, so short runs mostly show answering, scoring and buffering.
 """
 
@@ -14,9 +14,9 @@ from sage_agent.problems import generate_problems
 from sage_agent.trace import render_table, trace
 
 if len(sys.argv) > 1:
-    tasks = read_tasks(sys.argv[1], limit=10)
+    tasks = read_tasks(sys.argv[1], limit=5)
 else:
-    tasks = [{**record, "id": f"gen-{i}"} for i, record in enumerate(generate_problems(10, 0))]
+    tasks = [{**record, "id": f"gen-{i}"} for i, record in enumerate(generate_problems(5, 0))]
 
 agent = SageAgent("example.db")  # the embedded SmolLM2-135M; adapters in example-adapters/
 

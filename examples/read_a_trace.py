@@ -1,0 +1,29 @@
+"""Reading a thread back: its checkpoints, the path it took, and a replay from one of them.
+
+python examples/read_a_trace.py [--db trace.db]
+"""
+
+import argparse
+
+from sage_agent import SageAgent
+from sage_agent.problems import generate_problems
+from sage_agent.trace import render_table, trace
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--db", default="trace.db")
+args = parser.parse_args()
+
+agent = SageAgent(args.db)  # the embedded model
+task = {**generate_problems(1, seed=5)[0], "id": "traced"}
+summary = agent.run([task], train=False)
+thread = summary.threads[0]
+print(render_table(trace(agent, thread)))  # one row per attempt, and the node path
+
+config = {"configurable": {"thread_id": thread}}
+history = list(agent.graph.get_state_history(config))  # newest first
+print(f"{len(history)} checkpoints; the path: {[h.next for h in reversed(history)][:6]} ...")
+
+# Time travel: from the checkpoint just before the first answer, run the thread again.
+before = next(h for h in reversed(history) if h.next == ("answer",))
+replayed = agent.graph.invoke(None, before.config, context=agent.context(train=False))
+print(f"replayed from {before.config['configurable']['checkpoint_id']}: {replayed['answer']!r}")
