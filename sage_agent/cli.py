@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--resume",
             action="store_true",
-            help=f"continue the latest unfinished {name} run with the options it started with",
+            help="continue the latest unfinished run with the options it started with "
+            "(refused if it is of the other kind, run or eval)",
         )
         if name == "run":
             command.add_argument("--budget", type=float, default=None, help="seconds per search")
@@ -201,8 +202,8 @@ def _check_options(given: dict[str, Any]) -> None:
 
 
 def _resumed(args: argparse.Namespace, given: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The latest unfinished run of ``args.command``'s kind, and the options it started
-    with; an option given now that differs from them is refused."""
+    """The latest unfinished run, which must be of ``args.command``'s kind, and the
+    options it started with; an option given now that differs from them is refused."""
     from sage_agent.database import open_database
 
     unfinished = unfinished_run(open_database(_existing(args.db)))
