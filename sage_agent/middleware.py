@@ -37,7 +37,13 @@ from typing_extensions import NotRequired, TypedDict
 from sage_agent.buffer import default_tag
 from sage_agent.chat import ChatSage
 from sage_agent.context import SageContext
-from sage_agent.errors import AdapterError, ExpressionError, NotFoundError, StoreError
+from sage_agent.errors import (
+    AdapterError,
+    ConfigError,
+    ExpressionError,
+    NotFoundError,
+    StoreError,
+)
 from sage_agent.records import TrainingPair
 from sage_agent.store import needs_training, train_cluster
 from sage_agent.verifier import arithmetic_verifier
@@ -99,8 +105,9 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
 
     ``context`` is the SageContext of the project's database (``build_context(db,
     chat)``); give the agent that same ChatSage as its model. ``reference`` gives each
-    call's reference answer (default: the arithmetic verifier on the prompt).
-    ``train``: "after_turn", "approve" (an ``interrupt()`` asks first; resume with
+    call's reference answer (default: the arithmetic verifier on the prompt); one that
+    raises leaves the answer unscored, with a note and a warning. ``train``:
+    "after_turn", "approve" (an ``interrupt()`` asks first; resume with
     ``Command(resume=True)``) or "never".
     """
 
@@ -115,6 +122,8 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
         max_seconds: float | None = None,
     ) -> None:
         super().__init__()
+        if train not in ("after_turn", "approve", "never"):
+            raise ConfigError(f'train must be "after_turn", "approve" or "never", not {train!r}')
         self.context, self.reference, self.train = context, reference, train
         self.max_seconds = max_seconds
         self._warned = False
