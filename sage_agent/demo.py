@@ -9,6 +9,7 @@ trace. The demo keeps its own database (``sage-demo.db``), started afresh each t
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import time
@@ -81,13 +82,8 @@ def run_demo(problems: int = 80, seed: int = 0, db: str | Path = "sage-demo.db")
 def _start_afresh(db: Path) -> None:
     """Delete the previous demo's database and adapters, and nothing else: a database the
     demo did not make is refused, and only adapter folders leave the adapter root."""
-    if db.exists():
-        try:
-            marked = next(open_database(db)["meta"].rows_where("key = 'demo'"), None)
-        except DatabaseError:  # not a sage-agent database at all
-            marked = None
-        if marked is None:
-            raise RunError(f"{db} exists and is not a demo database; pick another --db")
+    if db.exists() and not _made_by_the_demo(db):
+        raise RunError(f"{db} exists and is not a demo database; pick another --db")
     for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
         path.unlink(missing_ok=True)
     root = adapter_root(db)
@@ -97,6 +93,21 @@ def _start_afresh(db: Path) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
         with contextlib.suppress(OSError):  # not empty: something else is in it
             root.rmdir()
+
+
+def _made_by_the_demo(db: Path) -> bool:
+    """Marked by the demo, or (a demo of an earlier sage-agent) holding only runs of
+    generated problems."""
+    try:
+        database = open_database(db)
+    except DatabaseError:  # not a sage-agent database at all
+        return False
+    if next(database["meta"].rows_where("key = 'demo'"), None) is not None:
+        return True
+    if "runs" not in database.table_names():
+        return False
+    options = [json.loads(r["options"] or "{}") for r in database["runs"].rows]
+    return bool(options) and all(o.get("data") == "generated" for o in options)
 
 
 def _report(agent: SageAgent, summary: RunSummary, seconds: float) -> None:

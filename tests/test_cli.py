@@ -228,3 +228,21 @@ def test_the_demo_starts_afresh_deleting_only_what_it_made(tmp_path, tiny_model_
     (root / "my-notes.txt").unlink()
     _start_afresh(db)  # nothing there: nothing to do
     assert not root.exists()
+
+
+def test_the_demo_replaces_a_demo_database_of_an_earlier_version(tmp_path, tiny_model_dir) -> None:
+    from sage_agent.demo import _start_afresh
+
+    db = tmp_path / "sage-demo.db"  # no marker, but only runs of generated problems
+    sage_agent.agent.SageAgent(db, str(tiny_model_dir)).db["runs"].insert(
+        {"id": "r", "mode": "run", "options": json.dumps({"data": "generated"})}
+    )
+    _start_afresh(db)
+    assert not db.exists()
+    mine = tmp_path / "mine.db"
+    sage_agent.agent.SageAgent(mine, str(tiny_model_dir)).db["runs"].insert(
+        {"id": "r", "mode": "run", "options": json.dumps({"data": "gsm8k.jsonl"})}
+    )
+    with pytest.raises(sage_agent.RunError, match="is not a demo database"):
+        _start_afresh(mine)
+    assert mine.exists()
