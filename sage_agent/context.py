@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from langchain_core.embeddings import Embeddings
+from langgraph.config import get_config
 
 from sage_agent.buffer import BufferConfig, TriggerBuffer
 from sage_agent.chat import ChatSage
@@ -104,3 +105,8 @@ def context_of(runtime: Any) -> SageContext:
         "context=SageAgent(...).context() or context=build_context(db), or serve "
         "sage_agent/studio.py with langgraph dev"
     )
+
+
+def current_thread_id() -> str | None:
+    """The thread of the LangGraph run under way (None without a checkpointer's thread)."""
+    return (get_config().get("configurable") or {}).get("thread_id")

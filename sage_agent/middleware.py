@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import operator
-import re
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
@@ -29,14 +28,13 @@ from langchain.agents.middleware import (
     ModelResponse,
 )
 from langchain_core.messages import AIMessage, AnyMessage
-from langgraph.config import get_config
 from langgraph.runtime import Runtime
 from langgraph.types import Command, interrupt
 from typing_extensions import NotRequired, TypedDict
 
-from sage_agent.buffer import default_tag
+from sage_agent.buffer import default_tag, first_expression
 from sage_agent.chat import ChatSage
-from sage_agent.context import SageContext
+from sage_agent.context import SageContext, current_thread_id
 from sage_agent.errors import (
     AdapterError,
     ConfigError,
@@ -51,8 +49,6 @@ from sage_agent.verifier import arithmetic_verifier
 Reference = Callable[[ModelRequest, AIMessage], "str | None"]
 """The reference answer of a model call (a gold answer, a checked tool result), or None
 when it is not known."""
-
-_EXPRESSION = re.compile(r"\d[\d.,]*(?:\s*(?:\*\*|[-+*/%×÷−])\s*\(?\d[\d.,]*\)?)+")
 
 
 class SageRecord(TypedDict):
@@ -91,11 +87,11 @@ class SageAgentState(AgentState[Any]):
 def expression_reference(request: ModelRequest, _answer: AIMessage) -> str | None:
     """The value of the first arithmetic expression in the last user message, computed by
     the arithmetic verifier (None when there is none)."""
-    found = _EXPRESSION.search(_prompt(request.messages))
-    if found is None:
+    expression = first_expression(_prompt(request.messages))
+    if expression is None:
         return None
     try:
-        return arithmetic_verifier(found.group(0))
+        return arithmetic_verifier(expression)
     except ExpressionError:
         return None
 
@@ -133,37 +129,43 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
     def wrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
     ) -> ExtendedModelResponse:
-        adapter, note = self._route(request)
+        routed = self._route(request)
         response = handler(request)
-        if adapter is not None and self.context.store.unsure(_message(response)):
+        adapter, note = self._adapter_if_unsure(routed, response)
+        if adapter is not None:
             response = handler(_with_adapter(request, adapter))
-        else:
-            adapter = None
         return self._scored(request, response, adapter, note)
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> ExtendedModelResponse:
-        adapter, note = await asyncio.to_thread(self._route, request)
+        routed = await asyncio.to_thread(self._route, request)
         response = await handler(request)
-        if adapter is not None and self.context.store.unsure(_message(response)):
+        adapter, note = await asyncio.to_thread(self._adapter_if_unsure, routed, response)
+        if adapter is not None:
             response = await handler(_with_adapter(request, adapter))
-        else:
-            adapter = None
         return await asyncio.to_thread(self._scored, request, response, adapter, note)
 
-    def _route(self, request: ModelRequest) -> tuple[str | None, str | None]:
-        """The adapter to answer with if the base model turns out unsure, loaded."""
+    def _route(self, request: ModelRequest) -> str | None:
+        """The id of the adapter routed to the prompt, if any."""
         store, prompt = self.context.store, _prompt(request.messages)
         if not self._adapts(request.model) or store is None or not prompt or not self.context.route:
-            return None, None
+            return None
         routes = store.route(prompt, tag=default_tag(prompt))
-        if not routes:
+        return routes[0].id if routes else None
+
+    def _adapter_if_unsure(
+        self, routed: str | None, response: ModelResponse
+    ) -> tuple[str | None, str | None]:
+        """The routed adapter, loaded, when the base answer is unsure (the graph's gate);
+        loaded only then, as the graph's answer node does. Returns (adapter, note)."""
+        store = self.context.store
+        if routed is None or store is None or not store.unsure(_message(response)):
             return None, None
         try:
-            return store.load(routes[0].id), None
+            return store.load(routed), None
         except (AdapterError, NotFoundError) as error:
-            return None, f"adapter {routes[0].id} not used: {error}"
+            return None, f"adapter {routed} not used: {error}"
 
     def _scored(
         self,
@@ -214,7 +216,7 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
             return []
         if buffer is None:
             return []
-        thread = (get_config().get("configurable") or {}).get("thread_id")
+        thread = current_thread_id()
         assignment = buffer.add(
             record["prompt"],
             tag=tag,

@@ -7,7 +7,7 @@ stability check, pure functions), schema (its tables) and buffer (``TriggerBuffe
 from sage_agent.buffer.buffer import TriggerBuffer
 from sage_agent.buffer.config import BufferConfig
 from sage_agent.buffer.records import Assignment, Cluster, Sample
-from sage_agent.buffer.tags import Tagger, default_tag, keywords
+from sage_agent.buffer.tags import Tagger, default_tag, first_expression, keywords
 
 __all__ = [
     "Assignment",
@@ -17,5 +17,6 @@ __all__ = [
     "Tagger",
     "TriggerBuffer",
     "default_tag",
+    "first_expression",
     "keywords",
 ]

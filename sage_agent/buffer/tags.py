@@ -18,13 +18,19 @@ Tagger = Callable[[str, dict[str, Any] | None], str]
 _EXPRESSION = re.compile(r"\(?\$?\d[\d.,]*\)?(?:\s*(?:\*\*|[-+*/%×÷−])\s*\(?\$?\d[\d.,]*\)?)+")
 
 
+def first_expression(text: str) -> str | None:
+    """The first arithmetic expression written in ``text`` ("2+7" in "Compute 2+7."),
+    or None when there is none."""
+    match = _EXPRESSION.search(text)
+    return match.group(0) if match else None
+
+
 def default_tag(text: str, payload: dict[str, Any] | None = None) -> str:
     """The operator signature of the step's expression (``payload["expression"]``, else the
     first arithmetic expression in the text), or "default" when there is none."""
     expression = (payload or {}).get("expression")
     if not isinstance(expression, str) or not expression.strip():
-        match = _EXPRESSION.search(text)
-        expression = match.group(0) if match else ""
+        expression = first_expression(text) or ""
     return operator_signature(expression) or "default"
 
 

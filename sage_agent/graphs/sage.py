@@ -24,14 +24,13 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
-from langgraph.config import get_config
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.prebuilt import ToolNode
 from langgraph.runtime import Runtime
 from typing_extensions import TypedDict
 
-from sage_agent.context import SageContext, context_of
+from sage_agent.context import SageContext, context_of, current_thread_id
 from sage_agent.errors import (
     AdapterError,
     DecompositionError,
@@ -103,7 +102,7 @@ Ctx = Runtime[SageContext]
 
 
 def decompose(state: SageState, runtime: Ctx) -> SageState:
-    thread = (get_config().get("configurable") or {}).get("thread_id")
+    thread = current_thread_id()
     task = state.get("task") or {"id": thread or "question", "question": state.get("question")}
     update: SageState = {"task": task, "thread_id": thread, "index": 0}
     try:
@@ -239,7 +238,7 @@ def buffer(state: SageState, runtime: Ctx) -> SageState:
     context, attempt = context_of(runtime), _current(state)
     step = AtomicStep(**state["steps"][state["index"]])
     assert context.buffer is not None  # after_trigger only comes here with a buffer
-    thread = (get_config().get("configurable") or {}).get("thread_id")
+    thread = current_thread_id()
     assignment = context.buffer.add(
         attempt["prompt"],
         tag=step.tag,
