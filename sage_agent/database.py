@@ -19,7 +19,7 @@ import sqlite_utils
 
 from sage_agent.errors import DatabaseError, DatabaseLocked, SchemaVersionError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """2: adapters.rank became adapters.position (the LoRA rank is in its config), and
 adapters.path is the folder's name under the adapter root, not a path from the working
 directory; samples.key, clusters.claimed_by / claimed_until and runs.owner were added."""
@@ -91,12 +91,12 @@ def _check_version(db: sqlite_utils.Database, path: Path) -> None:
                 db["meta"].insert(version, pk="key")
     row = next(db["meta"].rows_where("key = ?", ["schema_version"]), None)
     found = int(row["value"]) if row else None
-    if found == 1:
+    if found is not None and found < SCHEMA_VERSION:
         with transaction(db):  # looked at again under the lock: another may have migrated
             again = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if again[0] == "1":
-                _migrate_1_to_2(db)
-                db["meta"].update("schema_version", {"value": str(SCHEMA_VERSION)})
+            for version in range(int(again[0]), SCHEMA_VERSION):
+                _MIGRATIONS[version](db)
+            db["meta"].update("schema_version", {"value": str(SCHEMA_VERSION)})
         found = SCHEMA_VERSION
     if found != SCHEMA_VERSION:
         newer = found is not None and found > SCHEMA_VERSION
@@ -123,6 +123,15 @@ def _migrate_1_to_2(db: sqlite_utils.Database) -> None:
             db["adapters"].update(adapter_id, {"path": Path(path).name})
     if "canary" in db.table_names() and "expression" not in db["canary"].columns_dict:
         db["canary"].add_column("expression", str)
+
+
+def _migrate_2_to_3(db: sqlite_utils.Database) -> None:
+    if "trials" in db.table_names():  # loss curves, for the run report
+        db["trials"].add_column("curve", str)
+
+
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+"""From version N to N + 1, each run inside the one transaction of the upgrade."""
 
 
 def this_owner() -> str:

@@ -2,8 +2,9 @@
 
 The SAGE graph keeps only plain, serialisable values in its state (so every checkpoint
 reads back as a trace): a task, its steps, one ``Attempt`` per answer, one ``StepRecord``
-per finished step and a ``TaskResult``. The graph writes them, and ``SageAgent``, the
-trace and the demo read them; declaring them here keeps the keys in one place.
+per finished step, one ``NodeTiming`` per node run and a ``TaskResult``. The graph writes
+them, and ``SageAgent``, the reports and the demo read them; declaring them here keeps
+the keys in one place.
 ``TrainingPair`` is what the trainer, the recipe and the gate exchange.
 """
 
@@ -102,6 +103,17 @@ class StepRecord(StepDict):
     retry_success: bool
     """It failed first and a retry with an adapter fixed it."""
     adapter: str | None
+
+
+class NodeTiming(TypedDict):
+    """How long one run of a graph node took (the graph's ``timings`` key)."""
+
+    node: str
+    step: int | None
+    """The step under way (0-based), or None for decompose and finish."""
+    started: float
+    """Wall-clock start, seconds since the epoch."""
+    seconds: float
 
 
 class TaskResult(TypedDict):

@@ -121,6 +121,8 @@ class TrainResult:
     seconds: float
     samples_per_second: float
     steps: int
+    losses: tuple[float, ...] = ()
+    """The training loss of every optimiser step, in order (the trial's loss curve)."""
 
 
 @functools.cache
@@ -302,7 +304,7 @@ def train_lora(
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     order = random.Random(config.seed)
     steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
-    total, step, epoch_losses = steps_per_epoch * config.epochs, 0, []
+    total, step, epoch_losses, losses = steps_per_epoch * config.epochs, 0, [], []
     started = time.perf_counter()
     with chat.using_adapter(name), chat.lock:
         model.train()
@@ -323,6 +325,7 @@ def train_lora(
                     optimizer.step()
                     step += 1
                     epoch_losses.append(loss.item())
+                    losses.append(epoch_losses[-1])
                     if progress is not None:
                         progress(step, total, epoch_losses[-1])
         finally:
@@ -336,6 +339,7 @@ def train_lora(
         seconds=seconds,
         samples_per_second=len(encoded) * config.epochs / seconds,
         steps=step,
+        losses=tuple(losses),
     )
 
 

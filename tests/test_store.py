@@ -189,12 +189,18 @@ def test_a_version_1_file_is_migrated(chat, tmp_path, bow_embeddings) -> None:
     )
     old["canary"].create({"prompt": str, "answer": str, "tag": str}, pk="prompt")
     old["canary"].insert({"prompt": "Compute 2+2.", "answer": "4", "tag": "+"})
+    old["trials"].insert_all(  # versions 1 and 2 kept no loss curves
+        [{k: v for k, v in r.items() if k != "curve"} for r in store.registry.db["trials"].rows],
+        pk="id",
+    )
     old.close()
 
     migrated = LoRAStore(tmp_path / "old.sqlite", tmp_path / "a", chat, LEARNABLE, bow_embeddings)
     record = migrated.get(kept.id)
     assert record.position == 1 and record.path == kept.path
     assert migrated.load(kept.id) == kept.id  # found, and its checksum still matches
+    assert all(t.curve == [] for t in migrated.registry.trials())
+    assert all(len(t.curve) > 0 for t in store.registry.trials())  # loss per optimiser step
     migrated.add_canary([TrainingPair("Compute 3+3.", "6")], "+", expressions=["3+3"])
     assert migrated.canaries.count("+") == 2
     with pytest.raises(ValueError, match="1 canaries but 2 expressions"):

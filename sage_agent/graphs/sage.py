@@ -19,11 +19,15 @@ trial_done / adapter_kept (from the store), attached, retry, step_done, finished
 
 from __future__ import annotations
 
+import functools
 import operator
+import time
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
+from langgraph.config import get_config
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.prebuilt import ToolNode
@@ -42,6 +46,7 @@ from sage_agent.numeric import numbers_match, parse_number
 from sage_agent.records import (
     Attempt,
     BufferNote,
+    NodeTiming,
     StepDict,
     StepRecord,
     Task,
@@ -91,16 +96,40 @@ class SageState(TypedDict, total=False):
     store_calls: Annotated[list[AnyMessage], add_messages]
     """The LoRA Store's tool calls and results (its own key, so that the graph can be a
     subgraph of a state that has ``messages``)."""
+    timings: Annotated[list[NodeTiming], operator.add]
+    """One entry per node run, in order: what the traces' timings are read from."""
     error: str | None
     result: TaskResult | None
 
 
 Ctx = Runtime[SageContext]
+Node = Callable[[SageState, Ctx], SageState]
+
+
+def timed(node: Node) -> Node:
+    """The node, adding how long it ran to the state's ``timings`` (a node re-run after
+    a crash records its second run only: the first never reached a checkpoint)."""
+
+    @functools.wraps(node)
+    def run(state: SageState, runtime: Ctx) -> SageState:
+        started, clock = time.time(), time.perf_counter()
+        update = node(state, runtime)
+        step = None if node.__name__ in ("decompose", "finish") else state.get("index")
+        timing: NodeTiming = {
+            "node": node.__name__,
+            "step": step,
+            "started": started,
+            "seconds": time.perf_counter() - clock,
+        }
+        return {**update, "timings": [timing]}
+
+    return run
 
 
 # nodes
 
 
+@timed
 def decompose(state: SageState, runtime: Ctx) -> SageState:
     thread = current_thread_id()
     task = state.get("task") or {"id": thread or "question", "question": state.get("question")}
@@ -118,6 +147,7 @@ def decompose(state: SageState, runtime: Ctx) -> SageState:
     return {**update, "steps": [s.to_dict() for s in steps], "attempts": [], "candidates": []}
 
 
+@timed
 def route(state: SageState, runtime: Ctx) -> SageState:
     """Prepare the next attempt of the current step: its prompt, reference and adapter.
     A retry takes the next candidate left by attach; a first attempt is routed."""
@@ -150,6 +180,7 @@ def route(state: SageState, runtime: Ctx) -> SageState:
     return {"attempt": attempt, "candidates": candidates}
 
 
+@timed
 def answer(state: SageState, runtime: Ctx) -> SageState:
     """Answer the attempt. A routed first attempt asks the base model first and keeps its
     answer when it is sure (``RouterConfig.route_below``); the adapter then goes back to
@@ -192,6 +223,7 @@ def _answered(attempt: Attempt, message: AIMessage, runtime: Ctx) -> Attempt:
     return attempt
 
 
+@timed
 def trigger(state: SageState, runtime: Ctx) -> SageState:
     context, attempt = context_of(runtime), _current(state)
     result = context.trigger.score(
@@ -232,6 +264,7 @@ def trigger(state: SageState, runtime: Ctx) -> SageState:
     return {"attempt": attempt, "attempts": [*(state.get("attempts") or []), attempt]}
 
 
+@timed
 def buffer(state: SageState, runtime: Ctx) -> SageState:
     """Add the failure to the Trigger Buffer; call the LoRA Store when its cluster
     ``needs_training``."""
@@ -272,6 +305,17 @@ def buffer(state: SageState, runtime: Ctx) -> SageState:
     return update
 
 
+_STORE_TOOL = ToolNode([LoRAStoreTool()], messages_key="store_calls")
+
+
+@timed
+def lora_store(state: SageState, runtime: Ctx) -> SageState:
+    """The LoRA Store tool's call (a ToolNode: the tool gets the runtime's context and
+    stream writer), inside a node of its own so that its time is recorded."""
+    return _STORE_TOOL.invoke(state, get_config())
+
+
+@timed
 def attach(state: SageState, runtime: Ctx) -> SageState:
     """Read the LoRA Store's result; its adapters, best first, become the candidates."""
     message = state["store_calls"][-1]
@@ -291,6 +335,7 @@ def attach(state: SageState, runtime: Ctx) -> SageState:
     return {"attempts": attempts, "candidates": candidates}
 
 
+@timed
 def retry(state: SageState, runtime: Ctx) -> SageState:
     runtime.stream_writer(
         {"event": "retry", "adapter": state["candidates"][0], "left": len(state["candidates"])}
@@ -298,6 +343,7 @@ def retry(state: SageState, runtime: Ctx) -> SageState:
     return {}
 
 
+@timed
 def advance(state: SageState, runtime: Ctx) -> SageState:
     step, attempts = state["steps"][state["index"]], state["attempts"]
     last, first = attempts[-1], attempts[0]
@@ -329,6 +375,7 @@ def advance(state: SageState, runtime: Ctx) -> SageState:
     }
 
 
+@timed
 def finish(state: SageState, runtime: Ctx) -> SageState:
     task, records = state["task"], state.get("records") or []
     answer = records[-1]["answer"] if records else None
@@ -402,7 +449,7 @@ def build_sage_graph(context_schema: type[Any] = SageContext) -> StateGraph:
     graph.add_node("answer", answer)
     graph.add_node("trigger", trigger)
     graph.add_node("buffer", buffer)
-    graph.add_node("lora_store", ToolNode([LoRAStoreTool()], messages_key="store_calls"))
+    graph.add_node("lora_store", lora_store)
     graph.add_node("attach", attach)
     graph.add_node("retry", retry)
     graph.add_node("advance", advance)

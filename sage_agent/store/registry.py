@@ -21,7 +21,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,8 @@ class TrialRecord:
     """"kept", or why it was not."""
     adapter_id: str | None
     created: float
+    curve: list[float] = field(default_factory=list)
+    """Training loss per optimiser step."""
 
 
 class AdapterRegistry:
@@ -190,6 +192,7 @@ class AdapterRegistry:
     def log_trial(self, **fields: Any) -> None:
         """One row of the trial log (the columns of ``TrialRecord`` but ``id``)."""
         fields["config"] = json.dumps(fields["config"])
+        fields["curve"] = json.dumps(fields.get("curve") or [])
         with transaction(self.db):
             self.db["trials"].insert({**fields, "created": time.time()})
 
@@ -261,7 +264,12 @@ class AdapterRegistry:
         """The trial log, oldest first."""
         where, args = ("cluster_id = ?", [cluster_id]) if cluster_id is not None else (None, [])
         rows = self.db["trials"].rows_where(where, args, order_by="id")
-        return [TrialRecord(**{**r, "config": json.loads(r["config"])}) for r in rows]
+        return [
+            TrialRecord(
+                **{**r, "config": json.loads(r["config"]), "curve": json.loads(r["curve"] or "[]")}
+            )
+            for r in rows
+        ]
 
     def intact(self, record: AdapterRecord) -> bool:
         """Whether the adapter's files still match the checksum they were registered with."""
@@ -315,6 +323,7 @@ class AdapterRegistry:
                     "outcome": str,
                     "adapter_id": str,
                     "created": float,
+                    "curve": str,
                 },
                 pk="id",
                 if_not_exists=True,

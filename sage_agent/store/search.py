@@ -44,6 +44,8 @@ class Trial:
     seconds: float = 0.0
     """Of training; with ``validation_seconds``, what the search's budget counts."""
     validation_seconds: float = 0.0
+    curve: tuple[float, ...] = ()
+    """Training loss per optimiser step."""
 
 
 def run_search(
@@ -104,7 +106,7 @@ def run_search(
             emit({"event": "trial_failed", "trial": number, "error": failed[-1].error})
             return
         trial.val_em, trial.val_loss = scores.exact_match, scores.loss
-        trial.seconds = result.seconds
+        trial.seconds, trial.curve = result.seconds, result.losses
         trial.validation_seconds = time.perf_counter() - trained
         emit(
             {

@@ -141,6 +141,7 @@ class LoRAStore:
                 val_loss=None,
                 canary_em=None,
                 seconds=0.0,
+                curve=[],
                 outcome=f"failed: {failure.error}",
                 adapter_id=None,
             )
@@ -227,6 +228,7 @@ class LoRAStore:
                 val_loss=trial.val_loss,
                 canary_em=canary_em,
                 seconds=trial.seconds,
+                curve=list(trial.curve),
                 outcome=outcome,
                 adapter_id=adapter_id,
             )
