@@ -115,9 +115,22 @@ def _parser() -> argparse.ArgumentParser:
     trace = sub.add_parser("trace", help="a thread step by step")
     trace.add_argument("thread", nargs="?", help="thread id (default: the latest)")
     trace.add_argument("--db", type=Path, default=Path("sage.db"))
-    trace.add_argument("--format", choices=("table", "json", "mermaid", "html"), default="table")
+    trace.add_argument(
+        "--format",
+        choices=("table", "json", "mermaid", "html"),
+        default="table",
+        help="html: a page with the graph drawn, every attempt and every checkpoint",
+    )
     trace.add_argument("--out", type=Path, default=None, help="write to this file")
     trace.set_defaults(handler=_trace)
+
+    report = sub.add_parser("report", help="a run's HTML report, with a page per thread")
+    report.add_argument("run", nargs="?", help="run id (default: the latest)")
+    report.add_argument("--db", type=Path, default=Path("sage.db"))
+    report.add_argument(
+        "--out", type=Path, default=None, help="the report's file (default report-RUN.html)"
+    )
+    report.set_defaults(handler=_report)
 
     adapters = sub.add_parser("adapters", help="the registered adapters")
     adapters.add_argument("action", choices=("list", "show", "rm", "export"))
@@ -257,26 +270,43 @@ def _print_summary(summary: RunSummary, as_json: bool) -> None:
 
 
 def _trace(args: argparse.Namespace) -> int:
-    from sage_agent.trace import latest_thread, render_html, render_mermaid, render_table, trace
+    from sage_agent.report import (
+        latest_thread,
+        read_thread,
+        render_table,
+        render_thread,
+        thread_file,
+    )
 
     agent = SageAgent(_existing(args.db))
     if args.format == "mermaid":
-        text = render_mermaid(agent)
+        text = agent.graph.get_graph().draw_mermaid()
     else:
-        data = trace(agent, args.thread or latest_thread(agent))
+        trace = read_thread(agent, args.thread or latest_thread(agent))
         if args.format == "json":
-            text = json.dumps(data, indent=1, default=str)
+            text = json.dumps(asdict(trace), indent=1, default=str)
         elif args.format == "html":
-            text = render_html(agent, data)
+            text = render_thread(agent, trace)
+            args.out = args.out or Path(f"trace-{thread_file(trace.thread)}")
         else:
-            text = render_table(data)
-    if args.out is None and args.format == "html":
-        args.out = Path(f"trace-{data['thread'].replace(':', '-')}.html")
+            text = render_table(trace)
     if args.out is not None:
         args.out.write_text(text, encoding="utf-8")
         print(args.out)
     else:
         print(text)
+    return 0
+
+
+# report
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sage_agent.report import latest_run, write_run_report
+
+    agent = SageAgent(_existing(args.db))
+    run_id = args.run or latest_run(agent)
+    print(write_run_report(agent, run_id, (args.out or Path(f"report-{run_id}.html")).absolute()))
     return 0
 
 

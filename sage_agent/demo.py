@@ -2,8 +2,9 @@
 
 Seeded multi-step word problems from the project's own templates run through the SAGE
 graph on the embedded SmolLM2-135M until a failed step's cluster has been trained and a
-retry with its adapter has answered it right; then a before/after summary and an HTML
-trace. The demo keeps its own database (``sage-demo.db``), started afresh each time.
+retry with its adapter has answered it right; then a before/after summary and the run's
+HTML report (a page per thread beside it). The demo keeps its own database
+(``sage-demo.db``), started afresh each time.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from sage_agent.database import open_database, transaction
 from sage_agent.errors import DatabaseError, RunError
 from sage_agent.problems import generate_problems
 from sage_agent.progress import run_with_progress
+from sage_agent.report import write_run_report
 from sage_agent.store import GateConfig, RecipeConfig, SearchConfig, StoreConfig, adapter_root
-from sage_agent.trace import render_html, trace
 
 DEMO_STORE = StoreConfig(
     search=SearchConfig(
@@ -80,12 +81,15 @@ def run_demo(problems: int = 80, seed: int = 0, db: str | Path = "sage-demo.db")
 
 
 def _start_afresh(db: Path) -> None:
-    """Delete the previous demo's database and adapters, and nothing else: a database the
-    demo did not make is refused, and only adapter folders leave the adapter root."""
+    """Delete the previous demo's database, adapters and thread pages, and nothing else: a
+    database the demo did not make is refused, and only adapter folders leave the adapter
+    root."""
     if db.exists() and not _made_by_the_demo(db):
         raise RunError(f"{db} exists and is not a demo database; pick another --db")
     for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
         path.unlink(missing_ok=True)
+    for page in db.with_name(f"{db.stem}-report-threads").glob("*.html"):
+        page.unlink()  # the previous run's thread pages (its threads had other ids)
     root = adapter_root(db)
     if root.is_dir():
         for entry in root.iterdir():
@@ -146,7 +150,8 @@ def _report(agent: SageAgent, summary: RunSummary, seconds: float) -> None:
         t for t in summary.threads if any(r["retries"] for r in agent.state(t).get("records", []))
     ]
     thread = (retried or summary.threads)[-1]
-    out = agent.db_path.with_name(f"{agent.db_path.stem}-trace.html")
-    out.write_text(render_html(agent, trace(agent, thread)), encoding="utf-8")
-    print(f"trace of thread {thread}: {out.resolve()}")
-    print(f"  (also: sage-agent trace {thread} --db {agent.db_path})")
+    out = write_run_report(
+        agent, summary.run_id, agent.db_path.with_name(f"{agent.db_path.stem}-report.html")
+    )
+    print(f"run report: {out}")
+    print(f"  a thread with a retry: sage-agent trace {thread} --db {agent.db_path}")

@@ -73,12 +73,18 @@ def test_run_eval_trace_adapters_clusters(data, tmp_path, tiny_model_dir, capsys
     assert "anomaly_score" in table and "Compute 2*6" in table
     assert main(["trace", "--db", str(db), "--format", "json"]) == 0
     latest = json.loads(capsys.readouterr().out)
-    assert latest["rows"] and latest["nodes"][0] == "decompose"
+    assert latest["rows"] and latest["path"][0] == "decompose"
+    assert [t["node"] for t in latest["timings"]] == latest["path"]  # a time per node run
     assert main(["trace", "--db", str(db), "--format", "mermaid"]) == 0
     assert "lora_store" in capsys.readouterr().out
     page = tmp_path / "t.html"
     assert main(["trace", thread, "--db", str(db), "--format", "html", "--out", str(page)]) == 0
     assert "<h1>Thread" in page.read_text() and str(page) in capsys.readouterr().out
+    report = tmp_path / "r.html"
+    assert main(["report", summary["run_id"], "--db", str(db), "--out", str(report)]) == 0
+    assert str(report) in capsys.readouterr().out
+    assert summary["run_id"] in report.read_text()
+    assert len(list((tmp_path / "r-threads").glob("*.html"))) == 3
 
     assert main(["adapters", "list", "--db", str(db), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
@@ -95,6 +101,8 @@ def test_bad_input_exits_1_with_one_line(data, tmp_path, tiny_model_dir, capsys)
         (["run", "--resume", "--db", str(db)], "no unfinished run"),
         (["adapters", "show", "nope", "--db", str(db)], "no adapter 'nope'"),
         (["trace", "nope", "--db", str(db)], "no thread 'nope'"),
+        (["report", "nope", "--db", str(db)], "no run 'nope'"),
+        (["report", "--db", str(db)], "holds no runs yet"),
         (
             ["run", "--data", str(data), "--db", str(db), "--model", "no/such-model-xyz"],
             "no/such-model-xyz",

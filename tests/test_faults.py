@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sage_agent import ChatSage, DatabaseError
-from sage_agent.database import open_database, transaction
+from sage_agent.database import SCHEMA_VERSION, open_database, transaction
 from sage_agent.store import LoRAStore
 from tests.test_store import LEARNABLE, make_cluster
 
@@ -168,7 +168,10 @@ def test_processes_creating_one_new_database_at_once_all_open_it(tmp_path) -> No
     with multiprocessing.get_context("fork").Pool(8) as pool:
         outcomes = pool.map(_open, [path for path in paths for _ in range(8)])
     assert outcomes == ["ok"] * len(outcomes)
-    assert all(open_database(p)["meta"].get("schema_version")["value"] == "2" for p in paths)
+    assert all(
+        open_database(p)["meta"].get("schema_version")["value"] == str(SCHEMA_VERSION)
+        for p in paths
+    )
 
 
 def test_an_adapter_of_another_base_model_is_refused_and_the_model_unchanged(

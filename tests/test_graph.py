@@ -14,8 +14,8 @@ from sage_agent.buffer import BufferConfig
 from sage_agent.context import SageContext
 from sage_agent.decompose import socratic_decomposer
 from sage_agent.graphs import build_sage_graph
+from sage_agent.report import read_thread, render_table
 from sage_agent.store import StoreConfig
-from sage_agent.trace import render_html, render_table, trace
 
 # The tiny random model learns "every answer is 9" in seconds (see test_store.py); no
 # prompt holds a 9, so its random first answers fail.
@@ -70,14 +70,12 @@ def test_failures_train_an_adapter_and_the_retry_fixes_the_step(agent: SageAgent
     assert summary.retry_success >= 1
     assert summary.step_em > summary.step_em_first
     retried = [t for t in summary.threads if any(r["retries"] for r in agent.state(t)["records"])]
-    data = trace(agent, retried[-1])
-    outcomes = [row["outcome"] for row in data["rows"]]
+    trace = read_thread(agent, retried[-1])
+    outcomes = [row.outcome for row in trace.rows]
     assert outcomes[0] == "fail" and "retry fixed it" in outcomes
-    assert data["nodes"][:4] == ["decompose", "route", "answer", "trigger"]
-    assert {"buffer", "lora_store", "attach", "retry"} <= set(data["nodes"])
-    assert "retry fixed it" in render_table(data)
-    page = render_html(agent, data)
-    assert page.count("data:image/png;base64,") >= 3 and "<script" not in page
+    assert trace.path[:4] == ["decompose", "route", "answer", "trigger"]
+    assert {"buffer", "lora_store", "attach", "retry"} <= set(trace.path)
+    assert "retry fixed it" in render_table(trace)
     # the store's adapters are registered and the routed ones are used afterwards
     assert agent.store.adapters()
 
@@ -168,7 +166,7 @@ def test_decompose_errors_end_the_task_with_an_error(agent: SageAgent) -> None:
 
 def test_unknown_thread(agent: SageAgent) -> None:
     with pytest.raises(KeyError, match="no thread 'nope'"):
-        trace(agent, "nope")
+        read_thread(agent, "nope")
 
 
 def test_graph_has_the_design_nodes_and_a_context_schema() -> None:

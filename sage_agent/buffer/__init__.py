@@ -6,13 +6,14 @@ stability check, pure functions), schema (its tables) and buffer (``TriggerBuffe
 
 from sage_agent.buffer.buffer import TriggerBuffer
 from sage_agent.buffer.config import BufferConfig
-from sage_agent.buffer.records import Assignment, Cluster, Sample
+from sage_agent.buffer.records import Assignment, Cluster, FailurePoint, Sample
 from sage_agent.buffer.tags import Tagger, default_tag, first_expression, keywords
 
 __all__ = [
     "Assignment",
     "BufferConfig",
     "Cluster",
+    "FailurePoint",
     "Sample",
     "Tagger",
     "TriggerBuffer",

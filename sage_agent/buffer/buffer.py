@@ -33,6 +33,7 @@ from sage_agent.buffer.clustering import (
     unit,
 )
 from sage_agent.buffer.config import BufferConfig
+from sage_agent.buffer.points import FailurePoint, failure_points
 from sage_agent.buffer.records import Assignment, Cluster, Sample, payload_json, sample_of
 from sage_agent.buffer.schema import create_tables
 from sage_agent.buffer.tags import Tagger, cluster_keywords, default_tag, jaccard, keywords
@@ -158,6 +159,10 @@ class TriggerBuffer(LazyEmbeddings):
         if tag is not None:
             where, args = where + " AND tag = ?", [tag]
         return [sample_of(r) for r in self.db["samples"].rows_where(where, args, order_by="id")]
+
+    def points(self) -> list[FailurePoint]:
+        """Every sample with its embedding and current cluster (``failure_points``)."""
+        return failure_points(self.db)
 
     def stable_tags(self) -> list[str]:
         return [r["tag"] for r in self.db["tags"].rows_where("stable = 1", order_by="tag")]

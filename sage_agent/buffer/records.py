@@ -53,6 +53,18 @@ class Cluster:
     samples: list[Sample]
 
 
+@dataclass(frozen=True)
+class FailurePoint:
+    """A sample with its embedding and where it ended: for maps of the failures."""
+
+    sample: Sample
+    status: str
+    """buffered, assigned, clustered, noise or expired."""
+    cluster_id: int | None
+    """Its formal cluster now (after merges), or None."""
+    embedding: np.ndarray
+
+
 def payload_json(payload: dict[str, Any] | None) -> str | None:
     if payload is None:
         return None

@@ -14,25 +14,19 @@ Runtime dependencies (model, Trigger, buffer, store, decomposer) come through th
 ``SageContext`` context schema; the state holds only serialisable records, so every
 checkpoint can be read back as a trace. Each node writes custom stream events
 (``stream_mode="custom"``): step_started, answered, triggered, buffered, trial_started /
-trial_done / adapter_kept (from the store), attached, retry, step_done, finished.
+trial_done / adapter_kept (from the store), attached, retry, step_done, finished; and
+each records how long it ran in the state's ``timings`` (``state.timed``).
 """
 
 from __future__ import annotations
 
-import functools
-import operator
-import time
 import uuid
-from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
+from langchain_core.messages import AIMessage, ToolMessage
 from langgraph.config import get_config
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.message import add_messages
 from langgraph.prebuilt import ToolNode
-from langgraph.runtime import Runtime
-from typing_extensions import TypedDict
 
 from sage_agent.context import SageContext, context_of, current_thread_id
 from sage_agent.errors import (
@@ -42,14 +36,12 @@ from sage_agent.errors import (
     NotFoundError,
 )
 from sage_agent.graphs.prompting import step_prompt
+from sage_agent.graphs.state import Ctx, SageInput, SageOutput, SageState, timed
 from sage_agent.numeric import numbers_match, parse_number
 from sage_agent.records import (
     Attempt,
     BufferNote,
-    NodeTiming,
-    StepDict,
     StepRecord,
-    Task,
     TaskResult,
     TrainingNote,
     TrainingPair,
@@ -57,74 +49,6 @@ from sage_agent.records import (
 from sage_agent.steps import AtomicStep, final_answer
 from sage_agent.store import needs_training
 from sage_agent.tools import LoRAStoreTool
-
-
-class SageInput(TypedDict, total=False):
-    """What the graph takes: a task (GSM8K's shape), or a plain question."""
-
-    task: Task
-    question: str
-
-
-class SageOutput(TypedDict, total=False):
-    """What the graph gives back: the final answer, every step, and where to trace it."""
-
-    answer: str | None
-    records: list[StepRecord]
-    result: TaskResult | None
-    thread_id: str | None
-    """The thread whose checkpoints hold the trace (None without a checkpointer)."""
-
-
-class SageState(TypedDict, total=False):
-    """Serialisable records only. ``records`` gets one entry per finished step."""
-
-    task: Task
-    question: str
-    answer: str | None
-    thread_id: str | None
-    steps: list[StepDict]
-    index: int
-    """The step under way."""
-    attempt: Attempt | None
-    """The attempt under way (between route and trigger)."""
-    attempts: list[Attempt]
-    """The current step's attempts so far."""
-    candidates: list[str]
-    """Adapters left to retry the current step with, best first."""
-    records: Annotated[list[StepRecord], operator.add]
-    store_calls: Annotated[list[AnyMessage], add_messages]
-    """The LoRA Store's tool calls and results (its own key, so that the graph can be a
-    subgraph of a state that has ``messages``)."""
-    timings: Annotated[list[NodeTiming], operator.add]
-    """One entry per node run, in order: what the traces' timings are read from."""
-    error: str | None
-    result: TaskResult | None
-
-
-Ctx = Runtime[SageContext]
-Node = Callable[[SageState, Ctx], SageState]
-
-
-def timed(node: Node) -> Node:
-    """The node, adding how long it ran to the state's ``timings`` (a node re-run after
-    a crash records its second run only: the first never reached a checkpoint)."""
-
-    @functools.wraps(node)
-    def run(state: SageState, runtime: Ctx) -> SageState:
-        started, clock = time.time(), time.perf_counter()
-        update = node(state, runtime)
-        step = None if node.__name__ in ("decompose", "finish") else state.get("index")
-        timing: NodeTiming = {
-            "node": node.__name__,
-            "step": step,
-            "started": started,
-            "seconds": time.perf_counter() - clock,
-        }
-        return {**update, "timings": [timing]}
-
-    return run
-
 
 # nodes
 
