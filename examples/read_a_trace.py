@@ -1,13 +1,15 @@
-"""Reading a thread back: its checkpoints, the path it took, and a replay from one of them.
+"""Reading a thread back: its checkpoints, the path it took, its pages, and a replay
+from one of its checkpoints.
 
 python examples/read_a_trace.py [--db trace.db]
 """
 
 import argparse
+from pathlib import Path
 
 from sage_agent import SageAgent
 from sage_agent.problems import generate_problems
-from sage_agent.trace import render_table, trace
+from sage_agent.report import read_thread, render_table, write_run_report
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--db", default="trace.db")
@@ -17,7 +19,12 @@ agent = SageAgent(args.db)  # the embedded model
 task = {**generate_problems(1, seed=5)[0], "id": "traced"}
 summary = agent.run([task], train=False)
 thread = summary.threads[0]
-print(render_table(trace(agent, thread)))  # one row per attempt, and the node path
+trace = read_thread(agent, thread)
+print(render_table(trace))  # one row per attempt with its node times, and the node path
+print({t["node"]: round(t["seconds"], 3) for t in trace.timings[:4]}, "...")
+out = Path(args.db).with_name(f"{Path(args.db).stem}-report.html")
+report = write_run_report(agent, summary.run_id, out)
+print(f"run report: {report} (and a page per thread beside it)")
 
 config = {"configurable": {"thread_id": thread}}
 history = list(agent.graph.get_state_history(config))  # newest first

@@ -11,7 +11,7 @@ import sys
 from sage_agent import SageAgent
 from sage_agent.data import read_tasks
 from sage_agent.problems import generate_problems
-from sage_agent.trace import render_table, trace
+from sage_agent.report import read_thread, render_table
 
 if len(sys.argv) > 1:
     tasks = read_tasks(sys.argv[1], limit=5)
@@ -26,7 +26,7 @@ for event in agent.graph.stream(
     {"task": tasks[0]}, config, context=agent.context(), stream_mode="custom"
 ):
     print(event)
-print(render_table(trace(agent, "example-1")))
+print(render_table(read_thread(agent, "example-1")))
 
 # All of them as a run: one thread each, figures at the end.
 summary = agent.run(tasks)
