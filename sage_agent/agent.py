@@ -68,6 +68,8 @@ class RunSummary:
     wall_s: float = 0.0
     threads: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    answers: dict[str, str | None] = field(default_factory=dict)
+    """Final answers of the problems given without one (plain questions), by task id."""
 
 
 class SageQuestion(BaseModel):
@@ -313,6 +315,8 @@ class SageAgent:
             solved += bool(values["result"].get("correct"))
             if values["result"].get("error"):
                 summary.errors.append(f"{row['task_id']}: {values['result']['error']}")
+            if values["result"].get("reference") is None:
+                summary.answers[row["task_id"]] = values["result"].get("answer")
             for record in values.get("records") or []:
                 attempts = record["attempts"]
                 finals.append(record["answer"])

@@ -258,8 +258,12 @@ def _print_summary(summary: RunSummary, as_json: bool) -> None:
         return
     from tabulate import tabulate
 
-    shown = {k: v for k, v in data.items() if k not in ("threads", "errors")}
+    shown = {k: v for k, v in data.items() if k not in ("threads", "errors", "answers")}
     print(tabulate(shown.items(), headers=("metric", "value"), floatfmt=".3f"))
+    for task, answer in list(summary.answers.items())[:20]:  # plain questions: no reference
+        print(f"answer to {task}: {answer}")
+    if len(summary.answers) > 20:
+        print(f"... and {len(summary.answers) - 20} more answers (--json has them all)")
     for error in data["errors"]:
         print(f"error: {error}")
     if data["threads"]:

@@ -5,7 +5,8 @@ A task is a dict with "id", "question" and, for data tasks, the GSM8K "answer". 
 * from the data: ``socratic_decomposer`` (GSM8K socratic lines, the sub-question is the
   step's question) and ``annotation_decomposer`` (calculator annotations, the sentence
   around each is the question);
-* from a model: ``LLMDecomposer`` prompts any LangChain chat model for a numbered plan;
+* from a model: ``LLMDecomposer`` prompts any LangChain chat model for a plan, read by
+  ``sage_agent.plans``;
 * any callable ``task -> list[AtomicStep]``.
 """
 
@@ -16,11 +17,11 @@ from collections.abc import Callable
 
 from langchain_core.language_models import BaseChatModel
 
-from sage_agent.errors import DecompositionError, ExpressionError, MalformedTask
+from sage_agent.errors import DecompositionError, MalformedTask
 from sage_agent.numeric import format_number, numbers_match, parse_number
+from sage_agent.plans import parse_plan, plan_prompt
 from sage_agent.records import Task
-from sage_agent.steps import AtomicStep, operator_signature, steps_from_gsm8k
-from sage_agent.verifier import evaluate_expression
+from sage_agent.steps import AtomicStep, steps_from_gsm8k
 
 Decomposer = Callable[[Task], list[AtomicStep]]
 
@@ -44,30 +45,19 @@ def _from_data(task: Task, *, socratic: bool) -> list[AtomicStep]:
         raise DecompositionError(str(error)) from error
 
 
-_PLAN_PROMPT = """Split the math problem into short steps, one per line, numbered.
-Each line: <number>. <sub-question> | <arithmetic expression>
-Use [k] in an expression for the result of step k. Write nothing else.
-
-Example problem: Tom has 4 boxes of 6 pens and gives away 5 pens. How many pens are left?
-1. How many pens does Tom have? | 4*6
-2. How many pens are left? | [1]-5
-
-Problem: {question}"""
-
-_PLAN_LINE = re.compile(r"^\s*(\d+)[.)]\s*(.*?)\s*\|\s*(.+?)\s*$")
-_PLACEHOLDER = re.compile(r"\[(\d+)\]")
-
-
 class LLMDecomposer:
-    """Plans with any LangChain chat model (a bigger one than the local solver may plan).
+    """Plans with any LangChain chat model: the embedded one (its few-shot prompt is
+    ``sage_agent.plans.plan_prompt``) or a bigger one.
 
-    The model writes "k. sub-question | expression" lines, using [k] for earlier results.
-    Each expression is checked with the arithmetic verifier; the step's reference is its
-    value with earlier values filled in. Output that does not parse raises
-    DecompositionError quoting the model's text, so the trace shows what went wrong.
+    The model's plan is read by ``sage_agent.plans.parse_plan``: numbered or bulleted
+    lines, "sub-question | expression" or "expression = value", earlier results by step
+    number or by value; every expression is checked with the verifier, the model's own
+    results are dropped. A plan without one computable line raises DecompositionError
+    quoting the model's text, so the trace shows what went wrong. Generation stops at the
+    first blank line (the end of a plan in the prompt's examples).
     """
 
-    def __init__(self, model: BaseChatModel, prompt: str = _PLAN_PROMPT) -> None:
+    def __init__(self, model: BaseChatModel, prompt: Callable[[str], str] = plan_prompt) -> None:
         self.model = model
         self.prompt = prompt
 
@@ -75,53 +65,8 @@ class LLMDecomposer:
         question = task.get("question")
         if not isinstance(question, str) or not question.strip():
             raise DecompositionError('a task needs a non-empty "question"')
-        text = self.model.invoke(self.prompt.format(question=question)).text
+        text = self.model.invoke(self.prompt(question), stop=["\n\n"]).text
         return parse_plan(text, str(task.get("id", "task")))
-
-
-def parse_plan(text: str, task_id: str) -> list[AtomicStep]:
-    """Steps from "k. sub-question | expression" lines (other lines are ignored)."""
-    steps: list[AtomicStep] = []
-    values: dict[int, float] = {}
-    for line in text.splitlines():
-        match = _PLAN_LINE.match(line)
-        if not match:
-            continue
-        number, question, expression = int(match[1]), match[2], match[3]
-        used = [int(k) for k in _PLACEHOLDER.findall(expression)]
-        missing = [k for k in used if k not in values]
-        if missing:
-            raise DecompositionError(
-                f"step {number} uses [{missing[0]}], which is not an earlier step: {line!r}"
-            )
-        literal = _PLACEHOLDER.sub(lambda m: format_number(values[int(m[1])]), expression)
-        try:
-            value = evaluate_expression(literal)
-        except ExpressionError as error:
-            raise DecompositionError(f"step {number}: {error}: {line!r}") from error
-        values[number] = value
-        index = len(steps)
-        steps.append(
-            AtomicStep(
-                id=f"{task_id}:{index}",
-                task_id=task_id,
-                index=index,
-                question=question or literal,
-                expression=literal,
-                reference=format_number(value),
-                tag=operator_signature(literal) or "default",
-                depends_on=sorted({_index_of(k, values) for k in used}),
-            )
-        )
-    if not steps:
-        raise DecompositionError(
-            f"no 'k. sub-question | expression' line in the plan: {text.strip()[:200]!r}"
-        )
-    return steps
-
-
-def _index_of(number: int, values: dict[int, float]) -> int:
-    return sorted(values).index(number)
 
 
 def substitute(step: AtomicStep, steps: list[AtomicStep], answers: dict[int, str]) -> str | None:

@@ -15,10 +15,10 @@ from sage_agent.decompose import (
     DecompositionError,
     LLMDecomposer,
     annotation_decomposer,
-    parse_plan,
     socratic_decomposer,
     substitute,
 )
+from sage_agent.plans import parse_plan, plan_prompt
 
 TASK = {
     "id": "pens",
@@ -61,16 +61,53 @@ def test_plan_parsing() -> None:
 
 
 @pytest.mark.parametrize(
+    ("plan", "expected"),
+    [
+        # what the embedded model wrote for "Tom has 4 boxes of 6 pens and gives away 5"
+        ("1. 4*6 = 24\n2. 24 - 5 = 16 pens are left\n\nThe answer is 16.", ["4*6", "24 - 5"]),
+        # its own wrong result is dropped; the later step that used it gets the right one
+        ("Step 1: 4 * 6 = 25\nStep 2: 25 - 5 = 20", ["4 * 6", "24 - 5"]),
+        ("- Tom has 24 pens: 4 × 6 = 24\n* He gives away 5: 24 − 5 = 19", ["4*6", "24 - 5"]),
+        ("1. 2 large pizzas = 2 * 8 = 16 slices\n2. 16 slices + 8 = 24", ["2 * 8", "16 + 8"]),
+        ("1. 60 mango trees * 1.5 = 90 trees\n2. 90 trees x 2 = 180", ["60 * 1.5", "90*2"]),
+        ("1. $1,200 / 4 = $300\n2. result of step 1 * 2 = 600", ["1200 / 4", "300 * 2"]),
+        ("1. (4 + 6) * 2 = 20\n2. step 1 / 4", ["(4 + 6) * 2", "20 / 4"]),
+        ("1. 20 * 5 = 100 miles\n2. 20 * 5 = 100 miles", ["20 * 5"]),  # restated once
+    ],
+)
+def test_plans_as_models_write_them(plan: str, expected: list[str]) -> None:
+    steps = parse_plan(plan, "t")
+    assert [s.expression for s in steps] == expected
+    if len(steps) > 1:
+        assert steps[1].depends_on == [0]  # by value, by step number, or by [k]
+
+
+def test_a_step_on_a_line_that_does_not_compute_is_dropped() -> None:
+    steps = parse_plan("1. 4 * 6 = 24\n2. 24 / 0 = 0\n3. [2] + 1\n4. 24 - 5 = 19", "t")
+    assert [s.expression for s in steps] == ["4 * 6", "24 - 5"]
+    assert [s.index for s in steps] == [0, 1]
+
+
+@pytest.mark.parametrize(
     ("plan", "message"),
     [
-        ("I cannot do this.", "no 'k. sub-question | expression' line"),
-        ("1. x | [2]+1", r"uses \[2\], which is not an earlier step"),
-        ("1. x | four times six", "step 1"),
+        ("I cannot do this.", "no computable step in the plan: 'I cannot do this.'"),
+        ("1. x | [2]+1", r"\[2\] is not an earlier step"),
+        ("1. Julie is reading a 120-page book.\n2. She read 12 pages.", "no computable step"),
+        ("1. 2. 2. 2. 2.", "no computable step"),
     ],
 )
 def test_bad_plans_are_rejected_with_the_models_text(plan: str, message: str) -> None:
     with pytest.raises(DecompositionError, match=message):
         parse_plan(plan, "t")
+
+
+def test_the_plan_prompt_shows_plans_of_generated_problems() -> None:
+    prompt = plan_prompt("How many pens are left?")
+    shots = [block for block in prompt.split("\n\n") if block.startswith("Problem:")]
+    assert len(shots) == 3 and shots[-1] == "Problem: How many pens are left?\n"
+    for shot in shots[:-1]:  # every example plan reads back as its own steps
+        assert len(parse_plan(shot.split("\n", 1)[1], "x")) >= 2
 
 
 def test_llm_decomposer_works_with_any_chat_model() -> None:

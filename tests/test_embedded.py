@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from langchain_core.messages import AIMessage
@@ -65,9 +67,36 @@ def test_demo_command_runs_the_graph(capsys: pytest.CaptureFixture[str], tmp_pat
     assert main(["demo", "--problems", "2", "--seed", "3", "--db", str(db)]) == 0
     out = capsys.readouterr().out
     assert "2 problems" in out and "step exact match" in out
-    assert (tmp_path / "demo-trace.html").is_file()
+    report = tmp_path / "demo-report.html"
+    assert f"run report: {report}" in out and report.is_file()
+    assert len(list((tmp_path / "demo-report-threads").glob("*.html"))) == 2
     assert main(["trace", "--db", str(db)]) == 0
     assert "anomaly_score" in capsys.readouterr().out
+
+
+def test_plain_questions_run_end_to_end_with_the_llm_decomposer(
+    capsys: pytest.CaptureFixture[str], tmp_path
+) -> None:
+    """Generated problems given as questions only: the embedded model plans, each plan's
+    steps are answered and scored by the verifier, and each problem reports an answer."""
+    from sage_agent.problems import generate_problems
+
+    data = tmp_path / "questions.jsonl"
+    problems = generate_problems(3, seed=21)
+    lines = [json.dumps({"id": f"q{i}", "question": p["question"]}) for i, p in enumerate(problems)]
+    data.write_text("\n".join(lines) + "\n")
+    db = str(tmp_path / "plain.db")
+    assert main(["run", "--data", str(data), "--db", db, "--decompose", "llm", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["problems"] == 3 and summary["steps"] >= 3 and not summary["errors"]
+    assert set(summary["answers"]) == {"q0", "q1", "q2"}
+    assert all(summary["answers"].values())
+    for thread in summary["threads"]:
+        assert main(["trace", thread, "--db", db, "--format", "json"]) == 0
+        trace = json.loads(capsys.readouterr().out)
+        assert trace["result"]["reference"] is None and trace["result"]["correct"] is None
+        # no reference answer: every step is scored against the verifier's value
+        assert all(row["reference"] is not None for row in trace["rows"])
 
 
 def test_buffer_on_600_atoms_is_homogeneous_and_persistent(embedded_embeddings, tmp_path) -> None:
