@@ -17,9 +17,10 @@ from collections.abc import Callable
 
 from langchain_core.language_models import BaseChatModel
 
+from sage_agent.chat import ChatSage
 from sage_agent.errors import DecompositionError, MalformedTask
 from sage_agent.numeric import format_number, numbers_match, parse_number
-from sage_agent.plans import parse_plan, plan_prompt
+from sage_agent.plans import PLAN_MAX_TOKENS, parse_plan, plan_prompt
 from sage_agent.records import Task
 from sage_agent.steps import AtomicStep, steps_from_gsm8k
 
@@ -65,7 +66,9 @@ class LLMDecomposer:
         question = task.get("question")
         if not isinstance(question, str) or not question.strip():
             raise DecompositionError('a task needs a non-empty "question"')
-        text = self.model.invoke(self.prompt(question), stop=["\n\n"]).text
+        # A ChatSage's default cap (256) is for chat; a plan needs PLAN_MAX_TOKENS at most.
+        limit = {"max_tokens": PLAN_MAX_TOKENS} if isinstance(self.model, ChatSage) else {}
+        text = self.model.invoke(self.prompt(question), stop=["\n\n"], **limit).text
         return parse_plan(text, str(task.get("id", "task")))
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sage_agent.errors import DecompositionError, ExpressionError
+from sage_agent.errors import DecompositionError, ExpressionError, MalformedTask
 from sage_agent.numeric import format_number, numbers_match, parse_number
 from sage_agent.problems import generate_problems
 from sage_agent.steps import AtomicStep, operator_signature, spaced_expression, steps_from_gsm8k
@@ -194,3 +194,30 @@ def plan_prompt(question: str, examples: int = 2, seed: int = 7) -> str:
         plan = format_plan(steps_from_gsm8k(record, "example"))
         shots.append(f"Problem: {record['question']}\n{plan}")
     return "\n\n".join([PLAN_INSTRUCTION, *shots, f"Problem: {question}\n"])
+
+
+PLAN_TAG = "plan"
+"""The buffer tag of plan failures, and of the planner adapters trained on them."""
+
+PLAN_MAX_TOKENS = 160
+"""Token cap of a plan (GSM8K's longest plans run to about 8 lines of 15 tokens)."""
+
+
+def gold_plan(task: dict) -> str | None:
+    """The plan GSM8K's worked solution makes (its socratic sub-questions and calculator
+    annotations), or None for a task without one."""
+    try:
+        return format_plan(steps_from_gsm8k(task, str(task.get("id", "task"))))
+    except MalformedTask:
+        return None
+
+
+def plan_matches(prediction: str, reference: str) -> bool:
+    """Whether a plan the model wrote computes what the reference plan computes: both
+    parse, and their last steps' verified values are equal (the exact match of plans)."""
+    try:
+        predicted = parse_plan(prediction, "prediction")[-1].reference
+        expected = parse_plan(reference, "reference")[-1].reference
+    except DecompositionError:
+        return False
+    return numbers_match(parse_number(predicted), parse_number(expected))

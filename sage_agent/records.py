@@ -105,6 +105,17 @@ class StepRecord(StepDict):
     adapter: str | None
 
 
+class PlanNote(TypedDict):
+    """How a planner (``LLMDecomposer``) planned the task, and what became of a bad plan."""
+
+    adapter: str | None
+    """The planner adapter routed to, or None for the base model."""
+    failure: NotRequired[str]
+    """Why the plan counts as failed: it did not parse, or its result is not the task's."""
+    buffer: NotRequired[BufferNote]
+    training: NotRequired[TrainingNote]
+
+
 class NodeTiming(TypedDict):
     """How long one run of a graph node took (the graph's ``timings`` key)."""
 

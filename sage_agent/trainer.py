@@ -343,6 +343,10 @@ def train_lora(
     )
 
 
+Judge = Callable[[str, str], bool]
+"""(the model's answer, the reference) -> whether the answer is right."""
+
+
 @dataclass(frozen=True)
 class Evaluation:
     exact_match: float
@@ -355,15 +359,19 @@ def evaluate(
     adapter: str | None,
     pairs: Sequence[TrainingPair],
     *,
-    max_tokens: int = ANSWER_MAX_TOKENS,
+    max_tokens: int | None = None,
     batch_size: int = 16,
+    judge: Judge | None = None,
 ) -> Evaluation:
     """Exact match (numbers compared as numbers) of greedy answers, and the answer-token
-    loss, with ``adapter`` active (None: the base model)."""
+    loss, with ``adapter`` active (None: the base model). Answers may run to
+    ``max_tokens`` (None: ANSWER_MAX_TOKENS, an atomic step's); ``judge(answer,
+    reference)`` says whether an answer is right (None: ``same_answer``)."""
     if not pairs:
         raise InvalidInput("no evaluation pairs")
     model = chat.hf_model
     encoded = _encode(chat, pairs)
+    max_tokens = max_tokens or ANSWER_MAX_TOKENS
     with chat.using_adapter(adapter):
         answers = [
             m.text for m in chat.bind(max_tokens=max_tokens).batch([p.prompt for p in pairs])
@@ -375,13 +383,15 @@ def evaluate(
                 loss, tokens = answer_loss(model, batch)
                 total_loss += float(loss) * tokens
                 total_tokens += tokens
-    hits = sum(_same_answer(a, p.answer) for a, p in zip(answers, pairs, strict=True))
+    judge = judge or same_answer
+    hits = sum(judge(a, p.answer) for a, p in zip(answers, pairs, strict=True))
     return Evaluation(
         exact_match=hits / len(pairs), loss=total_loss / total_tokens, answers=answers
     )
 
 
-def _same_answer(prediction: str, reference: str) -> bool:
+def same_answer(prediction: str, reference: str) -> bool:
+    """The numbers of an answer and its reference are equal (texts without one: equal)."""
     expected = parse_number(reference)
     if expected is None:
         return prediction.strip() == reference.strip()

@@ -17,13 +17,11 @@ import pytest
 from sage_agent import (
     AdapterError,
     BufferConfig,
-    ChatSage,
     ConfigError,
     CorruptAdapter,
     ExpressionError,
     InvalidInput,
     NotFoundError,
-    SageAgent,
     SageError,
     StoreConfig,
     StoreError,
@@ -34,7 +32,7 @@ from sage_agent import (
 from sage_agent.cli import main
 from sage_agent.store import LoRAStore
 from sage_agent.tools import LoRAStoreTool
-from tests.test_graph import NINES, SMALL_BUFFER, nine_task
+from tests.test_graph import nine_task, nines_agent
 from tests.test_store import LEARNABLE, make_cluster
 
 HANG = 5.0  # seconds: a refusal is immediate; this only catches a hang
@@ -48,13 +46,7 @@ def project(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     folder = tmp_path_factory.mktemp("project")
     data = folder / "tasks.jsonl"
     data.write_text("".join(json.dumps(nine_task(i)) + "\n" for i in range(4)))
-    agent = SageAgent(
-        folder / "sage.db",
-        ChatSage(model=str(tiny_model_dir), max_tokens=4),
-        embeddings=BagOfWordsEmbeddings(),
-        buffer_config=SMALL_BUFFER,
-        store_config=NINES,
-    )
+    agent = nines_agent(folder / "sage.db", tiny_model_dir, BagOfWordsEmbeddings())
     agent.run([nine_task(i) for i in range(24)], stop_when=lambda s: s.adapters_trained > 0)
     assert agent.store.adapters()
     return {"db": folder / "sage.db", "data": data, "folder": folder, "agent": agent}

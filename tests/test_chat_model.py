@@ -124,7 +124,7 @@ def test_system_prompt_replaces_the_template_default(tiny_model_dir: Path) -> No
 
 def test_prompt_longer_than_context_is_refused(tiny_chat: ChatSage) -> None:
     with pytest.raises(ValueError, match="exceeds the context"):
-        tiny_chat.invoke("pens " * 400)
+        tiny_chat.invoke("pens " * 2000)
 
 
 def test_unknown_generation_argument_is_refused(tiny_chat: ChatSage) -> None:

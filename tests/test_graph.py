@@ -45,16 +45,17 @@ def nine_task(i: int) -> dict:
     }
 
 
-@pytest.fixture
-def agent(tiny_model_dir: Path, tmp_path: Path, bow_embeddings) -> SageAgent:
+def nines_agent(db: Path, tiny_model_dir: Path, embeddings) -> SageAgent:
+    """A SageAgent on the tiny llama that learns "every answer is 9" (NINES)."""
     chat = ChatSage(model=str(tiny_model_dir), max_tokens=4)
     return SageAgent(
-        tmp_path / "sage.db",
-        chat,
-        embeddings=bow_embeddings,
-        buffer_config=SMALL_BUFFER,
-        store_config=NINES,
+        db, chat, embeddings=embeddings, buffer_config=SMALL_BUFFER, store_config=NINES
     )
+
+
+@pytest.fixture
+def agent(tiny_model_dir: Path, tmp_path: Path, bow_embeddings) -> SageAgent:
+    return nines_agent(tmp_path / "sage.db", tiny_model_dir, bow_embeddings)
 
 
 def test_failures_train_an_adapter_and_the_retry_fixes_the_step(agent: SageAgent) -> None:
@@ -182,6 +183,7 @@ def test_graph_has_the_design_nodes_and_a_context_schema() -> None:
         "retry",
         "advance",
         "finish",
+        "train_planner",
     }
     assert graph.context_schema is SageContext
     assert SageContext.__dataclass_fields__["decomposer"].default is socratic_decomposer

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from sage_agent import ChatSage, SageAgent
 from sage_agent.report import read_run, read_thread, render_thread, write_run_report
 from sage_agent.report.pages import duration, significant
 from sage_agent.report.run import PHASES
 from tests.browser import CHROMEDRIVER, CHROMIUM, check_page, open_browser, screenshot
-from tests.test_graph import NINES, SMALL_BUFFER, nine_task
+from tests.test_graph import nine_task, nines_agent
 
 HOSTILE = "<script>alert('x')</script>"
 
@@ -37,13 +36,7 @@ def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     from tests.conftest import BagOfWordsEmbeddings
 
     folder = tmp_path_factory.mktemp("report")
-    agent = SageAgent(
-        folder / "sage.db",
-        ChatSage(model=str(tiny_model_dir), max_tokens=4),
-        embeddings=BagOfWordsEmbeddings(),
-        buffer_config=SMALL_BUFFER,
-        store_config=NINES,
-    )
+    agent = nines_agent(folder / "sage.db", tiny_model_dir, BagOfWordsEmbeddings())
     tasks = [hostile_task()] + [nine_task(i) for i in range(24)]
     summary = agent.run(tasks, stop_when=lambda s: s.retry_success > 0)
     assert summary.retry_success > 0

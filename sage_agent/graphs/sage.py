@@ -8,7 +8,12 @@ decompose -> route -> answer -> trigger --pass--> advance -> (next step: route) 
                |                  | cluster ready
                |                  v
                +--- retry <--- attach <--- lora_store (ToolNode calling LoRAStoreTool)
+
+finish --a failed plan made the plan cluster ready--> train_planner (the same tool)
 ```
+
+With an ``LLMDecomposer`` on the graph's model, decompose routes the question to a
+planner adapter and finish sends a failed plan to the buffer (``graphs.planning``).
 
 Runtime dependencies (model, Trigger, buffer, store, decomposer) come through the
 ``SageContext`` context schema; the state holds only serialisable records, so every
@@ -20,13 +25,10 @@ each records how long it ran in the state's ``timings`` (``state.timed``).
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, Literal
 
-from langchain_core.messages import AIMessage, ToolMessage
-from langgraph.config import get_config
+from langchain_core.messages import AIMessage
 from langgraph.graph import END, START, StateGraph
-from langgraph.prebuilt import ToolNode
 
 from sage_agent.context import SageContext, context_of, current_thread_id
 from sage_agent.errors import (
@@ -35,20 +37,19 @@ from sage_agent.errors import (
     MalformedTask,
     NotFoundError,
 )
+from sage_agent.graphs.planning import judge_plan, route_planner
 from sage_agent.graphs.prompting import step_prompt
 from sage_agent.graphs.state import Ctx, SageInput, SageOutput, SageState, timed
+from sage_agent.graphs.store_calls import pending, run_store_call, store_call, training_note
 from sage_agent.numeric import numbers_match, parse_number
 from sage_agent.records import (
     Attempt,
     BufferNote,
     StepRecord,
     TaskResult,
-    TrainingNote,
     TrainingPair,
 )
 from sage_agent.steps import AtomicStep, final_answer
-from sage_agent.store import needs_training
-from sage_agent.tools import LoRAStoreTool
 
 # nodes
 
@@ -58,10 +59,13 @@ def decompose(state: SageState, runtime: Ctx) -> SageState:
     thread = current_thread_id()
     task = state.get("task") or {"id": thread or "question", "question": state.get("question")}
     update: SageState = {"task": task, "thread_id": thread, "index": 0}
+    context = context_of(runtime)
     try:
         if not isinstance(task.get("question"), str) or not task["question"].strip():
             raise DecompositionError('the graph takes {"task": ...} or {"question": "..."}')
-        steps = context_of(runtime).decomposer(task)
+        adapter, update["plan"] = route_planner(context, task["question"])
+        with context.model.using_adapter(adapter):
+            steps = context.decomposer(task)
     except (DecompositionError, MalformedTask) as error:
         runtime.stream_writer(
             {"event": "decompose_failed", "task": task.get("id"), "error": str(error)}
@@ -218,44 +222,27 @@ def buffer(state: SageState, runtime: Ctx) -> SageState:
     runtime.stream_writer({"event": "buffered", **note, "tag": assignment.tag})
     update: SageState = {"attempt": attempt, "attempts": [*state["attempts"][:-1], attempt]}
     cluster_id = assignment.cluster_id
-    if cluster_id is not None and _trains(context, cluster_id):
-        call = {
-            "name": "lora_store",
-            "args": {"cluster_id": cluster_id, "budget_seconds": context.budget_seconds},
-            "id": f"call-{uuid.uuid4().hex[:12]}",
-        }
+    call = store_call(context, cluster_id) if cluster_id is not None else None
+    if call is not None:
         runtime.stream_writer({"event": "training", "cluster_id": cluster_id})
-        update["store_calls"] = [AIMessage(content="", tool_calls=[call])]
+        update["store_calls"] = [call]
     return update
-
-
-_STORE_TOOL = ToolNode([LoRAStoreTool()], messages_key="store_calls")
 
 
 @timed
 def lora_store(state: SageState, runtime: Ctx) -> SageState:
-    """The LoRA Store tool's call (a ToolNode: the tool gets the runtime's context and
-    stream writer), inside a node of its own so that its time is recorded."""
-    return _STORE_TOOL.invoke(state, get_config())
+    """The LoRA Store tool's call (``store_calls.run_store_call``)."""
+    return run_store_call(state)
 
 
 @timed
 def attach(state: SageState, runtime: Ctx) -> SageState:
     """Read the LoRA Store's result; its adapters, best first, become the candidates."""
-    message = state["store_calls"][-1]
-    assert isinstance(message, ToolMessage)
-    records = (message.artifact or []) if message.status != "error" else []
-    note: TrainingNote = {
-        "status": message.status,
-        "summary": message.text,
-        "adapters": [r["id"] for r in records],
-        "val_em": [r["val_em"] for r in records],
-        "base_val_em": records[0]["base_val_em"] if records else None,
-    }
+    note = training_note(state["store_calls"][-1])
     attempts = list(state["attempts"])
     attempts[-1] = {**attempts[-1], "training": note}
     candidates = note["adapters"][: context_of(runtime).max_retries]
-    runtime.stream_writer({"event": "attached", "adapters": candidates, "summary": message.text})
+    runtime.stream_writer({"event": "attached", "adapters": candidates, "summary": note["summary"]})
     return {"attempts": attempts, "candidates": candidates}
 
 
@@ -320,7 +307,25 @@ def finish(state: SageState, runtime: Ctx) -> SageState:
         "error": state.get("error"),
     }
     runtime.stream_writer({"event": "finished", **result})
-    return {"result": result, "answer": answer}
+    update: SageState = {"result": result, "answer": answer}
+    plan, call = judge_plan(state, context_of(runtime))
+    if plan is not None:
+        update["plan"] = plan
+    if call is not None:
+        runtime.stream_writer(
+            {"event": "training", "cluster_id": plan and plan["buffer"]["cluster_id"]}
+        )
+        update["store_calls"] = [call]
+    return update
+
+
+@timed
+def train_planner(state: SageState, runtime: Ctx) -> SageState:
+    """Train the plan cluster a failed plan made ready (the LoRA Store tool, as for the
+    steps), and note the outcome in the plan's note."""
+    update = run_store_call(state)
+    plan = state.get("plan") or {"adapter": None}
+    return {**update, "plan": {**plan, "training": training_note(update["store_calls"][-1])}}
 
 
 # edges
@@ -342,11 +347,13 @@ def after_trigger(state: SageState, runtime: Ctx) -> Literal["advance", "buffer"
 def after_buffer(state: SageState) -> Literal["lora_store", "retry", "advance"]:
     """Train when the cluster is ready; otherwise try the next routed adapter, if any
     (the first attempt already used the best one)."""
-    messages = state.get("store_calls") or []
-    pending = messages and isinstance(messages[-1], AIMessage) and messages[-1].tool_calls
-    if pending:
+    if pending(state):
         return "lora_store"
     return "retry" if state.get("candidates") else "advance"
+
+
+def after_finish(state: SageState) -> Literal["train_planner", "__end__"]:
+    return "train_planner" if pending(state) else END
 
 
 def after_attach(state: SageState) -> Literal["retry", "advance"]:
@@ -378,6 +385,7 @@ def build_sage_graph(context_schema: type[Any] = SageContext) -> StateGraph:
     graph.add_node("retry", retry)
     graph.add_node("advance", advance)
     graph.add_node("finish", finish)
+    graph.add_node("train_planner", train_planner)
     graph.add_edge(START, "decompose")
     graph.add_conditional_edges("decompose", after_decompose)
     graph.add_edge("route", "answer")
@@ -388,15 +396,6 @@ def build_sage_graph(context_schema: type[Any] = SageContext) -> StateGraph:
     graph.add_conditional_edges("attach", after_attach)
     graph.add_edge("retry", "route")
     graph.add_conditional_edges("advance", after_advance)
-    graph.add_edge("finish", END)
+    graph.add_conditional_edges("finish", after_finish)
+    graph.add_edge("train_planner", END)
     return graph
-
-
-# helpers
-
-
-def _trains(context: SageContext, cluster_id: int) -> bool:
-    """Whether this run trains the cluster now (``sage_agent.store.needs_training``)."""
-    if not context.train or context.store is None or context.buffer is None:
-        return False
-    return needs_training(context.buffer.cluster(cluster_id), context.store)

@@ -18,7 +18,15 @@ from langgraph.runtime import Runtime
 from typing_extensions import TypedDict
 
 from sage_agent.context import SageContext
-from sage_agent.records import Attempt, NodeTiming, StepDict, StepRecord, Task, TaskResult
+from sage_agent.records import (
+    Attempt,
+    NodeTiming,
+    PlanNote,
+    StepDict,
+    StepRecord,
+    Task,
+    TaskResult,
+)
 
 
 class SageInput(TypedDict, total=False):
@@ -58,6 +66,8 @@ class SageState(TypedDict, total=False):
     store_calls: Annotated[list[AnyMessage], add_messages]
     """The LoRA Store's tool calls and results (its own key, so that the graph can be a
     subgraph of a state that has ``messages``)."""
+    plan: PlanNote | None
+    """The planner's adapter and a failed plan's fate (with an LLMDecomposer)."""
     timings: Annotated[list[NodeTiming], operator.add]
     """One entry per node run, in order: what the traces' timings are read from."""
     error: str | None

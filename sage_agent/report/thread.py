@@ -11,7 +11,7 @@ from tabulate import tabulate
 
 from sage_agent.agent import SageAgent
 from sage_agent.errors import NotFoundError
-from sage_agent.records import Attempt, NodeTiming, StepRecord, TaskResult
+from sage_agent.records import Attempt, NodeTiming, PlanNote, StepRecord, TaskResult
 
 METRICS = ("lm", "bleu", "rouge_l", "cosine")
 
@@ -72,6 +72,8 @@ class ThreadTrace:
     rows: list[AttemptRow]
     timings: list[NodeTiming]
     checkpoints: list[Checkpoint]
+    plan: PlanNote | None = None
+    """The planner's adapter and a failed plan's fate (with an LLMDecomposer)."""
 
     @property
     def seconds(self) -> float:
@@ -126,6 +128,7 @@ def read_thread(agent: SageAgent, thread_id: str) -> ThreadTrace:
         rows=_rows(values.get("records") or [], timings),
         timings=timings,
         checkpoints=checkpoints,
+        plan=values.get("plan"),
     )
 
 

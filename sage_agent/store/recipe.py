@@ -16,10 +16,13 @@ from dataclasses import dataclass
 
 from sage_agent.augment import ANSWER_FORMATS, AnswerFormat, augment_pairs
 from sage_agent.buffer import Cluster
+from sage_agent.chat import ChatSage
 from sage_agent.errors import StoreError
+from sage_agent.plans import PLAN_MAX_TOKENS, PLAN_TAG, plan_matches
 from sage_agent.records import TrainingPair
 from sage_agent.store.config import RecipeConfig
 from sage_agent.store.gate import Rehearsal
+from sage_agent.trainer import Evaluation, Judge, evaluate
 
 Example = tuple[TrainingPair, str | None]
 """A pair and the expression its prompt asks for (None: no variants can be made)."""
@@ -31,11 +34,25 @@ class Recipe:
 
     train: list[TrainingPair]
     validation: list[TrainingPair]
+    max_tokens: int | None = None
+    """How long a validation answer may run (None: an atomic step's answer; a plan's is
+    longer)."""
+    judge: Judge | None = None
+    """Whether a validation answer is right (None: its number is the reference's; a plan
+    is judged by what it computes, ``plans.plan_matches``)."""
+
+    def evaluate(
+        self, chat: ChatSage, adapter: str | None, pairs: Sequence[TrainingPair]
+    ) -> Evaluation:
+        """``trainer.evaluate`` with this recipe's answer length and judge."""
+        return evaluate(chat, adapter, pairs, max_tokens=self.max_tokens, judge=self.judge)
 
 
 def cluster_examples(cluster: Cluster, min_train_samples: int) -> list[Example]:
     """The cluster's samples that carry a reference, as pairs (StoreError when fewer
-    than ``min_train_samples`` do)."""
+    than ``min_train_samples`` do). A sample's prompt is its text, or its payload's
+    "prompt" where the model saw more than the text clustered on (a plan's few-shot
+    prompt around the question)."""
     examples, missing = [], 0
     for sample in cluster.samples:
         payload = sample.payload or {}
@@ -43,7 +60,8 @@ def cluster_examples(cluster: Cluster, min_train_samples: int) -> list[Example]:
         if reference is None or not str(reference).strip():
             missing += 1
             continue
-        examples.append((TrainingPair(sample.text, str(reference)), payload.get("expression")))
+        prompt = payload.get("prompt") or sample.text
+        examples.append((TrainingPair(prompt, str(reference)), payload.get("expression")))
     if len(examples) < min_train_samples:
         raise StoreError(
             f"cluster {cluster.id} has {len(examples)} samples with a reference "
@@ -77,7 +95,10 @@ def build_recipe(
     training = failures + replay
     seen = {p.prompt for p in training}
     extra = augment_pairs(val, config.val_variants, rng, answer=answer)
-    return Recipe(training, written(val, answer) + [p for p in extra if p.prompt not in seen])
+    validation = written(val, answer) + [p for p in extra if p.prompt not in seen]
+    if cluster.tag == PLAN_TAG:
+        return Recipe(training, validation, PLAN_MAX_TOKENS, plan_matches)
+    return Recipe(training, validation)
 
 
 def written(examples: Sequence[Example], answer: AnswerFormat) -> list[TrainingPair]:

@@ -20,7 +20,7 @@ from sage_agent.chat import ChatSage
 from sage_agent.errors import StoreError
 from sage_agent.store.config import SearchConfig
 from sage_agent.store.recipe import Recipe
-from sage_agent.trainer import FrozenPrefix, LoRATrainConfig, evaluate, train_lora
+from sage_agent.trainer import FrozenPrefix, LoRATrainConfig, train_lora
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def run_search(
         try:
             result = train_lora(model, trial.name, recipe.train, candidate, prefix=prefix)
             trained = time.perf_counter()
-            scores = evaluate(model, trial.name, recipe.validation)
+            scores = recipe.evaluate(model, trial.name, recipe.validation)
         except (MemoryError, OSError) as error:
             # Out of memory (or a failing device) in one configuration: drop the trial,
             # keep searching; a smaller rank may still fit.

@@ -22,11 +22,11 @@ from sage_agent.errors import StoreError
 from sage_agent.records import TrainingPair
 from sage_agent.store.config import StoreConfig
 from sage_agent.store.gate import CanarySet
-from sage_agent.store.recipe import build_recipe
+from sage_agent.store.recipe import Recipe, build_recipe
 from sage_agent.store.registry import AdapterRecord, AdapterRegistry, NewAdapter
 from sage_agent.store.router import Router
 from sage_agent.store.search import Emit, Trial, config_dict, ranking, run_search
-from sage_agent.trainer import evaluate, save_adapter
+from sage_agent.trainer import save_adapter
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,8 @@ class LoRAStore:
             rehearsal=rehearsal,
             gate=gate,
         )
-        base = evaluate(self.model, None, recipe.validation)
-        base_canary = evaluate(self.model, None, gate).exact_match if gate else None
+        base = recipe.evaluate(self.model, None, recipe.validation)
+        base_canary = recipe.evaluate(self.model, None, gate).exact_match if gate else None
         trials, failed = run_search(
             self.model,
             recipe,
@@ -147,9 +147,7 @@ class LoRAStore:
             )
         previous = self.registry.adapters(cluster.id)
         try:
-            kept = self._keep(
-                cluster, trials, len(recipe.train), base.exact_match, gate, base_canary, emit
-            )
+            kept = self._keep(cluster, trials, recipe, base.exact_match, gate, base_canary, emit)
         finally:
             for trial in trials:
                 if trial.name in self.model.adapters:
@@ -166,7 +164,7 @@ class LoRAStore:
         self,
         cluster: Cluster,
         trials: list[Trial],
-        samples: int,
+        recipe: Recipe,
         base_em: float,
         gate: list[TrainingPair],
         base_canary: float | None,
@@ -182,7 +180,7 @@ class LoRAStore:
             elif trial.val_em <= base_em:
                 outcome = f"validation EM {trial.val_em:.3f} does not beat the base {base_em:.3f}"
             elif gate and base_canary is not None:
-                canary_em = evaluate(self.model, trial.name, gate).exact_match
+                canary_em = recipe.evaluate(self.model, trial.name, gate).exact_match
                 margin = self.canaries.margin(cluster.tag, cluster.size, trial.val_em - base_em)
                 if canary_em < base_canary - margin:
                     outcome = (
@@ -202,7 +200,7 @@ class LoRAStore:
                         base_val_em=base_em,
                         canary_em=canary_em,
                         train_seconds=trial.seconds,
-                        samples=samples,
+                        samples=len(recipe.train),
                         centroid=cluster.centroid,
                     ),
                     lambda folder, name=trial.name: save_adapter(self.model, name, folder),

@@ -1,0 +1,98 @@
+"""SAGE applied to the planner: when the decomposer is an ``LLMDecomposer`` on the graph's
+own model, the decompose node routes the question to a planner adapter, and the finish
+node judges the plan on a task with a worked solution. A plan that did not parse, or
+whose result (computed by the verifier) is not the task's answer, goes to the Trigger
+Buffer under the tag "plan" with the solution's plan as its reference; once its cluster
+``needs_training``, the same LoRA Store tool trains planner adapters on those corrected
+plans. A right plan becomes a canary of the tag, as a right answer does.
+"""
+
+from __future__ import annotations
+
+from langchain_core.messages import AIMessage
+
+from sage_agent.context import SageContext, current_thread_id
+from sage_agent.decompose import LLMDecomposer
+from sage_agent.errors import AdapterError, MalformedTask, NotFoundError
+from sage_agent.graphs.state import SageState
+from sage_agent.graphs.store_calls import store_call
+from sage_agent.numeric import numbers_match, parse_number
+from sage_agent.plans import PLAN_TAG, gold_plan
+from sage_agent.records import PlanNote, TrainingPair
+from sage_agent.steps import final_answer
+
+
+def planner_of(context: SageContext) -> LLMDecomposer | None:
+    """The decomposer, when it is a planner that adapters of the graph's model can help."""
+    planner = context.decomposer
+    if isinstance(planner, LLMDecomposer) and planner.model is context.model:
+        return planner
+    return None
+
+
+def route_planner(context: SageContext, question: str) -> tuple[str | None, PlanNote | None]:
+    """(the loaded planner adapter's name or None, the plan's note); (None, None) when the
+    decomposer is not a planner. An adapter that cannot be loaded leaves the base model."""
+    if planner_of(context) is None:
+        return None, None
+    note: PlanNote = {"adapter": None}
+    if not context.route or context.store is None:
+        return None, note
+    for record in context.store.route(question, tag=PLAN_TAG)[:1]:
+        try:
+            name = context.store.load(record.id)
+        except (AdapterError, NotFoundError) as error:
+            note["failure"] = f"planner adapter {record.id} not used: {error}"
+            return None, note
+        note["adapter"] = record.id
+        return name, note
+    return None, note
+
+
+def judge_plan(state: SageState, context: SageContext) -> tuple[PlanNote | None, AIMessage | None]:
+    """The plan's note after the finish node judged it, and the store call that trains
+    the plan cluster when this failure made it ready. Nothing to judge without a planner
+    or a worked solution."""
+    planner, note, task = planner_of(context), state.get("plan"), state["task"]
+    reference = gold_plan(task) if planner is not None and note is not None else None
+    if planner is None or note is None or reference is None:
+        return note, None
+    prompt = planner.prompt(task["question"])
+    failure = _why_failed(state, task)
+    if failure is None:
+        if context.train and context.store is not None:
+            context.store.add_canary([TrainingPair(prompt, reference)], PLAN_TAG)
+        return note, None
+    note = {**note, "failure": failure}
+    if not context.train or context.buffer is None:
+        return note, None
+    thread = current_thread_id()
+    assignment = context.buffer.add(
+        task["question"],
+        tag=PLAN_TAG,
+        payload={"prompt": prompt, "reference": reference, "answer": failure},
+        key=f"{thread}:plan" if thread else None,
+    )
+    note["buffer"] = {
+        "status": assignment.status,
+        "sample_id": assignment.sample_id,
+        "cluster_id": assignment.cluster_id,
+        "gamma": assignment.gamma,
+    }
+    cluster_id = assignment.cluster_id
+    return note, store_call(context, cluster_id) if cluster_id is not None else None
+
+
+def _why_failed(state: SageState, task: dict) -> str | None:
+    error = state.get("error")
+    if error and error.startswith("decompose"):
+        return f"the plan did not parse: {error.removeprefix('decompose: ')}"
+    steps = state.get("steps") or []
+    try:
+        answer = final_answer(task["answer"])
+    except MalformedTask:
+        return None
+    planned = steps[-1]["reference"] if steps else None
+    if not numbers_match(parse_number(planned), parse_number(answer)):
+        return f"the plan computes {planned}, the task's answer is {answer}"
+    return None

@@ -1,0 +1,81 @@
+"""SAGE applied to the planner, on the tiny llama: its plans fail, the failures go to the
+Trigger Buffer under the tag "plan" with the worked solution's plan as reference, the
+LoRA Store tool trains a planner adapter once the cluster is ready, and later questions
+are planned with it (routed like a step to its adapter)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sage_agent.decompose import LLMDecomposer
+from sage_agent.plans import PLAN_TAG, gold_plan, parse_plan
+from sage_agent.report import read_thread
+from tests.test_graph import NINES, nines_agent
+
+PLAN_STORE = NINES.replace(epochs=(30,), learning_rates=(1e-2, 3e-2), min_train_samples=6)
+
+
+def bead_task(i: int) -> dict:
+    """A question whose worked solution is the one-step plan "1. How many beads? 4 + 5 = 9"."""
+    return {
+        "id": f"beads-{i}",
+        "question": f"Mia has 4 red beads and 5 blue beads in box {i}. How many beads?",
+        "answer": "How many beads? ** 4 + 5 = <<4+5=9>>9 beads.\n#### 9",
+    }
+
+
+def test_the_gold_plan_is_the_solutions_steps() -> None:
+    plan = gold_plan(bead_task(0))
+    assert plan == "1. How many beads? 4 + 5 = 9"
+    assert [s.reference for s in parse_plan(plan, "t")] == ["9"]
+    assert gold_plan({"id": "q", "question": "How many?"}) is None  # no solution, no plan
+
+
+def test_failed_plans_train_a_planner_adapter_that_later_plans_use(
+    tiny_model_dir: Path, tmp_path: Path, bow_embeddings
+) -> None:
+    agent = nines_agent(tmp_path / "sage.db", tiny_model_dir, bow_embeddings)
+    agent.store.config = PLAN_STORE
+    agent.configure(decomposer=LLMDecomposer(agent.model))
+    summary = agent.run([bead_task(i) for i in range(30)], stop_when=lambda s: s.problems >= 30)
+    plans = [agent.state(t).get("plan") for t in summary.threads]
+    assert all(p is not None for p in plans)
+
+    # the random model's first plans do not parse: each is a plan failure in the buffer
+    first = plans[0]
+    assert first["adapter"] is None and first["failure"].startswith("the plan did not parse")
+    assert first["buffer"]["status"] in ("buffered", "clustered", "assigned", "noise")
+    sample = next(s for s in agent.buffer.points() if s.sample.tag == PLAN_TAG)
+    assert sample.sample.payload["reference"] == gold_plan(bead_task(0))
+    assert sample.sample.payload["prompt"].endswith(f"Problem: {bead_task(0)['question']}\n")
+
+    # the cluster got ready, and the same LoRA Store tool trained planner adapters on it
+    trained = [p for p in plans if "training" in p]
+    assert trained and trained[0]["training"]["adapters"], trained[0]["training"]["summary"]
+    planners = [a for a in agent.store.adapters() if a.tag == PLAN_TAG]
+    assert planners  # (the steps of the plans that now parse fail too, and train "+")
+    trainer_thread = summary.threads[plans.index(trained[0])]
+    assert read_thread(agent, trainer_thread).path[-2:] == ["finish", "train_planner"]
+
+    # later questions are routed to a planner adapter, and its plans parse
+    later = plans[plans.index(trained[0]) + 1 :]
+    routed = [p for p in later if p["adapter"] in {a.id for a in planners}]
+    assert routed, later
+    parsed = [
+        agent.state(t)
+        for t, p in zip(summary.threads, plans, strict=True)
+        if p in routed and not agent.state(t).get("error")
+    ]
+    assert parsed and all(values["result"]["steps"] >= 1 for values in parsed)
+
+
+def test_the_thread_view_shows_the_plans_fate(
+    tiny_model_dir: Path, tmp_path: Path, bow_embeddings
+) -> None:
+    from sage_agent.report import render_thread
+
+    agent = nines_agent(tmp_path / "sage.db", tiny_model_dir, bow_embeddings)
+    agent.configure(decomposer=LLMDecomposer(agent.model))
+    summary = agent.run([bead_task(0)])
+    page = render_thread(agent, read_thread(agent, summary.threads[0]))
+    assert "<h2>The plan</h2>" in page and "the plan did not parse" in page
