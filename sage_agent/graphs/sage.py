@@ -25,6 +25,7 @@ each records how long it ran in the state's ``timings`` (``state.timed``).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal
 
 from langchain_core.messages import AIMessage
@@ -64,7 +65,8 @@ def decompose(state: SageState, runtime: Ctx) -> SageState:
         if not isinstance(task.get("question"), str) or not task["question"].strip():
             raise DecompositionError('the graph takes {"task": ...} or {"question": "..."}')
         adapter, update["plan"] = route_planner(context, task["question"])
-        with context.model.using_adapter(adapter):
+        switch = context.model.using_adapter(adapter) if adapter else contextlib.nullcontext()
+        with switch:
             steps = context.decomposer(task)
     except (DecompositionError, MalformedTask) as error:
         runtime.stream_writer(
@@ -312,9 +314,7 @@ def finish(state: SageState, runtime: Ctx) -> SageState:
     if plan is not None:
         update["plan"] = plan
     if call is not None:
-        runtime.stream_writer(
-            {"event": "training", "cluster_id": plan and plan["buffer"]["cluster_id"]}
-        )
+        runtime.stream_writer({"event": "training", **call.tool_calls[0]["args"]})
         update["store_calls"] = [call]
     return update
 
