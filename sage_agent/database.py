@@ -22,7 +22,8 @@ from sage_agent.errors import DatabaseError, DatabaseLocked, SchemaVersionError
 SCHEMA_VERSION = 3
 """2: adapters.rank became adapters.position (the LoRA rank is in its config), and
 adapters.path is the folder's name under the adapter root, not a path from the working
-directory; samples.key, clusters.claimed_by / claimed_until and runs.owner were added."""
+directory; samples.key, clusters.claimed_by / claimed_until and runs.owner were added.
+3: trials.curve, each trial's training loss per optimiser step."""
 
 
 def open_database(path: str | Path, *, timeout: float = 10.0) -> sqlite_utils.Database:

@@ -304,7 +304,7 @@ def train_lora(
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     order = random.Random(config.seed)
     steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
-    total, step, epoch_losses, losses = steps_per_epoch * config.epochs, 0, [], []
+    total, step, losses = steps_per_epoch * config.epochs, 0, []
     started = time.perf_counter()
     with chat.using_adapter(name), chat.lock:
         model.train()
@@ -312,7 +312,6 @@ def train_lora(
             for _ in range(config.epochs):
                 indices = list(range(len(encoded)))
                 order.shuffle(indices)
-                epoch_losses = []
                 for start in range(0, len(indices), config.batch_size):
                     chosen = indices[start : start + config.batch_size]
                     batch = _collate([encoded[i] for i in chosen], chat)
@@ -324,10 +323,9 @@ def train_lora(
                     loss.backward()
                     optimizer.step()
                     step += 1
-                    epoch_losses.append(loss.item())
-                    losses.append(epoch_losses[-1])
+                    losses.append(loss.item())
                     if progress is not None:
-                        progress(step, total, epoch_losses[-1])
+                        progress(step, total, losses[-1])
         finally:
             model.eval()
             for param in trainable:
@@ -335,7 +333,7 @@ def train_lora(
     seconds = time.perf_counter() - started
     return TrainResult(
         adapter=name,
-        loss=sum(epoch_losses) / len(epoch_losses),
+        loss=sum(losses[-steps_per_epoch:]) / steps_per_epoch,
         seconds=seconds,
         samples_per_second=len(encoded) * config.epochs / seconds,
         steps=step,

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 
 from sage_agent.errors import InvalidInput
+from sage_agent.records import BufferNote
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,15 @@ class Assignment:
     tag: str
     cluster_id: int | None = None
     gamma: float | None = None
+
+    def note(self) -> BufferNote:
+        """The assignment as the graph's records keep it."""
+        return {
+            "status": self.status,
+            "sample_id": self.sample_id,
+            "cluster_id": self.cluster_id,
+            "gamma": self.gamma,
+        }
 
 
 @dataclass(frozen=True)

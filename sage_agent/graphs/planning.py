@@ -13,13 +13,12 @@ from langchain_core.messages import AIMessage
 
 from sage_agent.context import SageContext, current_thread_id
 from sage_agent.decompose import LLMDecomposer
-from sage_agent.errors import AdapterError, MalformedTask, NotFoundError
+from sage_agent.errors import AdapterError, NotFoundError
 from sage_agent.graphs.state import SageState
 from sage_agent.graphs.store_calls import store_call
 from sage_agent.numeric import numbers_match, parse_number
 from sage_agent.plans import PLAN_TAG, gold_plan
 from sage_agent.records import PlanNote, TrainingPair
-from sage_agent.steps import final_answer
 
 
 def planner_of(context: SageContext) -> LLMDecomposer | None:
@@ -49,16 +48,18 @@ def route_planner(context: SageContext, question: str) -> tuple[str | None, Plan
     return None, note
 
 
-def judge_plan(state: SageState, context: SageContext) -> tuple[PlanNote | None, AIMessage | None]:
-    """The plan's note after the finish node judged it, and the store call that trains
-    the plan cluster when this failure made it ready. Nothing to judge without a planner
-    or a worked solution."""
+def judge_plan(
+    state: SageState, context: SageContext, answer: str | None
+) -> tuple[PlanNote | None, AIMessage | None]:
+    """The plan's note after the finish node judged it against the task's final
+    ``answer``, and the store call that trains the plan cluster when this failure made it
+    ready. Nothing to judge without a planner or a worked solution."""
     planner, note, task = planner_of(context), state.get("plan"), state["task"]
     reference = gold_plan(task) if planner is not None and note is not None else None
     if planner is None or note is None or reference is None:
         return note, None
     prompt = planner.prompt(task["question"])
-    failure = _why_failed(state, task)
+    failure = _why_failed(state, answer)
     if failure is None:
         if context.train and context.store is not None:
             context.store.add_canary([TrainingPair(prompt, reference)], PLAN_TAG)
@@ -73,24 +74,17 @@ def judge_plan(state: SageState, context: SageContext) -> tuple[PlanNote | None,
         payload={"prompt": prompt, "reference": reference, "answer": failure},
         key=f"{thread}:plan" if thread else None,
     )
-    note["buffer"] = {
-        "status": assignment.status,
-        "sample_id": assignment.sample_id,
-        "cluster_id": assignment.cluster_id,
-        "gamma": assignment.gamma,
-    }
+    note["buffer"] = assignment.note()
     cluster_id = assignment.cluster_id
     return note, store_call(context, cluster_id) if cluster_id is not None else None
 
 
-def _why_failed(state: SageState, task: dict) -> str | None:
+def _why_failed(state: SageState, answer: str | None) -> str | None:
     error = state.get("error")
     if error and error.startswith("decompose"):
         return f"the plan did not parse: {error.removeprefix('decompose: ')}"
     steps = state.get("steps") or []
-    try:
-        answer = final_answer(task["answer"])
-    except MalformedTask:
+    if answer is None:
         return None
     planned = steps[-1]["reference"] if steps else None
     if not numbers_match(parse_number(planned), parse_number(answer)):

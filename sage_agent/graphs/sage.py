@@ -45,7 +45,6 @@ from sage_agent.graphs.store_calls import pending, run_store_call, store_call, t
 from sage_agent.numeric import numbers_match, parse_number
 from sage_agent.records import (
     Attempt,
-    BufferNote,
     StepRecord,
     TaskResult,
     TrainingPair,
@@ -214,12 +213,7 @@ def buffer(state: SageState, runtime: Ctx) -> SageState:
         # One sample per thread and step: a node re-run after a crash adds it once.
         key=f"{thread}:{step.id}" if thread else None,
     )
-    note: BufferNote = {
-        "status": assignment.status,
-        "sample_id": assignment.sample_id,
-        "cluster_id": assignment.cluster_id,
-        "gamma": assignment.gamma,
-    }
+    note = assignment.note()
     attempt["buffer"] = note
     runtime.stream_writer({"event": "buffered", **note, "tag": assignment.tag})
     update: SageState = {"attempt": attempt, "attempts": [*state["attempts"][:-1], attempt]}
@@ -310,7 +304,7 @@ def finish(state: SageState, runtime: Ctx) -> SageState:
     }
     runtime.stream_writer({"event": "finished", **result})
     update: SageState = {"result": result, "answer": answer}
-    plan, call = judge_plan(state, context_of(runtime))
+    plan, call = judge_plan(state, context_of(runtime), reference)
     if plan is not None:
         update["plan"] = plan
     if call is not None:

@@ -115,10 +115,10 @@ def read_thread(agent: SageAgent, thread_id: str) -> ThreadTrace:
     values = snapshot.values
     timings = list(values.get("timings") or [])
     task = values.get("task") or {}
-    run_id = next((t["run_id"] for t in agent.threads() if t["id"] == thread_id), None)
+    row = next(agent.db["threads"].rows_where("id = ?", [thread_id]), None)
     return ThreadTrace(
         thread=thread_id,
-        run_id=run_id,
+        run_id=row["run_id"] if row else None,
         task=task.get("id"),
         question=task.get("question"),
         result=values.get("result"),
