@@ -124,7 +124,11 @@ def test_the_command_line_refuses_a_database_it_cannot_use(database, tmp_path, c
     else:
         from sage_agent.database import SCHEMA_VERSION, open_database
 
-        open_database(path)["meta"].update("schema_version", {"value": str(SCHEMA_VERSION + 1)})
+        db = open_database(path)
+        db["meta"].update("schema_version", {"value": str(SCHEMA_VERSION + 1)})
+        # Closed before the bytes are read: a connection the garbage collector
+        # closes later checkpoints its WAL into the file.
+        db.close()
     before = path.read_bytes() if path.exists() else None
     assert main(["clusters", "list", "--db", str(path)]) == 1
     err = capsys.readouterr().err
