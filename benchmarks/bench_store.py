@@ -1,21 +1,23 @@
 """LoRA Store benchmark: optimize() on one cluster of GSM8K failures, as the graph builds it.
 
     python benchmarks/bench_store.py --data ../shared/data/gsm8k/train.jsonl
-        [--tag +] [--size 48] [--canaries 48] [--seed 0] [--max-trials 8] [--max-seconds 900]
+        [--tag +] [--size 48] [--canaries 48] [--seed 0] [--max-trials 10] [--max-seconds 900]
 
 The embedded model answers GSM8K atoms of one operator signature; the first ``--size`` it
 gets wrong become the cluster (text = the atomic prompt, payload = expression and
 reference), and the ones it gets right become the tag's canaries (the regression gate).
-Then one optimize() with the default StoreConfig (but top_k 1, ``--max-trials`` and
-``--max-seconds``).
-Prints every trial and the kept adapters (validation EM against the base model's on the
-same split), and writes benchmarks/results/store.md.
+Then one optimize() with the default StoreConfig (but ``--max-trials`` and
+``--max-seconds``): successive halving, trials ranked teacher-forced, the kept ones
+confirmed by generation.
+Prints every trial (its rung, teacher-forced and generated validation EM, how often the
+two verdicts agree) and the kept adapters (generated validation EM against the base
+model's on the same split), the configurations evaluated and where the seconds went, and
+writes benchmarks/results/store.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -45,7 +47,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=48, help="failures in the cluster")
     parser.add_argument("--canaries", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-trials", type=int, default=8, help="SearchConfig.max_trials")
+    parser.add_argument("--max-trials", type=int, default=10, help="SearchConfig.max_trials")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="SearchConfig.max_seconds")
     args = parser.parse_args()
 
@@ -77,8 +79,6 @@ def main() -> None:
         seed=args.seed,
         max_trials=args.max_trials,
         max_seconds=args.max_seconds,
-        n_random=min(4, args.max_trials),
-        top_k=1,
     )
     with tempfile.TemporaryDirectory() as tmp:
         store = LoRAStore(Path(tmp) / "db.sqlite", Path(tmp) / "adapters", chat, config, embeddings)
@@ -89,17 +89,33 @@ def main() -> None:
         trials = sorted(store.registry.trials(), key=lambda t: t.number)
 
     lines = [
-        f"| {t.number} | {json.dumps(t.config)} | {t.val_em:.1%} | {t.val_loss:.3f} | "
-        f"{_percent(t.canary_em)} | {t.seconds or 0:.0f} | {t.outcome} |"
+        f"| {t.number} | {_config(t.config)} | {t.rung} | {t.val_em:.1%} | {t.val_loss:.3f} | "
+        f"{_percent(t.generated_em)} | {_percent(t.agreement)} | {_percent(t.canary_em)} | "
+        f"{t.seconds or 0:.0f} | {t.outcome} |"
         for t in trials
     ]
     base = kept[0].base_val_em if kept else None
     summary = (
-        f"kept {len(kept)} adapters in {seconds:.0f} s; best validation EM "
+        f"kept {len(kept)} adapters in {seconds:.0f} s; best generated validation EM "
         f"{kept[0].val_em:.1%} vs base {base:.1%}"
         if kept
         else f"kept nothing in {seconds:.0f} s"
     )
+    confirmed = [t for t in trials if t.agreement is not None]
+    training = sum(t.seconds or 0 for t in trials)
+    last_rung = len(config.search.rungs) - 1
+    summary += (
+        f"; {len(trials)} configurations evaluated, {sum(t.rung == last_rung for t in trials)} "
+        f"trained to the end; {training:.0f} s of training, {seconds - training:.0f} s of "
+        "everything else (the base model's validation and canaries, ranking, confirmation "
+        "by generation, the canary gate, saving)"
+    )
+    if confirmed:
+        agree = sum(t.agreement for t in confirmed) / len(confirmed)
+        summary += (
+            f"; teacher-forced and generated verdicts agree on {agree:.1%} of validation "
+            f"answers ({len(confirmed)} confirmed trials)"
+        )
     print("\n".join(lines))
     print(summary)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
@@ -108,13 +124,20 @@ def main() -> None:
         f"# LoRA Store benchmark\n\nCommand: `{command}`\n\nMachine: {os.cpu_count()} CPU "
         f"cores. Cluster: the first {len(failures)} GSM8K atoms with operator signature "
         f'`{args.tag}` that the embedded SmolLM2-135M answers wrong ("{ATOMIC_PROMPT}"); '
-        f"canaries: {len(canaries)} it answers right. Default StoreConfig with top_k 1 and "
-        f"max_trials {args.max_trials}, max_seconds {args.max_seconds:.0f} (validation: the "
-        "held-out quarter of the cluster plus verifier-labelled variants of it).\n\n"
-        f"{summary}.\n\n| trial | config | val EM | val loss | canary EM | seconds | outcome |\n"
-        "|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n"
+        f"canaries: {len(canaries)} it answers right. Default StoreConfig with "
+        f"max_trials {args.max_trials}, max_seconds {args.max_seconds:.0f}, rungs "
+        f"{config.search.rungs} (validation: the held-out quarter of the cluster plus "
+        "verifier-labelled variants of it).\n\n"
+        f"{summary}.\n\n| trial | rank, alpha, lr, dropout | rung | val EM (teacher-forced) | "
+        "val loss | val EM (generated) | verdicts agree | canary EM | seconds | outcome |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n"
     )
     print(f"written to {RESULTS / 'store.md'}")
+
+
+def _config(config: dict) -> str:
+    rate = config["learning_rate"]
+    return f"{config['rank']}, {config['alpha']:g}, {rate:.2g}, {config['dropout']:g}"
 
 
 def _percent(value: float | None) -> str:

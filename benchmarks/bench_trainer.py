@@ -41,10 +41,10 @@ from sage_agent.steps import ATOMIC_PROMPT
 from sage_agent.trainer import (
     DEFAULT_TARGET_MODULES,
     LoRATrainConfig,
-    evaluate,
     supports_bf16,
     train_lora,
 )
+from sage_agent.validation import evaluate
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -39,7 +39,6 @@ from safetensors.torch import save_file
 
 from sage_agent.chat import ChatSage
 from sage_agent.errors import ConfigError, InvalidInput, NotFoundError
-from sage_agent.numeric import numbers_match, parse_number
 from sage_agent.records import TrainingPair
 
 DEFAULT_TARGET_MODULES = (
@@ -140,7 +139,9 @@ def supports_bf16(device_type: str) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _encode(chat: ChatSage, pairs: Sequence[TrainingPair]) -> list[tuple[list[int], list[int]]]:
+def encode_pairs(
+    chat: ChatSage, pairs: Sequence[TrainingPair]
+) -> list[tuple[list[int], list[int]]]:
     """Token ids and labels per pair: the rendered prompt is masked (-100), the answer and
     the end-of-turn token are learned."""
     tokenizer = chat.tokenizer
@@ -163,7 +164,7 @@ def _device_type(chat: ChatSage) -> str:
     return torch.device(chat.device).type
 
 
-def _collate(
+def collate(
     batch: Sequence[tuple[list[int], list[int]]], chat: ChatSage
 ) -> dict[str, torch.Tensor]:
     """Right-padded ids, labels and attention mask of a batch, on the chat model's device."""
@@ -183,10 +184,13 @@ def _collate(
     }
 
 
-def answer_loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy over the answer tokens, and their count. The decoder runs on the
-    whole sequence (or, when the batch carries ``hidden`` and ``first_layer`` from a
-    FrozenPrefix, on the layers from there on); the output head only where a label is."""
+def answer_logits(
+    model: Any, batch: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The output head's logits at the answer tokens' positions, their targets, and where
+    they are (a batch x width - 1 mask). The decoder runs on the whole sequence (or, when
+    the batch carries ``hidden`` and ``first_layer`` from a FrozenPrefix, on the layers
+    from there on); the output head only where a label is."""
     decoder = model.get_decoder()
     if "hidden" in batch:
         with _only_layers(decoder, batch["first_layer"]):
@@ -201,8 +205,13 @@ def answer_loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
         ).last_hidden_state
     targets = batch["labels"][:, 1:]
     where = targets != -100
-    logits = model.get_output_embeddings()(hidden[:, :-1][where])
-    return F.cross_entropy(logits.float(), targets[where]), int(where.sum())
+    return model.get_output_embeddings()(hidden[:, :-1][where]), targets[where], where
+
+
+def answer_loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over the answer tokens, and their count."""
+    logits, targets, _ = answer_logits(model, batch)
+    return F.cross_entropy(logits.float(), targets), len(targets)
 
 
 @contextmanager
@@ -227,7 +236,7 @@ class FrozenPrefix:
 
     def __init__(self, chat: ChatSage, pairs: Sequence[TrainingPair], batch_size: int = 16):
         self.chat, self.pairs, self.batch_size = chat, list(pairs), batch_size
-        self.encoded = _encode(chat, self.pairs)
+        self.encoded = encode_pairs(chat, self.pairs)
         self._hidden: dict[int, list[torch.Tensor]] = {}
 
     def hidden(self, first: int, bf16: bool) -> list[torch.Tensor]:
@@ -241,7 +250,7 @@ class FrozenPrefix:
             ):
                 for start in range(0, len(self.encoded), self.batch_size):
                     chunk = self.encoded[start : start + self.batch_size]
-                    batch = _collate(chunk, self.chat)
+                    batch = collate(chunk, self.chat)
                     output = model.get_decoder()(
                         input_ids=batch["input_ids"],
                         attention_mask=batch["attention_mask"],
@@ -264,6 +273,118 @@ def _with_hidden(batch: dict[str, Any], states: list[torch.Tensor], first: int) 
     return {**batch, "hidden": hidden, "first_layer": first}
 
 
+class LoRARun:
+    """One adapter's training, which may stop and go on: ``train(steps)`` runs that many
+    more optimiser steps (successive halving trains every candidate a little, then only
+    the better ones further). Its batches are drawn up front from the seed, so a run
+    trained in pieces is the run trained at once.
+
+    Creating it adds adapter ``name`` to the chat model's base model; only that adapter's
+    weights train. The adapter stays loaded (not activated) for evaluation and saving, and
+    ``chat.delete_adapter(name)`` frees it. ``prefix`` (a FrozenPrefix of the same pairs)
+    lets several runs with ``last_layers`` share the frozen layers' output.
+    """
+
+    def __init__(
+        self,
+        chat: ChatSage,
+        name: str,
+        pairs: Sequence[TrainingPair],
+        config: LoRATrainConfig | None = None,
+        prefix: FrozenPrefix | None = None,
+    ) -> None:
+        self.chat, self.name = chat, name
+        self.config = config = config or LoRATrainConfig()
+        if not pairs:
+            raise InvalidInput("no training pairs")
+        model = chat.hf_model
+        self.device_type = _device_type(chat)
+        self.bf16 = supports_bf16(self.device_type) if config.bf16 is None else config.bf16
+        layers = model.config.num_hidden_layers
+        self.first = config.first_layer(layers)
+        if prefix is not None and prefix.pairs != list(pairs):
+            raise InvalidInput("the FrozenPrefix was built for other pairs")
+        self.states: list[torch.Tensor] | None = None
+        if self.first > 0:
+            prefix = prefix or FrozenPrefix(chat, pairs, config.batch_size)
+            self.encoded, self.states = prefix.encoded, prefix.hidden(self.first, self.bf16)
+        else:
+            self.encoded = encode_pairs(chat, pairs)
+        torch.manual_seed(config.seed)
+        chat.add_adapter(name, config.lora_config(layers))
+        self.trainable = [
+            param for param_name, param in model.named_parameters() if f".{name}." in param_name
+        ]
+        self._freeze_all_but(())
+        self.optimizer = torch.optim.AdamW(
+            self.trainable, lr=config.learning_rate, weight_decay=0.0
+        )
+        order = random.Random(config.seed)
+        self.batches: list[list[int]] = []
+        for _ in range(config.epochs):
+            indices = list(range(len(self.encoded)))
+            order.shuffle(indices)
+            self.batches += [
+                indices[start : start + config.batch_size]
+                for start in range(0, len(indices), config.batch_size)
+            ]
+        self.steps_per_epoch = math.ceil(len(self.encoded) / config.batch_size)
+        self.losses: list[float] = []
+        self.samples = 0
+        self.seconds = 0.0
+
+    @property
+    def done(self) -> bool:
+        return len(self.losses) == len(self.batches)
+
+    def train(self, steps: int | None = None, progress: Progress | None = None) -> TrainResult:
+        """Run ``steps`` more optimiser steps (None: to the end of the configured
+        epochs); returns the run so far."""
+        model, total = self.chat.hf_model, len(self.batches)
+        end = total if steps is None else min(total, len(self.losses) + steps)
+        started = time.perf_counter()
+        with self.chat.using_adapter(self.name), self.chat.lock:
+            # Only this run's weights get gradients (the base model's and the other loaded
+            # adapters' would cost their backward pass).
+            self._freeze_all_but(self.trainable)
+            model.train()
+            try:
+                for chosen in self.batches[len(self.losses) : end]:
+                    batch = collate([self.encoded[i] for i in chosen], self.chat)
+                    if self.states is not None:
+                        batch = _with_hidden(batch, [self.states[i] for i in chosen], self.first)
+                    with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
+                        loss, _ = answer_loss(model, batch)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+                    self.losses.append(loss.item())
+                    self.samples += len(chosen)
+                    if progress is not None:
+                        progress(len(self.losses), total, self.losses[-1])
+            finally:
+                model.eval()
+                self._freeze_all_but(())
+                self.seconds += time.perf_counter() - started
+        return self.result()
+
+    def _freeze_all_but(self, trainable: Sequence[torch.Tensor]) -> None:
+        chosen = {id(param) for param in trainable}
+        for param in self.chat.hf_model.parameters():
+            param.requires_grad = id(param) in chosen
+
+    def result(self) -> TrainResult:
+        last = self.losses[-self.steps_per_epoch :] or [math.nan]
+        return TrainResult(
+            adapter=self.name,
+            loss=sum(last) / len(last),
+            seconds=self.seconds,
+            samples_per_second=self.samples / self.seconds if self.seconds else 0.0,
+            steps=len(self.losses),
+            losses=tuple(self.losses),
+        )
+
+
 def train_lora(
     chat: ChatSage,
     name: str,
@@ -272,128 +393,10 @@ def train_lora(
     progress: Progress | None = None,
     prefix: FrozenPrefix | None = None,
 ) -> TrainResult:
-    """Add adapter ``name`` to the chat model's base model and train it on ``pairs``.
-
-    Only that adapter's weights train; the adapter stays loaded (not activated) for
-    evaluation and saving, and ``chat.delete_adapter(name)`` frees it. The same seed gives
-    the same adapter. ``prefix`` (a FrozenPrefix of the same pairs) lets several trials
-    with ``last_layers`` share the frozen layers' output.
-    """
-    config = config or LoRATrainConfig()
-    if not pairs:
-        raise InvalidInput("no training pairs")
-    model = chat.hf_model
-    device_type = _device_type(chat)
-    use_bf16 = supports_bf16(device_type) if config.bf16 is None else config.bf16
-    layers = model.config.num_hidden_layers
-    first = config.first_layer(layers)
-    if prefix is not None and prefix.pairs != list(pairs):
-        raise InvalidInput("the FrozenPrefix was built for other pairs")
-    if first > 0:
-        prefix = prefix or FrozenPrefix(chat, pairs, config.batch_size)
-        encoded, states = prefix.encoded, prefix.hidden(first, use_bf16)
-    else:
-        encoded, states = _encode(chat, pairs), None
-    torch.manual_seed(config.seed)
-    chat.add_adapter(name, config.lora_config(layers))
-    trainable = []
-    for param_name, param in model.named_parameters():
-        param.requires_grad = f".{name}." in param_name
-        if param.requires_grad:
-            trainable.append(param)
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
-    order = random.Random(config.seed)
-    steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
-    total, step, losses = steps_per_epoch * config.epochs, 0, []
-    started = time.perf_counter()
-    with chat.using_adapter(name), chat.lock:
-        model.train()
-        try:
-            for _ in range(config.epochs):
-                indices = list(range(len(encoded)))
-                order.shuffle(indices)
-                for start in range(0, len(indices), config.batch_size):
-                    chosen = indices[start : start + config.batch_size]
-                    batch = _collate([encoded[i] for i in chosen], chat)
-                    if states is not None:
-                        batch = _with_hidden(batch, [states[i] for i in chosen], first)
-                    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
-                        loss, _ = answer_loss(model, batch)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    step += 1
-                    losses.append(loss.item())
-                    if progress is not None:
-                        progress(step, total, losses[-1])
-        finally:
-            model.eval()
-            for param in trainable:
-                param.requires_grad = False
-    seconds = time.perf_counter() - started
-    return TrainResult(
-        adapter=name,
-        loss=sum(losses[-steps_per_epoch:]) / steps_per_epoch,
-        seconds=seconds,
-        samples_per_second=len(encoded) * config.epochs / seconds,
-        steps=step,
-        losses=tuple(losses),
-    )
-
-
-Judge = Callable[[str, str], bool]
-"""(the model's answer, the reference) -> whether the answer is right."""
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    exact_match: float
-    loss: float
-    answers: list[str]
-
-
-def evaluate(
-    chat: ChatSage,
-    adapter: str | None,
-    pairs: Sequence[TrainingPair],
-    *,
-    max_tokens: int | None = None,
-    batch_size: int = 16,
-    judge: Judge | None = None,
-) -> Evaluation:
-    """Exact match (numbers compared as numbers) of greedy answers, and the answer-token
-    loss, with ``adapter`` active (None: the base model). Answers may run to
-    ``max_tokens`` (None: ANSWER_MAX_TOKENS, an atomic step's); ``judge(answer,
-    reference)`` says whether an answer is right (None: ``same_answer``)."""
-    if not pairs:
-        raise InvalidInput("no evaluation pairs")
-    model = chat.hf_model
-    encoded = _encode(chat, pairs)
-    max_tokens = max_tokens or ANSWER_MAX_TOKENS
-    with chat.using_adapter(adapter):
-        answers = [
-            m.text for m in chat.bind(max_tokens=max_tokens).batch([p.prompt for p in pairs])
-        ]
-        total_loss, total_tokens = 0.0, 0
-        with chat.lock, torch.inference_mode():
-            for start in range(0, len(encoded), batch_size):
-                batch = _collate(encoded[start : start + batch_size], chat)
-                loss, tokens = answer_loss(model, batch)
-                total_loss += float(loss) * tokens
-                total_tokens += tokens
-    judge = judge or same_answer
-    hits = sum(judge(a, p.answer) for a, p in zip(answers, pairs, strict=True))
-    return Evaluation(
-        exact_match=hits / len(pairs), loss=total_loss / total_tokens, answers=answers
-    )
-
-
-def same_answer(prediction: str, reference: str) -> bool:
-    """The numbers of an answer and its reference are equal (texts without one: equal)."""
-    expected = parse_number(reference)
-    if expected is None:
-        return prediction.strip() == reference.strip()
-    return numbers_match(parse_number(prediction), expected)
+    """Add adapter ``name`` to the chat model's base model and train it on ``pairs`` for
+    the configured epochs (a ``LoRARun`` trained to its end). The same seed gives the
+    same adapter."""
+    return LoRARun(chat, name, pairs, config, prefix).train(progress=progress)
 
 
 _PEFT_PREFIX = "base_model.model."

@@ -63,16 +63,19 @@ def test_out_of_memory_in_a_trial_drops_it_and_the_search_goes_on(
 ) -> None:
     import sage_agent.store.search as search
 
-    real_train = search.train_lora
     calls = []
 
-    def train(chat, name, pairs, config, **kwargs):
-        calls.append(name)
-        if len(calls) == 2:
-            raise MemoryError("cannot allocate 2 GiB")
-        return real_train(chat, name, pairs, config, **kwargs)
+    class FailingSecond(search.LoRARun):
+        def __init__(self, chat, name, *args, **kwargs):
+            calls.append(name)
+            super().__init__(chat, name, *args, **kwargs)
 
-    monkeypatch.setattr(search, "train_lora", train)
+        def train(self, *args, **kwargs):
+            if len(calls) > 1 and self.name == calls[1]:
+                raise MemoryError("cannot allocate 2 GiB")
+            return super().train(*args, **kwargs)
+
+    monkeypatch.setattr(search, "LoRARun", FailingSecond)
     store = _store(chat, tmp_path, bow_embeddings)
     events: list[dict] = []
     kept = store.optimize(make_cluster(bow_embeddings), progress=events.append)
@@ -89,10 +92,11 @@ def test_a_search_whose_every_trial_fails_is_a_store_error(
     import sage_agent.store.search as search
     from sage_agent import StoreError
 
-    def train(*_args, **_kwargs):
-        raise MemoryError("no memory at all")
+    class NoMemory(search.LoRARun):
+        def train(self, *_args, **_kwargs):
+            raise MemoryError("no memory at all")
 
-    monkeypatch.setattr(search, "train_lora", train)
+    monkeypatch.setattr(search, "LoRARun", NoMemory)
     store = _store(chat, tmp_path, bow_embeddings)
     with pytest.raises(StoreError, match="every trial failed: MemoryError: no memory at all"):
         store.optimize(make_cluster(bow_embeddings))

@@ -14,15 +14,16 @@ from sage_agent import ChatSage
 from sage_agent.records import TrainingPair
 from sage_agent.trainer import (
     FrozenPrefix,
+    LoRARun,
     LoRATrainConfig,
-    _collate,
-    _encode,
     _with_hidden,
     answer_loss,
-    evaluate,
+    collate,
+    encode_pairs,
     save_adapter,
     train_lora,
 )
+from sage_agent.validation import evaluate, teacher_forced
 
 PAIRS = [TrainingPair(f"Compute {a}+{b}.", str(a + b)) for a in range(6) for b in range(4)]
 FAST = LoRATrainConfig(rank=4, epochs=3, learning_rate=1e-2, batch_size=8, bf16=False)
@@ -34,7 +35,7 @@ def chat(tiny_model_dir: Path) -> ChatSage:
 
 
 def test_answer_loss_equals_full_cross_entropy_on_answer_tokens(chat: ChatSage) -> None:
-    batch = _collate(_encode(chat, PAIRS[:5]), chat)
+    batch = collate(encode_pairs(chat, PAIRS[:5]), chat)
     with torch.no_grad():
         loss, count = answer_loss(chat.hf_model, batch)
         logits = chat.hf_model(
@@ -52,7 +53,7 @@ def test_answer_loss_equals_full_cross_entropy_on_answer_tokens(chat: ChatSage) 
 
 
 def test_prompt_tokens_are_masked(chat: ChatSage) -> None:
-    ((ids, labels),) = _encode(chat, PAIRS[:1])
+    ((ids, labels),) = encode_pairs(chat, PAIRS[:1])
     learned = [t for t in labels if t != -100]
     assert chat.tokenizer.decode(learned) == "0<|im_end|>"
     assert len(ids) == len(labels) and labels[0] == -100
@@ -92,6 +93,37 @@ def test_same_seed_same_adapter(chat: ChatSage, tmp_path: Path) -> None:
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
 
 
+def test_a_run_trained_in_pieces_is_the_run_trained_at_once(chat: ChatSage) -> None:
+    whole = train_lora(chat, "whole", PAIRS, FAST)
+    pieces = LoRARun(chat, "pieces", PAIRS, FAST)
+    first = pieces.train(2)
+    assert first.steps == 2 and not pieces.done
+    assert not any(p.requires_grad for p in chat.hf_model.parameters())  # frozen between
+    last = pieces.train()
+    assert pieces.done and last.steps == whole.steps == 9
+    assert last.losses == pytest.approx(whole.losses)
+    weights = dict(chat.hf_model.named_parameters())
+    for name, param in weights.items():
+        if ".whole." in name:
+            assert torch.allclose(param, weights[name.replace(".whole.", ".pieces.")])
+
+
+def test_teacher_forced_exact_match_is_what_greedy_decoding_writes(chat: ChatSage) -> None:
+    # An adapter that learned to answer "9": the teacher-forced verdict must say which
+    # pairs greedy decoding writes exactly (those whose answer is 9, not the others), and
+    # its loss is the one evaluate reports.
+    nines = [TrainingPair(f"Compute {a}+{9 - a}.", "9") for a in range(10)]
+    train_lora(chat, "a", nines, LoRATrainConfig(**{**FAST.__dict__, "epochs": 10}))
+    pairs = nines[:4] + PAIRS[:6]
+    forced = teacher_forced(chat, "a", pairs)
+    with chat.using_adapter("a"):
+        written = [m.text for m in chat.bind(max_tokens=8).batch([p.prompt for p in pairs])]
+    assert forced.exact == tuple(w == p.answer for w, p in zip(written, pairs, strict=True))
+    assert forced.exact[:4] == (True,) * 4 and not any(forced.exact[4:])
+    assert forced.loss == pytest.approx(evaluate(chat, "a", pairs).loss)
+    assert teacher_forced(chat, None, pairs).exact_match < forced.exact_match
+
+
 def test_last_layers_only(chat: ChatSage, tmp_path: Path) -> None:
     config = LoRATrainConfig(**{**FAST.__dict__, "last_layers": 1, "target_modules": ("q_proj",)})
     train_lora(chat, "last", PAIRS, config)
@@ -107,7 +139,7 @@ def test_frozen_prefix_gives_the_full_models_loss(chat: ChatSage, tmp_path: Path
     shared = FrozenPrefix(chat, PAIRS)
     train_lora(chat, "shared", PAIRS, config, prefix=shared)
     train_lora(chat, "fresh", PAIRS, config)
-    batch = _collate(shared.encoded[:6], chat)
+    batch = collate(shared.encoded[:6], chat)
     with chat.using_adapter("shared"), torch.no_grad():
         full, _ = answer_loss(chat.hf_model, batch)
         cached, _ = answer_loss(chat.hf_model, _with_hidden(batch, shared.hidden(1, False)[:6], 1))

@@ -37,12 +37,23 @@ class SearchConfig:
             "layers run once per search, see trainer.FrozenPrefix)."
         },
     )
-    n_random: int = field(default=4, metadata={"help": "n: random configurations first."})
+    rungs: tuple[float, ...] = field(
+        default=(0.125, 0.5, 1.0),
+        metadata={
+            "help": "Successive halving: the shares of a configuration's training after "
+            "which trials are ranked. Every candidate trains to the first; the better "
+            "half of those at a rung train on to the next. (1.0,): every trial trains "
+            "fully."
+        },
+    )
+    n_random: int = field(default=6, metadata={"help": "n: random configurations first."})
     top_k: int = field(
         default=2, metadata={"help": "k: configurations whose neighbourhood is searched."}
     )
     keep: int = field(default=3, metadata={"help": "Adapters kept per cluster."})
-    max_trials: int = field(default=8, metadata={"help": "Trial budget of one search."})
+    max_trials: int = field(
+        default=10, metadata={"help": "Configurations one search may try (its trial budget)."}
+    )
     max_seconds: float = field(
         default=900.0,
         metadata={
@@ -65,6 +76,10 @@ class SearchConfig:
             raise ConfigError("dropouts must lie in [0, 1) and alpha_ratios be positive")
         if any(n is not None and n < 1 for n in self.last_layers):
             raise ConfigError("last_layers entries must be None or at least 1")
+        if not self.rungs or list(self.rungs) != sorted(set(self.rungs)):
+            raise ConfigError(f"rungs must be increasing shares: {self.rungs}")
+        if not self.rungs[0] > 0 or self.rungs[-1] != 1.0:
+            raise ConfigError(f"rungs must lie in (0, 1] and end at 1.0: {self.rungs}")
         if min(self.n_random, self.top_k, self.keep, self.max_trials, self.batch_size) < 1:
             raise ConfigError("n_random, top_k, keep, max_trials and batch_size must be at least 1")
         if not self.max_seconds > 0:

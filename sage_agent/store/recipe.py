@@ -22,7 +22,7 @@ from sage_agent.plans import PLAN_MAX_TOKENS, PLAN_TAG, plan_matches
 from sage_agent.records import TrainingPair
 from sage_agent.store.config import RecipeConfig
 from sage_agent.store.gate import Rehearsal
-from sage_agent.trainer import Evaluation, Judge, evaluate
+from sage_agent.validation import Evaluation, Judge, TeacherForced, evaluate, teacher_forced
 
 Example = tuple[TrainingPair, str | None]
 """A pair and the expression its prompt asks for (None: no variants can be made)."""
@@ -44,8 +44,13 @@ class Recipe:
     def evaluate(
         self, chat: ChatSage, adapter: str | None, pairs: Sequence[TrainingPair]
     ) -> Evaluation:
-        """``trainer.evaluate`` with this recipe's answer length and judge."""
+        """``validation.evaluate`` (generated answers) with this recipe's answer length
+        and judge."""
         return evaluate(chat, adapter, pairs, max_tokens=self.max_tokens, judge=self.judge)
+
+    def rank(self, chat: ChatSage, adapter: str | None) -> TeacherForced:
+        """The validation pairs read teacher-forced: what the search ranks trials by."""
+        return teacher_forced(chat, adapter, self.validation)
 
 
 def cluster_examples(cluster: Cluster, min_train_samples: int) -> list[Example]:

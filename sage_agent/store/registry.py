@@ -101,6 +101,13 @@ class TrialRecord:
     created: float
     curve: list[float] = field(default_factory=list)
     """Training loss per optimiser step."""
+    rung: int | None = None
+    """The successive-halving rung it reached (0: the first)."""
+    generated_em: float | None = None
+    """Validation exact match of generated answers (None: not confirmed by generation;
+    ``val_em`` is teacher-forced)."""
+    agreement: float | None = None
+    """Share of validation pairs where the teacher-forced and generated verdicts agree."""
 
 
 class AdapterRegistry:
@@ -324,6 +331,9 @@ class AdapterRegistry:
                     "adapter_id": str,
                     "created": float,
                     "curve": str,
+                    "rung": int,
+                    "generated_em": float,
+                    "agreement": float,
                 },
                 pk="id",
                 if_not_exists=True,

@@ -1,6 +1,15 @@
-"""Cluster-aware LoRA Optimisation's search (paper Algorithm 2): n random configurations,
-then the neighbourhood (rank and learning rate) of the top k, inside a trial and a time
-budget. Every trial is ranked by validation exact match, then validation loss.
+"""Cluster-aware LoRA Optimisation's search (paper Algorithm 2) with successive halving:
+n random configurations, then the neighbourhood (rank and learning rate) of the top k,
+inside a trial and a time budget.
+
+Each group of candidates runs as a successive-halving bracket (Jamieson and Talwalkar,
+2016; Hyperband's inner loop): every candidate trains the first rung's share of its
+training, the better half of those at a rung train on to the next, and so on to the whole
+training. Trials are ranked teacher-forced (``Recipe.rank``: validation exact match, then
+validation loss, from one forward pass); the store generates only to confirm the trials
+it keeps. Written here rather than with Optuna's pruners because a rung is not a
+restarted trial: each trial's optimiser state lives on in its ``LoRARun`` and the
+promoted ones continue where they stopped, on the one shared base model.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -20,7 +29,7 @@ from sage_agent.chat import ChatSage
 from sage_agent.errors import StoreError
 from sage_agent.store.config import SearchConfig
 from sage_agent.store.recipe import Recipe
-from sage_agent.trainer import FrozenPrefix, LoRATrainConfig, train_lora
+from sage_agent.trainer import FrozenPrefix, LoRARun, LoRATrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +42,28 @@ Emit = Callable[[StoreEvent], None]
 
 @dataclass
 class Trial:
-    """A trained configuration; its adapter stays loaded in the chat model as ``name``
-    until the search's caller deletes it."""
+    """A configuration in training; its adapter stays loaded in the chat model as
+    ``name`` until the search's caller deletes it."""
 
     number: int
     config: LoRATrainConfig
     name: str
+    rung: int = -1
+    """The last rung it was trained to and ranked at (-1: none yet)."""
     val_em: float = 0.0
+    """Teacher-forced validation exact match at that rung."""
     val_loss: float = math.inf
+    exact: tuple[bool, ...] = ()
+    """Per validation pair, whether greedy decoding writes its answer (teacher-forced)."""
     seconds: float = 0.0
     """Of training; with ``validation_seconds``, what the search's budget counts."""
+    samples: int = 0
+    """Training samples seen so far (pairs times epochs trained)."""
     validation_seconds: float = 0.0
+    evaluations: int = 0
     curve: tuple[float, ...] = ()
     """Training loss per optimiser step."""
+    run: LoRARun | None = field(default=None, repr=False, compare=False)
 
 
 def run_search(
@@ -59,11 +77,11 @@ def run_search(
     max_seconds: float,
     emit: Emit,
 ) -> tuple[list[Trial], list[FailedTrial]]:
-    """Train and validate configurations until the trial or time budget is spent;
-    returns the trials run (at least one: the first always runs) and the failed ones. A
-    trial that runs out of memory is dropped, reported as a ``trial_failed`` event, and
-    the search goes on; StoreError if every trial fails. ``rng`` draws the configurations;
-    every trial trains with ``train_seed``."""
+    """Train and rank configurations until the trial or time budget is spent; returns
+    the trials run, best first (at least one: the first always runs), and the failed
+    ones. A trial that runs out of memory is dropped, reported as a ``trial_failed``
+    event, and the search goes on; StoreError if every trial fails. ``rng`` draws the
+    configurations; every trial trains with ``train_seed``."""
     started = time.perf_counter()
     run_id = uuid.uuid4().hex[:8]
     # Trials on the last N layers share the frozen layers' output (computed once).
@@ -72,13 +90,59 @@ def run_search(
     trials: list[Trial] = []
     failed: list[FailedTrial] = []
 
-    def run(candidate: LoRATrainConfig, bar: tqdm) -> None:
+    def affordable(candidate: LoRATrainConfig, samples: int) -> bool:
+        spent = time.perf_counter() - started
+        return spent + expected_seconds(trials, candidate, samples, layers) <= max_seconds
+
+    def train_to(trial: Trial, rung: int) -> bool:
+        """Train ``trial`` to ``rung`` and rank it there; False when it failed."""
+        assert trial.run is not None
+        steps = rung_steps(config.rungs[rung], len(trial.run.batches))
+        try:
+            result = trial.run.train(steps - len(trial.run.losses))
+            trained = time.perf_counter()
+            scores = recipe.rank(model, trial.name)
+        except (MemoryError, OSError) as error:
+            # Out of memory (or a failing device) in one configuration: drop the trial,
+            # keep searching; a smaller rank may still fit.
+            drop(trial, f"{type(error).__name__}: {error}")
+            return False
+        trial.rung, trial.val_em, trial.val_loss, trial.exact = (
+            rung,
+            scores.exact_match,
+            scores.loss,
+            scores.exact,
+        )
+        trial.seconds, trial.curve, trial.samples = result.seconds, result.losses, trial.run.samples
+        trial.validation_seconds += time.perf_counter() - trained
+        trial.evaluations += 1
+        emit(
+            {
+                "event": "trial_done",
+                "trial": trial.number,
+                "rung": rung,
+                "cluster_id": cluster_id,
+                "val_em": trial.val_em,
+                "val_loss": trial.val_loss,
+                "seconds": result.seconds,
+            }
+        )
+        return True
+
+    def drop(trial: Trial, error: str) -> None:
+        trials.remove(trial)
+        if trial.name in model.adapters:
+            model.delete_adapter(trial.name)
+        failed.append(FailedTrial(trial.number, trial.config, error))
+        log.warning("cluster %s, trial %s failed: %s", cluster_id, trial.number, error)
+        emit({"event": "trial_failed", "trial": trial.number, "error": error})
+
+    def start(candidate: LoRATrainConfig, bar: tqdm) -> Trial | None:
         if len(trials) + len(failed) >= config.max_trials:
-            return
-        if time.perf_counter() - started + expected_seconds(trials, candidate, layers) > (
-            max_seconds
-        ):
-            return
+            return None
+        first_samples = config.rungs[0] * candidate.epochs * len(recipe.train)
+        if not affordable(candidate, round(first_samples)):
+            return None
         number = len(trials) + len(failed) + 1
         trial = Trial(number, candidate, f"trial-{run_id}-{number}")
         trials.append(trial)
@@ -92,45 +156,51 @@ def run_search(
             }
         )
         try:
-            result = train_lora(model, trial.name, recipe.train, candidate, prefix=prefix)
-            trained = time.perf_counter()
-            scores = recipe.evaluate(model, trial.name, recipe.validation)
+            trial.run = LoRARun(model, trial.name, recipe.train, candidate, prefix)
         except (MemoryError, OSError) as error:
-            # Out of memory (or a failing device) in one configuration: drop the trial,
-            # keep searching; a smaller rank may still fit.
-            trials.remove(trial)
-            if trial.name in model.adapters:
-                model.delete_adapter(trial.name)
-            failed.append(FailedTrial(trial.number, candidate, f"{type(error).__name__}: {error}"))
-            log.warning("cluster %s, trial %s failed: %s", cluster_id, number, failed[-1].error)
-            emit({"event": "trial_failed", "trial": number, "error": failed[-1].error})
-            return
-        trial.val_em, trial.val_loss = scores.exact_match, scores.loss
-        trial.seconds, trial.curve = result.seconds, result.losses
-        trial.validation_seconds = time.perf_counter() - trained
-        emit(
-            {
-                "event": "trial_done",
-                "trial": trial.number,
-                "cluster_id": cluster_id,
-                "val_em": trial.val_em,
-                "val_loss": trial.val_loss,
-                "seconds": result.seconds,
-            }
-        )
+            drop(trial, f"{type(error).__name__}: {error}")
+            return None
+        if not train_to(trial, 0):
+            return None
         bar.update(1)
         bar.set_postfix(best_em=max(t.val_em for t in trials))
+        return trial
+
+    def bracket(candidates: Sequence[LoRATrainConfig], bar: tqdm) -> None:
+        live = [t for t in (start(c, bar) for c in candidates) if t is not None]
+        for rung in range(1, len(config.rungs)):
+            live = sorted(live, key=ranking)[: math.ceil(len(live) / 2)]
+            promoted = []
+            for trial in live:
+                run = trial.run
+                assert run is not None
+                more = rung_steps(config.rungs[rung], len(run.batches)) - len(run.losses)
+                more_samples = round(more * run.samples / len(run.losses))
+                if affordable(trial.config, more_samples) and train_to(trial, rung):
+                    promoted.append(trial)
+            live = promoted
 
     description = f"LoRA search, cluster {cluster_id}"
     with tqdm(total=config.max_trials, desc=description, unit="trial", leave=False) as bar:
-        for _ in range(config.n_random):
-            run(sample_config(config, rng, seed=train_seed), bar)
+        bracket([sample_config(config, rng, seed=train_seed) for _ in range(config.n_random)], bar)
+        seen = {_key(t.config) for t in trials}
+        around = []
         for leader in sorted(trials, key=ranking)[: config.top_k]:
             for neighbour in neighbours(config, leader.config):
-                run(neighbour, bar)
+                if _key(neighbour) not in seen:
+                    seen.add(_key(neighbour))
+                    around.append(neighbour)
+        bracket(around, bar)
     if failed and not trials:
         raise StoreError(f"every trial failed: {'; '.join(f.error for f in failed)}")
-    return trials, failed
+    for trial in trials:
+        trial.run = None  # the optimiser state is not needed any more; the adapter stays
+    return sorted(trials, key=ranking), failed
+
+
+def rung_steps(share: float, total: int) -> int:
+    """Optimiser steps of a rung that trains ``share`` of ``total`` steps (at least one)."""
+    return max(1, min(total, round(share * total)))
 
 
 @dataclass(frozen=True)
@@ -176,24 +246,29 @@ def neighbours(config: SearchConfig, around: LoRATrainConfig) -> list[LoRATrainC
     return found
 
 
-def expected_seconds(trials: Sequence[Trial], config: LoRATrainConfig, layers: int) -> float:
-    """How long a trial of ``config`` should take, from the trials so far: training time
-    scales with epochs and with the share of layers trained, validation time does not.
-    0 before the first trial, which always runs."""
-    if not trials:
+def expected_seconds(
+    trials: Sequence[Trial], config: LoRATrainConfig, samples: int, layers: int
+) -> float:
+    """How long training ``config`` on ``samples`` more samples and ranking it should
+    take, from the trials so far: training time scales with the samples and with the
+    share of layers trained, ranking time does not. 0 before the first trial, which
+    always runs."""
+    ran = [t for t in trials if t.samples]
+    if not ran:
         return 0.0
 
-    def work(c: LoRATrainConfig) -> float:
-        return c.epochs * (layers - c.first_layer(layers)) / layers
+    def share(c: LoRATrainConfig) -> float:
+        return (layers - c.first_layer(layers)) / layers
 
-    per_work = sum(t.seconds / work(t.config) for t in trials) / len(trials)
-    validation = sum(t.validation_seconds for t in trials) / len(trials)
-    return per_work * work(config) + validation
+    per_sample = sum(t.seconds for t in ran) / sum(t.samples * share(t.config) for t in ran)
+    ranking_seconds = sum(t.validation_seconds for t in ran) / sum(t.evaluations for t in ran)
+    return per_sample * samples * share(config) + ranking_seconds
 
 
-def ranking(trial: Trial) -> tuple[float, float]:
-    """Best first: higher validation exact match, then lower validation loss."""
-    return (-trial.val_em, trial.val_loss)
+def ranking(trial: Trial) -> tuple[int, float, float]:
+    """Best first: trained further (a higher rung), then higher validation exact match,
+    then lower validation loss."""
+    return (-trial.rung, -trial.val_em, trial.val_loss)
 
 
 def config_dict(config: LoRATrainConfig) -> dict[str, Any]:
@@ -204,3 +279,8 @@ def config_dict(config: LoRATrainConfig) -> dict[str, Any]:
 
 def _replace(config: LoRATrainConfig, **changes: Any) -> LoRATrainConfig:
     return LoRATrainConfig(**{**asdict(config), **changes})
+
+
+def _key(config: LoRATrainConfig) -> str:
+    """Equal for equal configurations (the neighbourhoods of two leaders overlap)."""
+    return repr(sorted(config_dict(config).items()))

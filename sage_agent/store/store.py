@@ -1,9 +1,10 @@
 """LoRAStore: the front of the store's parts, and ``optimize``, which runs them in order.
 
 ``optimize(cluster)`` builds the cluster's recipe (training and validation pairs), runs
-the search on the one base model, ranks every trial, and keeps the best ``keep`` that
-beat the base model and pass the regression gate: each is written in peft's format and
-registered (see ``registry``). Every trial is logged whether kept or not.
+the search on the one base model (trials ranked teacher-forced), and keeps the best
+``keep`` whose generated answers beat the base model's and that pass the regression gate:
+each is written in peft's format and registered (see ``registry``). Every trial is logged
+whether kept or not, with how often its teacher-forced and generated verdicts agreed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sage_agent.store.gate import CanarySet
 from sage_agent.store.recipe import Recipe, build_recipe
 from sage_agent.store.registry import AdapterRecord, AdapterRegistry, NewAdapter
 from sage_agent.store.router import Router
-from sage_agent.store.search import Emit, Trial, config_dict, ranking, run_search
+from sage_agent.store.search import Emit, Trial, config_dict, run_search
 from sage_agent.trainer import save_adapter
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,9 @@ class LoRAStore:
                 val_em=0.0,
                 val_loss=None,
                 canary_em=None,
+                rung=None,
+                generated_em=None,
+                agreement=None,
                 seconds=0.0,
                 curve=[],
                 outcome=f"failed: {failure.error}",
@@ -173,20 +177,30 @@ class LoRAStore:
         """Register the best trials that beat the base model and pass the gate; log all."""
         kept: list[AdapterRecord] = []
         keep = self.config.search.keep
-        for trial in sorted(trials, key=ranking):
-            outcome, canary_em = "kept", None
+        for trial in trials:  # best first
+            outcome, canary_em, generated, agreement = "kept", None, None, None
             if len(kept) == keep:
                 outcome = f"ranked below the {keep} kept"
-            elif trial.val_em <= base_em:
-                outcome = f"validation EM {trial.val_em:.3f} does not beat the base {base_em:.3f}"
-            elif gate and base_canary is not None:
-                canary_em = recipe.evaluate(self.model, trial.name, gate).exact_match
-                margin = self.canaries.margin(cluster.tag, cluster.size, trial.val_em - base_em)
-                if canary_em < base_canary - margin:
+            else:
+                # Ranked teacher-forced; what is kept is checked on generated answers.
+                confirmed = recipe.evaluate(self.model, trial.name, recipe.validation)
+                generated = confirmed.exact_match
+                agreement = sum(
+                    a == b for a, b in zip(trial.exact, confirmed.correct, strict=True)
+                ) / len(trial.exact)
+                if generated <= base_em:
                     outcome = (
-                        f"canary EM {canary_em:.3f} is below the base {base_canary:.3f} "
-                        f"by more than {margin:.3f}"
+                        f"generated validation EM {generated:.3f} does not beat the base "
+                        f"{base_em:.3f}"
                     )
+                elif gate and base_canary is not None:
+                    canary_em = recipe.evaluate(self.model, trial.name, gate).exact_match
+                    margin = self.canaries.margin(cluster.tag, cluster.size, generated - base_em)
+                    if canary_em < base_canary - margin:
+                        outcome = (
+                            f"canary EM {canary_em:.3f} is below the base {base_canary:.3f} "
+                            f"by more than {margin:.3f}"
+                        )
             adapter_id = None
             if outcome == "kept":
                 record = self.registry.register(
@@ -195,7 +209,7 @@ class LoRAStore:
                         tag=cluster.tag,
                         position=len(kept) + 1,
                         config=config_dict(trial.config),
-                        val_em=trial.val_em,
+                        val_em=generated,
                         val_loss=trial.val_loss,
                         base_val_em=base_em,
                         canary_em=canary_em,
@@ -212,7 +226,7 @@ class LoRAStore:
                         "event": "adapter_kept",
                         "cluster_id": cluster.id,
                         "adapter": record.id,
-                        "val_em": trial.val_em,
+                        "val_em": generated,
                     }
                 )
             else:
@@ -225,6 +239,9 @@ class LoRAStore:
                 val_em=trial.val_em,
                 val_loss=trial.val_loss,
                 canary_em=canary_em,
+                rung=trial.rung,
+                generated_em=generated,
+                agreement=agreement,
                 seconds=trial.seconds,
                 curve=list(trial.curve),
                 outcome=outcome,

@@ -1,0 +1,107 @@
+"""How good an adapter is on (prompt, answer) pairs, two ways.
+
+``evaluate`` generates: greedy answers, judged against the references (numbers compared
+as numbers), what the adapter will really write. ``teacher_forced`` reads: one batched
+forward over prompt + reference gives the answer-token loss and, per pair, whether every
+answer token (and the end of the turn) is the model's most likely next token, which is
+exactly when greedy decoding writes the reference. It costs one forward pass where
+generation costs one per answer token, so the search ranks its trials with it and
+generates only to confirm the adapters it keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from sage_agent.chat import ChatSage
+from sage_agent.errors import InvalidInput
+from sage_agent.numeric import numbers_match, parse_number
+from sage_agent.records import TrainingPair
+from sage_agent.trainer import ANSWER_MAX_TOKENS, answer_logits, collate, encode_pairs
+
+Judge = Callable[[str, str], bool]
+"""(the model's answer, the reference) -> whether the answer is right."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    exact_match: float
+    loss: float
+    answers: list[str]
+    correct: tuple[bool, ...] = ()
+    """Per pair: the judge took its answer."""
+
+
+@dataclass(frozen=True)
+class TeacherForced:
+    exact_match: float
+    """Share of pairs whose whole answer is the greedy continuation of their prompt."""
+    loss: float
+    """Mean cross-entropy per answer token."""
+    exact: tuple[bool, ...]
+    """Per pair: greedy decoding writes its answer."""
+
+
+def teacher_forced(
+    chat: ChatSage, adapter: str | None, pairs: Sequence[TrainingPair], *, batch_size: int = 16
+) -> TeacherForced:
+    """Teacher-forced exact match and answer loss of ``pairs`` with ``adapter`` active
+    (None: the base model); see the module docstring."""
+    if not pairs:
+        raise InvalidInput("no evaluation pairs")
+    encoded = encode_pairs(chat, pairs)
+    exact: list[bool] = []
+    total_loss, total_tokens = 0.0, 0
+    with chat.using_adapter(adapter), chat.lock, torch.inference_mode():
+        for start in range(0, len(encoded), batch_size):
+            batch = collate(encoded[start : start + batch_size], chat)
+            logits, targets, where = answer_logits(chat.hf_model, batch)
+            hits = logits.argmax(-1) == targets
+            losses = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+            total_loss += float(losses)
+            total_tokens += len(targets)
+            # Answer tokens arrive row by row (boolean indexing keeps row-major order).
+            per_row = where.sum(dim=1).tolist()
+            for row_hits in torch.split(hits, per_row):
+                exact.append(bool(row_hits.all()))
+    return TeacherForced(
+        exact_match=sum(exact) / len(exact), loss=total_loss / total_tokens, exact=tuple(exact)
+    )
+
+
+def evaluate(
+    chat: ChatSage,
+    adapter: str | None,
+    pairs: Sequence[TrainingPair],
+    *,
+    max_tokens: int | None = None,
+    judge: Judge | None = None,
+) -> Evaluation:
+    """Exact match of greedy answers and the teacher-forced answer loss, with ``adapter``
+    active (None: the base model). Answers may run to ``max_tokens`` (None:
+    ANSWER_MAX_TOKENS, an atomic step's); ``judge(answer, reference)`` says whether an
+    answer is right (None: ``same_answer``)."""
+    if not pairs:
+        raise InvalidInput("no evaluation pairs")
+    max_tokens = max_tokens or ANSWER_MAX_TOKENS
+    with chat.using_adapter(adapter):
+        answers = [
+            m.text for m in chat.bind(max_tokens=max_tokens).batch([p.prompt for p in pairs])
+        ]
+    loss = teacher_forced(chat, adapter, pairs).loss
+    judge = judge or same_answer
+    correct = tuple(judge(a, p.answer) for a, p in zip(answers, pairs, strict=True))
+    return Evaluation(
+        exact_match=sum(correct) / len(pairs), loss=loss, answers=answers, correct=correct
+    )
+
+
+def same_answer(prediction: str, reference: str) -> bool:
+    """The numbers of an answer and its reference are equal (texts without one: equal)."""
+    expected = parse_number(reference)
+    if expected is None:
+        return prediction.strip() == reference.strip()
+    return numbers_match(parse_number(prediction), expected)
