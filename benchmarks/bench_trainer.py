@@ -12,8 +12,18 @@ epochs, and are scored on the same held-out atoms (greedy answers, numbers compa
   only, bf16 autocast where the CPU has it, an empty system prompt; all layers, and LoRA
   on the last 10 layers only.
 
-Prints samples/s, the ratio to the baseline and validation exact match, and writes
+Prints samples/s, the ratio to the baseline, validation exact match, and the FLOP/s each
+trainer achieved against the machine's matmul rate measured in the same run, and writes
 benchmarks/results/trainer.md.
+
+FLOP count of one training sample of T tokens, A of them answer tokens (``flops``):
+2 N T for the forward pass through the decoder layers that run each epoch and 2 N T for
+the backward pass through them (N: their weights, 106M for all 30 layers of SmolLM2-135M;
+the frozen weights get no gradient of their own), and 4 V d per position where the output
+head runs (V x d: the head; the answer tokens for sage-agent, every token for the
+baseline). With ``last_layers`` only those layers run each epoch: the frozen layers' one
+pass (FrozenPrefix) is outside the timed training and not counted. LoRA's own matmuls and
+attention's scores (under 2% at 40 tokens) are left out: a slight undercount.
 """
 
 from __future__ import annotations
@@ -30,7 +40,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 from common import gsm8k_steps
-from langchain_core.messages import HumanMessage
 from peft import LoraConfig, get_peft_model
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
@@ -41,12 +50,37 @@ from sage_agent.steps import ATOMIC_PROMPT
 from sage_agent.trainer import (
     DEFAULT_TARGET_MODULES,
     LoRATrainConfig,
+    encode_pairs,
     supports_bf16,
     train_lora,
 )
 from sage_agent.validation import evaluate
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 8) -> float:
+    """FLOP/s of a ``size`` squared matmul in ``dtype``: the ceiling a trainer is held to."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return repeats * 2 * size**3 / (time.perf_counter() - started)
+
+
+def flops(
+    model: torch.nn.Module, tokens: float, answer: float, first_layer: int, head_all: bool
+) -> float:
+    """Training FLOPs of one sample (see the module docstring)."""
+    trained = sum(
+        p.numel()
+        for layer in model.get_decoder().layers[first_layer:]
+        for n, p in layer.named_parameters()
+        if "lora_" not in n and p.dim() == 2
+    )
+    head = model.get_output_embeddings().weight.numel()
+    return 4 * trained * tokens + 4 * head * (tokens if head_all else answer)
 
 
 def load_pairs(path: Path, tag: str, count: int, seed: int) -> list[TrainingPair]:
@@ -60,9 +94,12 @@ def load_pairs(path: Path, tag: str, count: int, seed: int) -> list[TrainingPair
     return pairs
 
 
-def baseline(train: list[TrainingPair], config: LoRATrainConfig, folder: Path) -> float:
+def baseline(
+    train: list[TrainingPair], config: LoRATrainConfig, folder: Path
+) -> tuple[float, float, float]:
     """The obvious way: a fresh model wrapped by get_peft_model, Trainer, whole-sequence
-    loss, float32. Returns training seconds; the adapter is saved to ``folder``."""
+    loss, float32. Returns training seconds and the training FLOPs of a mean sample (and
+    its tokens); the adapter is saved to ``folder``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     location = smollm2_gguf()
@@ -115,7 +152,8 @@ def baseline(train: list[TrainingPair], config: LoRATrainConfig, folder: Path) -
     trainer.train()
     seconds = time.perf_counter() - started
     model.save_pretrained(folder / "baseline")
-    return seconds
+    tokens = sum(len(d["input_ids"]) for d in dataset) / len(dataset)
+    return seconds, flops(model.get_base_model(), tokens, 0, 0, head_all=True), tokens
 
 
 def main() -> None:
@@ -133,51 +171,83 @@ def main() -> None:
     config = LoRATrainConfig(epochs=args.epochs, seed=args.seed)
     samples = len(train) * args.epochs
     rows = []
+    training_dtype = torch.bfloat16 if supports_bf16("cpu") else torch.float32
+    ceiling = matmul_rate(training_dtype)
+    fp32_ceiling = ceiling if training_dtype == torch.float32 else matmul_rate(torch.float32)
+    print(
+        f"matmul ceiling ({training_dtype}): {ceiling / 1e9:.0f} GFLOP/s; "
+        f"float32: {fp32_ceiling / 1e9:.0f} GFLOP/s",
+        flush=True,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         print("baseline: get_peft_model + Trainer, whole-sequence loss, float32 ...", flush=True)
-        seconds = baseline(train, config, folder)
+        seconds, sample_flops, baseline_tokens = baseline(train, config, folder)
         default_prompt = ChatSage()  # the template's default system prompt, as trained
         default_prompt.load_adapter(folder / "baseline", "baseline")
         base_eval = evaluate(default_prompt, None, val)
         em = evaluate(default_prompt, "baseline", val).exact_match
-        rows.append(("baseline (Trainer, float32, full loss)", seconds, samples / seconds, em))
-        print(
-            f"  {seconds:.0f} s, {samples / seconds:.1f} samples/s, val EM {em:.1%} "
-            f"(base model {base_eval.exact_match:.1%})"
+        rate = samples / seconds
+        share = rate * sample_flops / fp32_ceiling
+        rows.append(
+            (
+                "baseline (Trainer, float32, full loss)",
+                seconds,
+                rate,
+                em,
+                rate * sample_flops,
+                share,
+            )
         )
-        tokens = len(
-            default_prompt.tokenizer(default_prompt.render_prompt([HumanMessage(val[0].prompt)]))[
-                "input_ids"
-            ]
+        print(
+            f"  {seconds:.0f} s, {rate:.1f} samples/s, {rate * sample_flops / 1e9:.0f} GFLOP/s, "
+            f"val EM {em:.1%} (base model {base_eval.exact_match:.1%})"
         )
         del default_prompt
 
         chat = ChatSage(system_prompt="")
-        short_tokens = len(
-            chat.tokenizer(chat.render_prompt([HumanMessage(val[0].prompt)]))["input_ids"]
-        )
+        encoded = encode_pairs(chat, train)
+        tokens = sum(len(ids) for ids, _ in encoded) / len(encoded)
+        answer = sum(sum(label != -100 for label in labels) for _, labels in encoded) / len(encoded)
         short_base = evaluate(chat, None, val).exact_match
-        for name, last_layers in (("all layers", None), ("last 10 layers", 10)):
-            result = train_lora(
-                chat,
-                name,
-                train,
-                LoRATrainConfig(epochs=args.epochs, seed=args.seed, last_layers=last_layers),
+        model = chat.hf_model
+        layers = model.config.num_hidden_layers
+        for name, last_layers, batch in (
+            ("all layers", None, 16),
+            ("all layers, batch 32", None, 32),
+            ("last 10 layers", 10, 16),
+        ):
+            run = LoRATrainConfig(
+                epochs=args.epochs, seed=args.seed, last_layers=last_layers, batch_size=batch
             )
+            result = train_lora(chat, name, train, run)
             em = evaluate(chat, name, val).exact_match
             chat.delete_adapter(name)
-            rows.append((f"sage-agent, {name}", result.seconds, result.samples_per_second, em))
+            per_sample = flops(model, tokens, answer, run.first_layer(layers), head_all=False)
+            achieved = result.samples_per_second * per_sample
+            rows.append(
+                (
+                    f"sage-agent, {name}",
+                    result.seconds,
+                    result.samples_per_second,
+                    em,
+                    achieved,
+                    achieved / ceiling,
+                )
+            )
             print(
                 f"sage-agent {name}: {result.seconds:.0f} s, "
-                f"{result.samples_per_second:.1f} samples/s, val EM {em:.1%}"
+                f"{result.samples_per_second:.1f} samples/s, {achieved / 1e9:.0f} GFLOP/s "
+                f"({achieved / ceiling:.0%} of the matmul ceiling), val EM {em:.1%}",
+                flush=True,
             )
 
     baseline_rate = rows[0][2]
     table = "\n".join(
-        f"| {name} | {s:.0f} | {rate:.1f} | {rate / baseline_rate:.1f}x | {em:.1%} |"
-        for name, s, rate, em in rows
+        f"| {name} | {s:.0f} | {rate:.1f} | {rate / baseline_rate:.1f}x | {em:.1%} | "
+        f"{achieved / 1e9:.0f} | {share:.0%} |"
+        for name, s, rate, em, achieved, share in rows
     )
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     RESULTS.mkdir(exist_ok=True)
@@ -188,11 +258,20 @@ def main() -> None:
         f"{args.train} GSM8K atoms with operator signature `{args.tag}` "
         f'("{ATOMIC_PROMPT}"), {args.epochs} epochs, rank 16, batch 16, lr 1e-3, '
         f"seed {args.seed}; validation: {args.val} held-out atoms of the same signature. "
-        f"Prompt: {tokens} tokens with the template's default system prompt (baseline), "
-        f"{short_tokens} with an empty one (sage-agent). Base model validation EM: "
-        f"{base_eval.exact_match:.1%} (default prompt), {short_base:.1%} (empty system "
-        f"prompt).\n\n"
-        "| trainer | train s | samples/s | vs baseline | val EM |\n|---|---|---|---|---|\n"
+        f"A sample is {baseline_tokens:.1f} tokens with the template's default system prompt "
+        f"(baseline), {tokens:.1f} with an empty one (sage-agent), {answer:.1f} of them the "
+        f"answer's. Base model validation EM: {base_eval.exact_match:.1%} (default prompt), "
+        f"{short_base:.1%} (empty system prompt).\n\n"
+        f"Matmul ceiling measured in the same run (2048 x 2048 x 2048): "
+        f"{fp32_ceiling / 1e9:.0f} GFLOP/s in float32"
+        + (
+            f", {ceiling / 1e9:.0f} GFLOP/s in bf16 (what sage-agent's share is of)"
+            if training_dtype == torch.bfloat16
+            else " (this CPU has no native bf16, so sage-agent trains in float32)"
+        )
+        + ". FLOPs per sample: the module docstring of benchmarks/bench_trainer.py.\n\n"
+        "| trainer | train s | samples/s | vs baseline | val EM | GFLOP/s | share of the "
+        "matmul ceiling |\n|---|---|---|---|---|---|---|\n"
         f"{table}\n"
     )
     print(f"\nwritten to {RESULTS / 'trainer.md'}")

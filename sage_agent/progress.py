@@ -41,7 +41,8 @@ def describe(event: Event) -> str:
         return f"cluster {event['cluster_id']} is ready: training LoRA adapters"
     if kind == "trial_done":
         return (
-            f"trial {event['trial']}: val EM {event['val_em']:.2f}, loss {event['val_loss']:.3f}, "
+            f"trial {event['trial']}, rung {event.get('rung', 0)}: val EM "
+            f"{event['val_em']:.2f} (teacher-forced), loss {event['val_loss']:.3f}, "
             f"{event['seconds']:.0f} s"
         )
     if kind == "adapter_kept":

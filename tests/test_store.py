@@ -31,6 +31,7 @@ LEARNABLE = StoreConfig().replace(
     n_random=3,
     top_k=1,
     rungs=(0.25, 1.0),
+    dropouts=(0.0, 0.05),
     # These rates are tuned to 15 pairs an epoch; twice the pairs overshoots on this model.
     failure_repeats=1,
 )

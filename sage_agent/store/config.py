@@ -28,7 +28,14 @@ class SearchConfig:
     learning_rates: tuple[float, float] = field(
         default=(5e-4, 2e-3), metadata={"help": "Learning-rate range, sampled log-uniformly."}
     )
-    dropouts: tuple[float, ...] = field(default=(0.0, 0.05), metadata={"help": "LoRA dropouts."})
+    dropouts: tuple[float, ...] = field(
+        default=(0.0,),
+        metadata={
+            "help": "LoRA dropouts. On 50 GSM8K '+' failures, 0.05 ranked each rank and "
+            "learning rate exactly as 0 did (the same teacher-forced EM), so the default "
+            "leaves the random draws to rank and learning rate."
+        },
+    )
     epochs: tuple[int, ...] = field(default=(3,), metadata={"help": "Epoch counts."})
     last_layers: tuple[int | None, ...] = field(
         default=(None,),
