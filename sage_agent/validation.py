@@ -31,7 +31,7 @@ class Evaluation:
     exact_match: float
     loss: float
     answers: list[str]
-    correct: tuple[bool, ...] = ()
+    correct: tuple[bool, ...]
     """Per pair: the judge took its answer."""
 
 
