@@ -10,28 +10,11 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from sage_agent.answer_formats import AnswerFormat, number_answer
 from sage_agent.records import TrainingPair
-from sage_agent.steps import spaced_expression
 from sage_agent.verifier import ExpressionError, Verifier, arithmetic_verifier
-
-AnswerFormat = Callable[[str, str], str]
-"""(expression, result) -> the answer text a model is trained to write."""
-
-
-def number_answer(expression: str, result: str) -> str:
-    """The result alone: "77"."""
-    return result
-
-
-def equation_answer(expression: str, result: str) -> str:
-    """The expression, then the result: "60 + 17 = 77", the way SmolLM2 answers an atomic
-    step on its own (the Trigger reads the number after the last "=")."""
-    return f"{spaced_expression(expression)} = {result}"
-
-
-ANSWER_FORMATS: dict[str, AnswerFormat] = {"number": number_answer, "equation": equation_answer}
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from sage_agent.augment import ANSWER_FORMATS
+from sage_agent.answer_formats import ANSWER_FORMATS
 from sage_agent.errors import ConfigError
 
 
