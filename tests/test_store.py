@@ -16,9 +16,10 @@ from sage_agent import ChatSage, ConfigError, CorruptAdapter, NotFoundError, Sto
 from sage_agent.buffer import Cluster, Sample
 from sage_agent.records import TrainingPair
 from sage_agent.store import LoRAStore, StoreConfig, affordable_loss
-from sage_agent.store.recipe import build_recipe
+from sage_agent.store.recipe import Recipe, build_recipe
 from sage_agent.store.search import Trial, expected_seconds
 from sage_agent.trainer import ANSWER_MAX_TOKENS
+from sage_agent.validation import TeacherForced
 
 # A task the tiny random model can learn in seconds: every answer is "9". (Untrained, its
 # babble ends in "7% pens" whatever the prompt, so "7" would count as right already.)
@@ -162,7 +163,7 @@ def test_training_rehearses_canaries_the_gate_never_sees(chat, tmp_path, bow_emb
     gate, replay = store.canaries.split("+", rehearse=True)
     assert len(gate) == len(replay) == 4
     assert store.canaries.split("+", rehearse=True) == (gate, replay)  # seeded: the same again
-    assert not {p.prompt for p in gate} & {p.prompt for p, _ in replay}
+    assert not {p.prompt for p, _ in gate} & {p.prompt for p, _ in replay}
     recipe = build_recipe(
         cluster, store.config.recipe, min_train_samples=12, seed=0, rehearsal=replay, gate=gate
     )
@@ -180,7 +181,7 @@ def test_training_rehearses_canaries_the_gate_never_sees(chat, tmp_path, bow_emb
         number = int(pair.prompt.split()[1].split("*")[0])
         assert pair.answer == f"{number} * 2 = {2 * number}"
     # Neither the gate nor a held-out failure is trained on, not even as a variant.
-    assert not {p.prompt for p in gate + val} & {p.prompt for p in train}
+    assert not ({p.prompt for p, _ in gate} | {p.prompt for p in val}) & {p.prompt for p in train}
 
 
 def test_a_version_1_file_is_migrated(chat, tmp_path, bow_embeddings) -> None:
@@ -333,6 +334,46 @@ def _add_own_answers_as_canaries(store: LoRAStore, chat: ChatSage, n: int) -> No
     store.add_canary(
         [TrainingPair(p, m.text) for p, m in zip(prompts, answers, strict=True)], tag="+"
     )
+
+
+def test_generation_only_confirms(chat, tmp_path, bow_embeddings, monkeypatch) -> None:
+    """A trial whose teacher-forced EM does not beat the base model's is dropped without
+    generating; the gate generates only when the teacher-forced canary EM fails it."""
+    store = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0, canary_margin=0.5)
+    _add_own_answers_as_canaries(store, chat, 6)
+    generated: list[int] = []
+    evaluate, rank = Recipe.evaluate, Recipe.rank
+
+    def counting_evaluate(self, model, adapter, pairs):
+        generated.append(len(pairs))
+        return evaluate(self, model, adapter, pairs)
+
+    def perfect_base(self, model, adapter):  # the base model ranks first teacher-forced
+        forced = rank(self, model, adapter)
+        return TeacherForced(1.0, forced.loss, forced.exact) if adapter is None else forced
+
+    monkeypatch.setattr(Recipe, "evaluate", counting_evaluate)
+    monkeypatch.setattr(Recipe, "rank", perfect_base)
+    assert store.optimize(make_cluster(bow_embeddings)) == []
+    assert len(generated) == 2  # the base model's validation and canaries, nothing else
+    trials = store.registry.trials()
+    assert all(t.outcome.startswith("teacher-forced validation EM") for t in trials)
+    assert all(t.generated_em is None and t.canary_em is None for t in trials)
+
+
+def test_teacher_forced_canary_em_is_a_lower_bound(chat, tmp_path, bow_embeddings) -> None:
+    store = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0, canary_margin=1.0)
+    _add_own_answers_as_canaries(store, chat, 6)
+    kept = store.optimize(make_cluster(bow_embeddings))
+    assert kept
+    gate, _ = store.canaries.split("+", rehearse=False)
+    recipe = build_recipe(
+        make_cluster(bow_embeddings), store.config.recipe, min_train_samples=12, seed=0, gate=gate
+    )
+    store.load(kept[0].id)
+    forced = recipe.gate_lower_bound(chat, kept[0].id)
+    assert forced == kept[0].canary_em  # a margin of 1 passes it: nothing generated
+    assert forced <= recipe.evaluate(chat, kept[0].id, [p for p, _ in gate]).exact_match
 
 
 def test_affordable_loss() -> None:

@@ -18,8 +18,11 @@ from sage_agent.errors import InvalidInput
 from sage_agent.records import TrainingPair
 from sage_agent.store.config import GateConfig
 
-Rehearsal = list[tuple[TrainingPair, str | None]]
-"""Canaries given to training, each with its expression (for verifier-labelled variants)."""
+Canaries = list[tuple[TrainingPair, str | None]]
+"""Canaries, each with its expression: rehearsal makes verifier-labelled variants of them,
+and the recipe writes them in its answer format."""
+Rehearsal = Canaries
+"""Canaries given to training."""
 
 
 class CanarySet:
@@ -56,7 +59,7 @@ class CanarySet:
                 ignore=True,
             )
 
-    def split(self, tag: str | None, *, rehearse: bool) -> tuple[list[TrainingPair], Rehearsal]:
+    def split(self, tag: str | None, *, rehearse: bool) -> tuple[Canaries, Rehearsal]:
         """The tag's canaries in two disjoint, seeded parts: the gate's (up to
         ``canary_size``) and, with ``rehearse``, rehearsal's (the rest, as many again at
         most). With rehearsal the gate takes half the canaries at most."""
@@ -68,7 +71,7 @@ class CanarySet:
             gate_size = min(gate_size, math.ceil(len(rows) / 2))
         gate, rest = rows[:gate_size], rows[gate_size : gate_size + self.config.canary_size]
         return (
-            [TrainingPair(r["prompt"], r["answer"]) for r in gate],
+            [(TrainingPair(r["prompt"], r["answer"]), r["expression"]) for r in gate],
             [(TrainingPair(r["prompt"], r["answer"]), r["expression"]) for r in rest]
             if rehearse
             else [],

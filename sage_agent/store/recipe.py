@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sage_agent.augment import ANSWER_FORMATS, AnswerFormat, augment_pairs
+from sage_agent.answer_formats import ANSWER_FORMATS, AnswerFormat
+from sage_agent.augment import augment_pairs
 from sage_agent.buffer import Cluster
 from sage_agent.chat import ChatSage
 from sage_agent.errors import StoreError
@@ -40,6 +41,9 @@ class Recipe:
     judge: Judge | None = None
     """Whether a validation answer is right (None: its number is the reference's; a plan
     is judged by what it computes, ``plans.plan_matches``)."""
+    gate: list[TrainingPair] = field(default_factory=list)
+    """The gate's canaries with their answers written as training writes them, for a
+    teacher-forced gate (generation judges the canaries' plain references)."""
 
     def evaluate(
         self, chat: ChatSage, adapter: str | None, pairs: Sequence[TrainingPair]
@@ -51,6 +55,12 @@ class Recipe:
     def rank(self, chat: ChatSage, adapter: str | None) -> TeacherForced:
         """The validation pairs read teacher-forced: what the search ranks trials by."""
         return teacher_forced(chat, adapter, self.validation)
+
+    def gate_lower_bound(self, chat: ChatSage, adapter: str) -> float:
+        """Teacher-forced exact match on the gate's canaries: a lower bound of the
+        generated one, since an answer right teacher-forced is what greedy decoding
+        writes."""
+        return teacher_forced(chat, adapter, self.gate).exact_match
 
 
 def cluster_examples(cluster: Cluster, min_train_samples: int) -> list[Example]:
@@ -82,7 +92,7 @@ def build_recipe(
     min_train_samples: int,
     seed: int,
     rehearsal: Rehearsal = (),
-    gate: Sequence[TrainingPair] = (),
+    gate: Sequence[Example] = (),
 ) -> Recipe:
     """Training and validation pairs of ``cluster`` (see the module docstring)."""
     examples = cluster_examples(cluster, min_train_samples)
@@ -91,7 +101,7 @@ def build_recipe(
     n_val = max(2, round(len(examples) * config.validation_fraction))
     train, val = examples[n_val:], examples[:n_val]
     answer = ANSWER_FORMATS[config.answer_format]
-    unseen = frozenset(p.prompt for p in gate) | {p.prompt for p, _ in val}
+    unseen = frozenset(p.prompt for p, _ in gate) | {p.prompt for p, _ in val}
     rehearsal_size = round(config.train_size * config.replay_fraction) if rehearsal else 0
     replay = written(rehearsal, answer)[:rehearsal_size]
     replay = top_up(replay, rehearsal, rehearsal_size, rng, answer, unseen)
@@ -101,9 +111,10 @@ def build_recipe(
     seen = {p.prompt for p in training}
     extra = augment_pairs(val, config.val_variants, rng, answer=answer)
     validation = written(val, answer) + [p for p in extra if p.prompt not in seen]
+    gate_written = written(gate, answer)
     if cluster.tag == PLAN_TAG:
-        return Recipe(training, validation, PLAN_MAX_TOKENS, plan_matches)
-    return Recipe(training, validation)
+        return Recipe(training, validation, PLAN_MAX_TOKENS, plan_matches, gate_written)
+    return Recipe(training, validation, gate=gate_written)
 
 
 def written(examples: Sequence[Example], answer: AnswerFormat) -> list[TrainingPair]:

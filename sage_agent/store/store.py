@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from langchain_core.embeddings import Embeddings
@@ -30,6 +31,20 @@ from sage_agent.store.search import Emit, Trial, config_dict, run_search
 from sage_agent.trainer import save_adapter
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The base model on a search's validation pairs and gate: what a trial must beat."""
+
+    em: float
+    """Generated validation exact match."""
+    forced_em: float
+    """Teacher-forced validation exact match (the trials are ranked so)."""
+    canaries: list[TrainingPair]
+    """The gate's canaries (empty: no gate)."""
+    canary_em: float | None
+    """Generated exact match on them (None: no gate)."""
 
 
 class LoRAStore:
@@ -119,7 +134,9 @@ class LoRAStore:
             gate=gate,
         )
         base = recipe.evaluate(self.model, None, recipe.validation)
-        base_canary = recipe.evaluate(self.model, None, gate).exact_match if gate else None
+        base_forced = recipe.rank(self.model, None).exact_match
+        canaries = [pair for pair, _ in gate]
+        base_canary = recipe.evaluate(self.model, None, canaries).exact_match if gate else None
         trials, failed = run_search(
             self.model,
             recipe,
@@ -151,7 +168,8 @@ class LoRAStore:
             )
         previous = self.registry.adapters(cluster.id)
         try:
-            kept = self._keep(cluster, trials, recipe, base.exact_match, gate, base_canary, emit)
+            baseline = Baseline(base.exact_match, base_forced, canaries, base_canary)
+            kept = self._keep(cluster, trials, recipe, baseline, emit)
         finally:
             for trial in trials:
                 if trial.name in self.model.adapters:
@@ -165,40 +183,45 @@ class LoRAStore:
         return kept
 
     def _keep(
-        self,
-        cluster: Cluster,
-        trials: list[Trial],
-        recipe: Recipe,
-        base_em: float,
-        gate: list[TrainingPair],
-        base_canary: float | None,
-        emit: Emit,
+        self, cluster: Cluster, trials: list[Trial], recipe: Recipe, base: Baseline, emit: Emit
     ) -> list[AdapterRecord]:
-        """Register the best trials that beat the base model and pass the gate; log all."""
+        """Register the best trials that beat the base model and pass the gate; log all.
+
+        Generation only confirms: a trial whose teacher-forced EM does not beat the base
+        model's is dropped unread, and the gate generates only when the teacher-forced
+        canary EM (a lower bound of the generated one) fails it."""
         kept: list[AdapterRecord] = []
         keep = self.config.search.keep
         for trial in trials:  # best first
             outcome, canary_em, generated, agreement = "kept", None, None, None
             if len(kept) == keep:
                 outcome = f"ranked below the {keep} kept"
+            elif trial.val_em <= base.forced_em:
+                outcome = (
+                    f"teacher-forced validation EM {trial.val_em:.3f} does not beat the base "
+                    f"{base.forced_em:.3f}"
+                )
             else:
-                # Ranked teacher-forced; what is kept is checked on generated answers.
                 confirmed = recipe.evaluate(self.model, trial.name, recipe.validation)
                 generated = confirmed.exact_match
                 agreement = sum(
                     a == b for a, b in zip(trial.exact, confirmed.correct, strict=True)
                 ) / len(trial.exact)
-                if generated <= base_em:
+                if generated <= base.em:
                     outcome = (
                         f"generated validation EM {generated:.3f} does not beat the base "
-                        f"{base_em:.3f}"
+                        f"{base.em:.3f}"
                     )
-                elif gate and base_canary is not None:
-                    canary_em = recipe.evaluate(self.model, trial.name, gate).exact_match
-                    margin = self.canaries.margin(cluster.tag, cluster.size, generated - base_em)
-                    if canary_em < base_canary - margin:
+                elif base.canary_em is not None:
+                    margin = self.canaries.margin(cluster.tag, cluster.size, generated - base.em)
+                    canary_em = recipe.gate_lower_bound(self.model, trial.name)
+                    if canary_em < base.canary_em - margin:
+                        canary_em = recipe.evaluate(
+                            self.model, trial.name, base.canaries
+                        ).exact_match
+                    if canary_em < base.canary_em - margin:
                         outcome = (
-                            f"canary EM {canary_em:.3f} is below the base {base_canary:.3f} "
+                            f"canary EM {canary_em:.3f} is below the base {base.canary_em:.3f} "
                             f"by more than {margin:.3f}"
                         )
             adapter_id = None
@@ -211,7 +234,7 @@ class LoRAStore:
                         config=config_dict(trial.config),
                         val_em=generated,
                         val_loss=trial.val_loss,
-                        base_val_em=base_em,
+                        base_val_em=base.em,
                         canary_em=canary_em,
                         train_seconds=trial.seconds,
                         samples=len(recipe.train),
