@@ -44,13 +44,13 @@ from peft import LoraConfig, get_peft_model
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
 from sage_agent import ChatSage
+from sage_agent.answer_batches import encode_pairs
 from sage_agent.embedded import smollm2_gguf
 from sage_agent.records import TrainingPair
 from sage_agent.steps import ATOMIC_PROMPT
 from sage_agent.trainer import (
     DEFAULT_TARGET_MODULES,
     LoRATrainConfig,
-    encode_pairs,
     supports_bf16,
     train_lora,
 )

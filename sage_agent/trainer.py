@@ -24,19 +24,17 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from langchain_core.messages import HumanMessage
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from sage_agent.answer_batches import answer_loss, collate, encode_pairs
 from sage_agent.chat import ChatSage
 from sage_agent.errors import ConfigError, InvalidInput, NotFoundError
 from sage_agent.records import TrainingPair
@@ -139,91 +137,9 @@ def supports_bf16(device_type: str) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def encode_pairs(
-    chat: ChatSage, pairs: Sequence[TrainingPair]
-) -> list[tuple[list[int], list[int]]]:
-    """Token ids and labels per pair: the rendered prompt is masked (-100), the answer and
-    the end-of-turn token are learned."""
-    tokenizer = chat.tokenizer
-    encoded = []
-    for pair in pairs:
-        if not pair.answer.strip():
-            raise InvalidInput(f"training pair with an empty answer: {pair.prompt[:60]!r}")
-        prompt = tokenizer(
-            chat.render_prompt([HumanMessage(pair.prompt)]), add_special_tokens=False
-        )
-        answer = tokenizer(pair.answer + tokenizer.eos_token, add_special_tokens=False)
-        ids = prompt["input_ids"] + answer["input_ids"]
-        labels = [-100] * len(prompt["input_ids"]) + answer["input_ids"]
-        encoded.append((ids, labels))
-    return encoded
-
-
 def _device_type(chat: ChatSage) -> str:
     """ "cpu", "cuda", ...: what torch.autocast is told (ChatSage.device may be "cuda:1")."""
     return torch.device(chat.device).type
-
-
-def collate(
-    batch: Sequence[tuple[list[int], list[int]]], chat: ChatSage
-) -> dict[str, torch.Tensor]:
-    """Right-padded ids, labels and attention mask of a batch, on the chat model's device."""
-    pad_id = chat.tokenizer.pad_token_id
-    width = max(len(ids) for ids, _ in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (row_ids, row_labels) in enumerate(batch):
-        ids[row, : len(row_ids)] = torch.tensor(row_ids)
-        labels[row, : len(row_labels)] = torch.tensor(row_labels)
-        mask[row, : len(row_ids)] = 1
-    return {
-        "input_ids": ids.to(chat.device),
-        "labels": labels.to(chat.device),
-        "attention_mask": mask.to(chat.device),
-    }
-
-
-def answer_logits(
-    model: Any, batch: dict[str, Any]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The output head's logits at the answer tokens' positions, their targets, and where
-    they are (a batch x width - 1 mask). The decoder runs on the whole sequence (or, when
-    the batch carries ``hidden`` and ``first_layer`` from a FrozenPrefix, on the layers
-    from there on); the output head only where a label is."""
-    decoder = model.get_decoder()
-    if "hidden" in batch:
-        with _only_layers(decoder, batch["first_layer"]):
-            hidden = decoder(
-                inputs_embeds=batch["hidden"],
-                attention_mask=batch["attention_mask"],
-                use_cache=False,
-            ).last_hidden_state
-    else:
-        hidden = decoder(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).last_hidden_state
-    targets = batch["labels"][:, 1:]
-    where = targets != -100
-    return model.get_output_embeddings()(hidden[:, :-1][where]), targets[where], where
-
-
-def answer_loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy over the answer tokens, and their count."""
-    logits, targets, _ = answer_logits(model, batch)
-    return F.cross_entropy(logits.float(), targets), len(targets)
-
-
-@contextmanager
-def _only_layers(decoder: Any, first: int) -> Iterator[None]:
-    """Run the decoder from layer ``first`` on: its own forward (masks, rotary embeddings,
-    final norm) fed with hidden states instead of token ids, over a shortened layer list."""
-    layers = decoder.layers
-    decoder.layers = torch.nn.ModuleList(list(layers)[first:])
-    try:
-        yield
-    finally:
-        decoder.layers = layers
 
 
 class FrozenPrefix:

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
+from sage_agent.answer_batches import answer_logits, collate, encode_pairs
 from sage_agent.chat import ChatSage
 from sage_agent.errors import InvalidInput
 from sage_agent.numeric import numbers_match, parse_number
 from sage_agent.records import TrainingPair
-from sage_agent.trainer import ANSWER_MAX_TOKENS, answer_logits, collate, encode_pairs
+from sage_agent.trainer import ANSWER_MAX_TOKENS
 
 Judge = Callable[[str, str], bool]
 """(the model's answer, the reference) -> whether the answer is right."""

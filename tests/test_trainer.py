@@ -11,15 +11,19 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from sage_agent import ChatSage
+from sage_agent.answer_batches import (
+    MIN_SHARED_PREFIX,
+    answer_loss,
+    collate,
+    encode_pairs,
+    shared_prefix,
+)
 from sage_agent.records import TrainingPair
 from sage_agent.trainer import (
     FrozenPrefix,
     LoRARun,
     LoRATrainConfig,
     _with_hidden,
-    answer_loss,
-    collate,
-    encode_pairs,
     save_adapter,
     train_lora,
 )
@@ -50,6 +54,36 @@ def test_answer_loss_equals_full_cross_entropy_on_answer_tokens(chat: ChatSage) 
         len(chat.tokenizer(p.answer + "<|im_end|>")["input_ids"]) for p in PAIRS[:5]
     )
     assert count == answer_tokens
+
+
+def test_the_shared_prefix_runs_once_with_the_same_loss_and_gradients(chat: ChatSage) -> None:
+    batch = collate(encode_pairs(chat, PAIRS[:8]), chat)
+    ids = batch["input_ids"]
+    start = shared_prefix(batch)
+    assert start >= MIN_SHARED_PREFIX  # the chat template's user turn and "Compute "
+    assert (ids[:, :start] == ids[:1, :start]).all() and not (ids[:, start] == ids[0, start]).all()
+    chat.add_adapter("prefix", LoRATrainConfig(rank=4).lora_config(2))
+    model = chat.hf_model
+    weights = [p for name, p in model.named_parameters() if ".prefix." in name]
+    with chat.using_adapter("prefix"):
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B.prefix" in name:
+                    param.normal_(0, 0.5)  # B = 0 at first would hide a wrong gradient
+        shared, _ = answer_loss(model, batch)
+        logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits
+        whole = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]),
+            batch["labels"][:, 1:].reshape(-1),
+            ignore_index=-100,
+        )
+        pairs = zip(
+            torch.autograd.grad(shared, weights), torch.autograd.grad(whole, weights), strict=True
+        )
+    chat.delete_adapter("prefix")
+    assert torch.allclose(shared, whole, atol=1e-5)
+    for a, b in pairs:
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_prompt_tokens_are_masked(chat: ChatSage) -> None:
