@@ -23,13 +23,16 @@ with the number only." with the references of earlier steps in place):
   of its answer (``RouterConfig.route_below``: the log-probability of its number).
 * SAGE (every routed step): the same adapters, without that confidence gate.
 
-The baselines train one configuration (rank 16, alpha 32, learning rate 1e-3, the search
-space's epochs) with no regression gate; every method trains on the same data the store
-builds from a cluster (its failures, verifier-labelled variants, rehearsal of passes), so
-the table compares the clustering, the search, the gate and the routing. The baselines
-apply their adapter to every step they route, as the paper's do. The store keeps
-an adapter only when it beats the base model on the cluster's validation split, for the
-baselines too: "adapters" counts the kept ones.
+SAGE runs first; every other method then gets the training seconds SAGE used, shared
+among its clusters: the baselines train one configuration (rank 16, alpha 32, learning
+rate 1e-3) for as many epochs as those seconds buy at SAGE's training rate, with no
+regression gate, and the LoRA Store (no buffer) searches with those seconds as its budget.
+Every method trains on the same data the store builds from a cluster (its failures,
+verifier-labelled variants, rehearsal of passes), so the table compares the clustering,
+the search, the gate and the routing. The baselines apply their adapter to every step
+they route, as the paper's do. The store keeps an adapter only when it beats the base
+model on the cluster's validation split, for the baselines too: "adapters" counts the
+kept ones.
 
 Problem-level table: held-out problems of at most three steps through the graph, each step
 using the model's own earlier answers; final-answer EM of the base model and of SAGE.
@@ -43,7 +46,10 @@ model answers right), against the base model's (1.0 by construction), on all of 
 as routed (unsure ones only). The atomic table's "EM where base right" column is the same
 for every method over all held-out steps.
 
-Writes docs/results.md and its plots (docs/results/).
+Each seed's results are saved to docs/results/seeds/seed-N.json, and the tables are made
+from every saved seed run with the same settings: ``--seeds 0``, then ``--seeds 1`` and
+``--seeds 2`` (one at a time, in the background) make one 3-seed report. Writes
+docs/results.md and its plots (docs/results/).
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -134,6 +140,9 @@ class SeedResult:
     retention: list[dict] = field(default_factory=list)
     trigger: dict = field(default_factory=dict)
     sage_summary: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    """Wall time of the seed's command."""
+    command: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,39 @@ class Settings:
     search_seconds: float
     max_clusters: int | None = None
     """Train only the largest clusters of each baseline (--quick: 1)."""
+
+
+def settings_key(settings: Settings) -> dict:
+    """What must match for seeds to share a table."""
+    return {
+        "stream": settings.stream,
+        "heldout": settings.heldout,
+        "search_seconds": settings.search_seconds,
+        "max_clusters": settings.max_clusters,
+        "store": repr(settings.store),
+        "buffer": repr(settings.buffer),
+    }
+
+
+def save_seed(folder: Path, result: SeedResult, settings: Settings) -> None:
+    """Write one seed's results beside the report, so seeds run one command at a time
+    merge into one table."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"settings": settings_key(settings), "result": asdict(result)}
+    (folder / f"seed-{result.seed}.json").write_text(json.dumps(data, indent=1, default=str))
+
+
+def load_seeds(folder: Path, settings: Settings) -> list[SeedResult]:
+    """Every saved seed run with these settings, by seed (others are named and left out)."""
+    results = []
+    for path in sorted(folder.glob("seed-*.json")):
+        data = json.loads(path.read_text())
+        if data["settings"] != settings_key(settings):
+            print(f"{path.name}: other settings, left out of the tables")
+            continue
+        methods = {k: MethodResult(**v) for k, v in data["result"].pop("methods").items()}
+        results.append(SeedResult(**data["result"], methods=methods))
+    return sorted(results, key=lambda r: r.seed)
 
 
 def atoms_of(tasks: Sequence[Task]) -> list[Atom]:
@@ -204,13 +246,21 @@ def members(atom: Atom) -> tuple[str, str, str]:
     return atom.prompt, atom.expression, atom.reference
 
 
-def fixed_store_config(settings: Settings) -> StoreConfig:
-    """One configuration, one trial, no gate, routing always to the nearest centroid."""
+def fixed_store_config(
+    settings: Settings, seconds: float, samples_per_second: float
+) -> StoreConfig:
+    """One configuration, one trial, no gate, routing always to the nearest centroid,
+    trained for as many epochs as ``seconds`` buy at ``samples_per_second`` (SAGE's
+    training rate), one at least."""
+    pairs = max(1, settings.store.recipe.train_size)
+    epochs = max(1, round(seconds * samples_per_second / pairs))
     return settings.store.replace(
         ranks=(16,),
         alpha_ratios=(2.0,),
         learning_rates=(1e-3, 1e-3),
         dropouts=(0.0,),
+        epochs=(epochs,),
+        rungs=(1.0,),
         n_random=1,
         top_k=1,
         keep=1,
@@ -218,6 +268,15 @@ def fixed_store_config(settings: Settings) -> StoreConfig:
         canary_margin=1.0,
         route_threshold=-1.0,
     )
+
+
+def training_rate(store: LoRAStore) -> tuple[float, float]:
+    """The seconds a store's searches trained and the samples per second they trained
+    at (one optimiser step is a batch)."""
+    trials = store.registry.trials()
+    seconds = sum(t.seconds or 0.0 for t in trials)
+    samples = sum(len(t.curve) for t in trials) * store.config.search.batch_size
+    return seconds, samples / seconds if seconds else 1.0
 
 
 def adapt_on_clusters(
@@ -317,8 +376,31 @@ def run_seed(
     record(
         result, MethodResult("Base", correct(base_answers, heldout), [a.text for a in base_answers])
     )
+    started = time.perf_counter()
+    agent = SageAgent(
+        work / f"{seed}-sage.db",
+        chat,
+        embeddings=embeddings,
+        decomposer=annotation_decomposer,
+        buffer_config=settings.buffer,
+        store_config=settings.store,
+    )
+    summary = agent.run(stream_tasks, train=True)
+    result.sage_summary = {
+        k: v for k, v in summary.__dict__.items() if k not in ("threads", "errors")
+    }
+    every = "SAGE (every routed step)"
+    record(result, routed_answers(every, agent.store, heldout, base_answers, True, gate=False))
+    record(result, routed_answers("SAGE", agent.store, heldout, base_answers, True, gate=True))
+    print(
+        f"  SAGE: {summary.clusters} clusters, {summary.adapters_trained} adapters, "
+        f"{summary.retry_success} retries fixed, {time.perf_counter() - started:.0f} s"
+    )
+    # Every baseline trains as long as SAGE did, shared among its clusters.
+    budget, rate = training_rate(agent.store)
+    budget = max(budget, 1.0)
+
     vectors = np.asarray(embeddings.embed_documents([a.prompt for a in failures]))
-    fixed = fixed_store_config(settings)
     minimum = settings.store.min_train_samples
     tags = Counter(a.tag for a in failures)
     big_tags = sorted(t for t, n in tags.items() if n >= minimum)
@@ -334,15 +416,17 @@ def run_seed(
             )
             for label in sorted(set(labels.tolist()) - {-1})
         ]
+        trained = [c for c in clusters if c.size >= minimum][: settings.max_clusters]
+        share = budget / max(1, len(trained))
         store = adapt_on_clusters(
             chat,
             embeddings,
             work / f"{seed}-{name.split()[0].lower()}-{len(result.methods)}",
-            fixed,
+            fixed_store_config(settings, share, rate),
             clusters,
             passes,
             lambda _a: MIXED_TAG,
-            settings.search_seconds,
+            2 * share,
             settings.max_clusters,
         )
         record(result, routed_answers(name, store, heldout, base_answers, by_tag=False, gate=False))
@@ -379,32 +463,12 @@ def run_seed(
         per_tag,
         passes,
         lambda a: a.tag,
-        settings.search_seconds,
+        budget / max(1, len(per_tag[: settings.max_clusters])),
         settings.max_clusters,
     )
     record(result, routed_answers(name, store, heldout, base_answers, by_tag=True, gate=True))
     print(f"  {name}: {len(per_tag)} clusters, {time.perf_counter() - started:.0f} s")
 
-    started = time.perf_counter()
-    agent = SageAgent(
-        work / f"{seed}-sage.db",
-        chat,
-        embeddings=embeddings,
-        decomposer=annotation_decomposer,
-        buffer_config=settings.buffer,
-        store_config=settings.store,
-    )
-    summary = agent.run(stream_tasks, train=True)
-    result.sage_summary = {
-        k: v for k, v in summary.__dict__.items() if k not in ("threads", "errors")
-    }
-    every = "SAGE (every routed step)"
-    record(result, routed_answers(every, agent.store, heldout, base_answers, True, gate=False))
-    record(result, routed_answers("SAGE", agent.store, heldout, base_answers, True, gate=True))
-    print(
-        f"  SAGE: {summary.clusters} clusters, {summary.adapters_trained} adapters, "
-        f"{summary.retry_success} retries fixed, {time.perf_counter() - started:.0f} s"
-    )
     result.retention = retention(agent.store, heldout, base_answers)
     result.problem_em, result.problems_scored = problem_level(agent, heldout_tasks)
     result.trigger = trigger_separation(heldout, base_answers, embeddings)
@@ -600,16 +664,18 @@ def plots(results: Sequence[SeedResult], folder: Path) -> list[str]:
     return made
 
 
-def report(
-    results: Sequence[SeedResult], settings: Settings, command: str, seconds: float, out: Path
-) -> str:
+def report(results: Sequence[SeedResult], settings: Settings, out: Path) -> str:
     seeds = ", ".join(str(r.seed) for r in results)
+    commands = sorted({r.command for r in results})
+    seconds = sum(r.seconds for r in results)
     machine = f"{os.cpu_count()} CPU cores ({platform.machine()})"
     made = plots(results, out.parent / "results")
     lines = [
         "# Does it adapt?",
         "",
-        f"Command: `{command}`",
+        "Commands (one per seed, merged):" if len(commands) > 1 else "Command:",
+        "",
+        *(f"    {c}" for c in commands),
         "",
         f"Machine: {machine}; {seconds / 60:.0f} minutes in all. Model: the embedded "
         f"SmolLM2-135M-Instruct; embedder: all-MiniLM-L6-v2. Seeds: {seeds}. Per seed "
@@ -764,28 +830,20 @@ def main() -> None:
         buffer = BufferConfig(buffer_size=4, min_cluster_size=3, recluster_every=1)
     settings = Settings(args.stream, args.heldout, store, buffer, args.search_seconds, max_clusters)
     chat, embeddings = ChatSage(), default_embeddings()
-    started = time.perf_counter()
-    results = []
+    seeds_folder = args.out.parent / "results" / "seeds"
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     with tempfile.TemporaryDirectory() as work:
         for seed in seeds:
-            results.append(run_seed(args.data, seed, settings, chat, embeddings, Path(work)))
-    seconds = time.perf_counter() - started
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    text = report(results, settings, command, seconds, args.out)
+            started = time.perf_counter()
+            result = run_seed(args.data, seed, settings, chat, embeddings, Path(work))
+            result.seconds, result.command = time.perf_counter() - started, command
+            save_seed(seeds_folder, result, settings)
+    results = load_seeds(seeds_folder, settings)
+    text = report(results, settings, args.out)
     print("\n".join(atomic_table(results)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    (args.out.parent / "results" / "raw.json").write_text(
-        json.dumps(
-            [
-                r.__dict__ | {"methods": {k: v.__dict__ for k, v in r.methods.items()}}
-                for r in results
-            ],
-            indent=1,
-            default=str,
-        )
-    )
-    print(f"written to {args.out} ({seconds / 60:.1f} min)")
+    print(f"written to {args.out} (seeds {', '.join(str(r.seed) for r in results)})")
 
 
 if __name__ == "__main__":
