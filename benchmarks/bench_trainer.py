@@ -1,29 +1,34 @@
 """Trainer benchmark: sage-agent's LoRA trainer against a baseline written the obvious way.
 
     python benchmarks/bench_trainer.py --data ../shared/data/gsm8k/train.jsonl
-        [--train 300] [--val 100] [--epochs 4] [--tag +]
+        [--train 200] [--val 100] [--epochs 3] [--tag +]
 
 Both train rank-16 LoRA on the same GSM8K atoms of one operator signature for the same
 epochs, and are scored on the same held-out atoms (greedy answers, numbers compared).
 
 * baseline: peft ``get_peft_model`` on a freshly loaded model + transformers ``Trainer``,
-  loss over the whole sequence, float32, the chat template's default system prompt;
+  loss over the whole sequence, float32;
 * sage-agent: ``train_lora`` on ChatSage's model: loss and output head on answer tokens
-  only, bf16 autocast where the CPU has it, an empty system prompt; all layers, and LoRA
-  on the last 10 layers only.
+  only, the tokens every row of a batch shares (the system turn) run once per batch, bf16
+  autocast where the CPU has it; all layers (batch 16 and 32, and once without the shared
+  prefix), and LoRA on the last 10 layers only.
+
+Both use the chat template's default system prompt, as the product does.
 
 Prints samples/s, the ratio to the baseline, validation exact match, and the FLOP/s each
 trainer achieved against the machine's matmul rate measured in the same run, and writes
 benchmarks/results/trainer.md.
 
-FLOP count of one training sample of T tokens, A of them answer tokens (``flops``):
-2 N T for the forward pass through the decoder layers that run each epoch and 2 N T for
-the backward pass through them (N: their weights, 106M for all 30 layers of SmolLM2-135M;
-the frozen weights get no gradient of their own), and 4 V d per position where the output
-head runs (V x d: the head; the answer tokens for sage-agent, every token for the
-baseline). With ``last_layers`` only those layers run each epoch: the frozen layers' one
-pass (FrozenPrefix) is outside the timed training and not counted. LoRA's own matmuls and
-attention's scores (under 2% at 40 tokens) are left out: a slight undercount.
+FLOP count of one training sample of T tokens, A of them answer tokens (``flops``), T
+counting the tokens the trainer runs (with the shared prefix, P shared tokens count P /
+B for a batch of B): 2 N T for the forward pass through the decoder layers that run each
+epoch and 2 N T for the backward pass through them (N: their weights, 106M for all 30
+layers of SmolLM2-135M; the frozen weights get no gradient of their own), and 4 V d per
+position where the output head runs (V x d: the head; the answer tokens for sage-agent,
+every token for the baseline). With ``last_layers`` only those layers run each epoch:
+the frozen layers' one pass (FrozenPrefix) is outside the timed training and not
+counted. LoRA's own matmuls and attention's scores (under 2% at 40 tokens) are left out:
+a slight undercount.
 """
 
 from __future__ import annotations
@@ -43,8 +48,8 @@ from common import gsm8k_steps
 from peft import LoraConfig, get_peft_model
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-from sage_agent import ChatSage
-from sage_agent.answer_batches import encode_pairs
+from sage_agent import ChatSage, answer_batches
+from sage_agent.answer_batches import collate, encode_pairs, shared_prefix
 from sage_agent.embedded import smollm2_gguf
 from sage_agent.records import TrainingPair
 from sage_agent.steps import ATOMIC_PROMPT
@@ -159,9 +164,9 @@ def baseline(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--train", type=int, default=300)
+    parser.add_argument("--train", type=int, default=200)
     parser.add_argument("--val", type=int, default=100)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--tag", default="+", help="operator signature of the atoms")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -184,7 +189,7 @@ def main() -> None:
         folder = Path(tmp)
         print("baseline: get_peft_model + Trainer, whole-sequence loss, float32 ...", flush=True)
         seconds, sample_flops, baseline_tokens = baseline(train, config, folder)
-        default_prompt = ChatSage()  # the template's default system prompt, as trained
+        default_prompt = ChatSage()
         default_prompt.load_adapter(folder / "baseline", "baseline")
         base_eval = evaluate(default_prompt, None, val)
         em = evaluate(default_prompt, "baseline", val).exact_match
@@ -206,25 +211,30 @@ def main() -> None:
         )
         del default_prompt
 
-        chat = ChatSage(system_prompt="")
+        chat = ChatSage()
         encoded = encode_pairs(chat, train)
         tokens = sum(len(ids) for ids, _ in encoded) / len(encoded)
         answer = sum(sum(label != -100 for label in labels) for _, labels in encoded) / len(encoded)
-        short_base = evaluate(chat, None, val).exact_match
+        shared = shared_prefix(collate(encoded, chat))
         model = chat.hf_model
         layers = model.config.num_hidden_layers
-        for name, last_layers, batch in (
-            ("all layers", None, 16),
-            ("all layers, batch 32", None, 32),
-            ("last 10 layers", 10, 16),
+        for name, last_layers, batch, share in (
+            ("all layers", None, 16, True),
+            ("all layers, no shared prefix", None, 16, False),
+            ("all layers, batch 32", None, 32, True),
+            ("last 10 layers", 10, 16, True),
         ):
             run = LoRATrainConfig(
                 epochs=args.epochs, seed=args.seed, last_layers=last_layers, batch_size=batch
             )
+            # A minimum beyond any prompt's length turns the shared prefix off.
+            answer_batches.MIN_SHARED_PREFIX = 4 if share else 10**9
             result = train_lora(chat, name, train, run)
+            answer_batches.MIN_SHARED_PREFIX = 4
             em = evaluate(chat, name, val).exact_match
             chat.delete_adapter(name)
-            per_sample = flops(model, tokens, answer, run.first_layer(layers), head_all=False)
+            run_tokens = tokens - shared * (1 - 1 / batch) if share and not last_layers else tokens
+            per_sample = flops(model, run_tokens, answer, run.first_layer(layers), head_all=False)
             achieved = result.samples_per_second * per_sample
             rows.append(
                 (
@@ -258,10 +268,9 @@ def main() -> None:
         f"{args.train} GSM8K atoms with operator signature `{args.tag}` "
         f'("{ATOMIC_PROMPT}"), {args.epochs} epochs, rank 16, batch 16, lr 1e-3, '
         f"seed {args.seed}; validation: {args.val} held-out atoms of the same signature. "
-        f"A sample is {baseline_tokens:.1f} tokens with the template's default system prompt "
-        f"(baseline), {tokens:.1f} with an empty one (sage-agent), {answer:.1f} of them the "
-        f"answer's. Base model validation EM: {base_eval.exact_match:.1%} (default prompt), "
-        f"{short_base:.1%} (empty system prompt).\n\n"
+        f"A sample is {baseline_tokens:.1f} tokens as the baseline's template writes it, "
+        f"{tokens:.1f} in sage-agent's ({answer:.1f} of them the answer's; {shared} shared "
+        f"by every row). Base model validation EM: {base_eval.exact_match:.1%}.\n\n"
         f"Matmul ceiling measured in the same run (2048 x 2048 x 2048): "
         f"{fp32_ceiling / 1e9:.0f} GFLOP/s in float32"
         + (
