@@ -62,10 +62,12 @@ class SearchConfig:
         default=10, metadata={"help": "Configurations one search may try (its trial budget)."}
     )
     max_seconds: float = field(
-        default=900.0,
+        default=300.0,
         metadata={
             "help": "Time budget of one search: a trial starts only if the trials so far "
-            "say it ends inside the budget (the first trial always runs)."
+            "say it ends inside the budget (the first trial always runs). 300 s lets a "
+            "run of 100 GSM8K problems train its clusters in the time it answers them "
+            "several times over, and ranks 6 configurations or more."
         },
     )
     batch_size: int = field(default=16, metadata={"help": "Training batch size."})
@@ -114,8 +116,11 @@ class RecipeConfig:
         metadata={
             "help": "How training answers are written: 'equation' repeats the expression "
             "before the result ('60 + 17 = 77', as SmolLM2 answers on its own), 'number' "
-            "gives the result alone. On 48 GSM8K '+' failures, 'equation' reached 48% "
-            "validation EM where 'number' reached 38% (base 15%)."
+            "gives the result alone, 'worked' the computation in steps "
+            "('27*8=20*8+7*8=160+56=216'). On 48 GSM8K '+' failures, 'equation' reached "
+            "48% validation EM where 'number' reached 38% (base 15%); 'worked' stayed "
+            "below 'equation' on '+' and '*' after 1, 2 and 3 epochs "
+            "(benchmarks/results/formats.md)."
         },
     )
     failure_repeats: int = field(
