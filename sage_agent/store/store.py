@@ -21,6 +21,7 @@ from langchain_core.messages import AIMessage
 from sage_agent.buffer import Cluster
 from sage_agent.chat import ChatSage
 from sage_agent.errors import StoreError
+from sage_agent.plans import PLAN_TAG
 from sage_agent.records import TrainingPair
 from sage_agent.store.config import StoreConfig
 from sage_agent.store.gate import CanarySet
@@ -39,12 +40,25 @@ class Baseline:
 
     em: float
     """Generated validation exact match."""
-    forced_em: float
-    """Teacher-forced validation exact match (the trials are ranked so)."""
     canaries: list[TrainingPair]
     """The gate's canaries (empty: no gate)."""
-    canary_em: float | None
-    """Generated exact match on them (None: no gate)."""
+    canary_right: tuple[bool, ...]
+    """Per canary: the base model's generated answer is right."""
+    routed: tuple[int, ...]
+    """The canaries whose base answer is unsure (``Router.unsure``): the only ones a
+    routed adapter answers; the others keep the base model's answer."""
+
+    @property
+    def canary_em(self) -> float | None:
+        """The base model's generated exact match on the canaries (None: no gate)."""
+        return sum(self.canary_right) / len(self.canary_right) if self.canaries else None
+
+    def canary_em_as_routed(self, adapter_right: Sequence[bool]) -> float:
+        """Canary exact match when the adapter answers the routed canaries
+        (``adapter_right``, in ``routed`` order) and the base model the others."""
+        routed = set(self.routed)
+        kept = sum(r for i, r in enumerate(self.canary_right) if i not in routed)
+        return (kept + sum(adapter_right)) / len(self.canaries)
 
 
 class LoRAStore:
@@ -133,10 +147,7 @@ class LoRAStore:
             rehearsal=rehearsal,
             gate=gate,
         )
-        base = recipe.evaluate(self.model, None, recipe.validation)
-        base_forced = recipe.rank(self.model, None).exact_match
-        canaries = [pair for pair, _ in gate]
-        base_canary = recipe.evaluate(self.model, None, canaries).exact_match if gate else None
+        base = self._baseline(cluster, recipe, [pair for pair, _ in gate])
         trials, failed = run_search(
             self.model,
             recipe,
@@ -168,8 +179,7 @@ class LoRAStore:
             )
         previous = self.registry.adapters(cluster.id)
         try:
-            baseline = Baseline(base.exact_match, base_forced, canaries, base_canary)
-            kept = self._keep(cluster, trials, recipe, baseline, emit)
+            kept = self._keep(cluster, trials, recipe, base, emit)
         finally:
             for trial in trials:
                 if trial.name in self.model.adapters:
@@ -182,25 +192,40 @@ class LoRAStore:
             self.remove(adapter_id)
         return kept
 
+    def _baseline(self, cluster: Cluster, recipe: Recipe, canaries: list[TrainingPair]) -> Baseline:
+        """The base model on the validation pairs and on the gate's canaries, with the
+        canaries routing would hand an adapter: those whose base answer is unsure (a
+        planner adapter gets every question)."""
+        on_canaries = recipe.evaluate(self.model, None, canaries) if canaries else None
+        routed: tuple[int, ...] = ()
+        if on_canaries is not None:
+            routed = tuple(
+                i
+                for i, message in enumerate(on_canaries.messages)
+                if cluster.tag == PLAN_TAG or self.router.unsure(message)
+            )
+        return Baseline(
+            em=recipe.evaluate(self.model, None, recipe.validation).exact_match,
+            canaries=canaries,
+            canary_right=on_canaries.correct if on_canaries else (),
+            routed=routed,
+        )
+
     def _keep(
         self, cluster: Cluster, trials: list[Trial], recipe: Recipe, base: Baseline, emit: Emit
     ) -> list[AdapterRecord]:
         """Register the best trials that beat the base model and pass the gate; log all.
 
-        Generation only confirms: a trial whose teacher-forced EM does not beat the base
-        model's is dropped unread, and the gate generates only when the teacher-forced
-        canary EM (a lower bound of the generated one) fails it."""
+        Trials are confirmed by generation in their ranked order until ``keep`` are kept
+        (a teacher-forced verdict is stricter than generation: an answer cut short or
+        followed by more text may still be read as right). The gate reads the canaries
+        teacher-forced first, a lower bound, and generates only when that bound fails."""
         kept: list[AdapterRecord] = []
         keep = self.config.search.keep
         for trial in trials:  # best first
             outcome, canary_em, generated, agreement = "kept", None, None, None
             if len(kept) == keep:
                 outcome = f"ranked below the {keep} kept"
-            elif trial.val_em <= base.forced_em:
-                outcome = (
-                    f"teacher-forced validation EM {trial.val_em:.3f} does not beat the base "
-                    f"{base.forced_em:.3f}"
-                )
             else:
                 confirmed = recipe.evaluate(self.model, trial.name, recipe.validation)
                 generated = confirmed.exact_match
@@ -214,11 +239,7 @@ class LoRAStore:
                     )
                 elif base.canary_em is not None:
                     margin = self.canaries.margin(cluster.tag, cluster.size, generated - base.em)
-                    canary_em = recipe.gate_lower_bound(self.model, trial.name)
-                    if canary_em < base.canary_em - margin:
-                        canary_em = recipe.evaluate(
-                            self.model, trial.name, base.canaries
-                        ).exact_match
+                    canary_em = self._canary_em(trial, recipe, base, base.canary_em - margin)
                     if canary_em < base.canary_em - margin:
                         outcome = (
                             f"canary EM {canary_em:.3f} is below the base {base.canary_em:.3f} "
@@ -271,3 +292,13 @@ class LoRAStore:
                 adapter_id=adapter_id,
             )
         return kept
+
+    def _canary_em(self, trial: Trial, recipe: Recipe, base: Baseline, floor: float) -> float:
+        """The trial's canary exact match as routing would use it: the adapter answers
+        only the canaries whose base answer is unsure. Read teacher-forced first (a lower
+        bound); generated only when that bound is below ``floor``."""
+        bound = base.canary_em_as_routed(recipe.gate_forced(self.model, trial.name, base.routed))
+        if bound >= floor or not base.routed:
+            return bound
+        routed = [base.canaries[i] for i in base.routed]
+        return base.canary_em_as_routed(recipe.evaluate(self.model, trial.name, routed).correct)
