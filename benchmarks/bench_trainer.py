@@ -218,6 +218,7 @@ def main() -> None:
         shared = shared_prefix(collate(encoded, chat))
         model = chat.hf_model
         layers = model.config.num_hidden_layers
+        minimum = answer_batches.MIN_SHARED_PREFIX
         for name, last_layers, batch, share in (
             ("all layers", None, 16, True),
             ("all layers, no shared prefix", None, 16, False),
@@ -228,9 +229,9 @@ def main() -> None:
                 epochs=args.epochs, seed=args.seed, last_layers=last_layers, batch_size=batch
             )
             # A minimum beyond any prompt's length turns the shared prefix off.
-            answer_batches.MIN_SHARED_PREFIX = 4 if share else 10**9
+            answer_batches.MIN_SHARED_PREFIX = minimum if share else 10**9
             result = train_lora(chat, name, train, run)
-            answer_batches.MIN_SHARED_PREFIX = 4
+            answer_batches.MIN_SHARED_PREFIX = minimum
             em = evaluate(chat, name, val).exact_match
             chat.delete_adapter(name)
             run_tokens = tokens - shared * (1 - 1 / batch) if share and not last_layers else tokens

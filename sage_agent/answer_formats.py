@@ -58,7 +58,8 @@ def worked_answer(expression: str, result: str) -> str:
         chain = _place_value_chain(tree) or _reduction_chain(tree)
     except (SyntaxError, ExpressionError, RecursionError):
         return equation_answer(expression, result)
-    chain = [_compact(expression)] + [link for link in chain if link != _compact(expression)]
+    start = _compact(expression)
+    chain = [start] + [link for link in chain if link != start]
     if chain[-1] != result:
         chain.append(result)
     worked = "=".join(chain)
