@@ -3,7 +3,7 @@
 from sage_agent.agent import RunSummary, SageAgent
 from sage_agent.buffer import Assignment, BufferConfig, Cluster, TriggerBuffer
 from sage_agent.chat import ChatSage
-from sage_agent.context import SageContext, build_context
+from sage_agent.context import AdaptationBudget, SageContext, build_context
 from sage_agent.embedded import EMBEDDED_CHAT_MODEL, EMBEDDED_EMBEDDING_MODEL
 from sage_agent.embeddings import default_embeddings
 from sage_agent.errors import (
@@ -37,6 +37,7 @@ from sage_agent.verifier import arithmetic_verifier, evaluate_expression
 __all__ = [
     "EMBEDDED_CHAT_MODEL",
     "EMBEDDED_EMBEDDING_MODEL",
+    "AdaptationBudget",
     "AdapterError",
     "AdapterRecord",
     "Assignment",

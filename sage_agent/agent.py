@@ -29,6 +29,7 @@ from sage_agent.database import open_database, owner_alive, this_owner, transact
 from sage_agent.decompose import Decomposer, socratic_decomposer
 from sage_agent.errors import DatabaseLocked, DataError, NotFoundError, RunError
 from sage_agent.graphs import SageState, build_sage_graph
+from sage_agent.graphs.store_calls import adaptation_seconds
 from sage_agent.numeric import math_metrics
 from sage_agent.records import Task, TaskResult
 from sage_agent.store import LoRAStore, StoreConfig
@@ -65,6 +66,8 @@ class RunSummary:
     """Failed steps that a retry with an adapter fixed."""
     routed: int = 0
     """Steps answered with a routed adapter on the first attempt."""
+    adapt_s: float = 0.0
+    """Seconds spent in the LoRA Store (searches, confirmation and saving)."""
     wall_s: float = 0.0
     threads: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -224,6 +227,9 @@ class SageAgent:
         else:
             self._lease(run_id, owner)
         context = self.context(train=train, route=route)
+        if context.adaptation is not None:  # this run's own, resumed with what it spent
+            spent = sum(adaptation_seconds(self.state(t["id"])) for t in self.threads(run_id))
+            context = replace(context, adaptation=replace(context.adaptation, spent=spent))
         for position, task in enumerate(tasks):
             thread_id = f"{run_id}:{task['id']}"
             with transaction(self.db):
@@ -311,6 +317,7 @@ class SageAgent:
             if not values.get("result"):
                 continue
             summary.threads.append(row["id"])
+            summary.adapt_s += adaptation_seconds(values)
             problems += 1
             solved += bool(values["result"].get("correct"))
             if values["result"].get("error"):

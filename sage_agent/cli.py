@@ -18,6 +18,7 @@ from typing import Any
 
 from sage_agent.agent import RunSummary, SageAgent, unfinished_run
 from sage_agent.buffer import TriggerBuffer
+from sage_agent.context import AdaptationBudget
 from sage_agent.errors import (
     ConfigError,
     DataError,
@@ -93,6 +94,14 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             command.add_argument("--budget", type=float, default=None, help="seconds per search")
             command.add_argument(
+                "--adapt-seconds",
+                type=float,
+                default=None,
+                help="seconds the whole run may spend training adapters, over all its "
+                f"searches (default {RUN_OPTIONS['adapt_seconds']:g}); a search starts only "
+                "with a minute left",
+            )
+            command.add_argument(
                 "--buffer-size",
                 type=int,
                 default=None,
@@ -165,6 +174,7 @@ RUN_OPTIONS = {
     "decompose": "socratic",
     "substitute": "references",
     "budget": None,
+    "adapt_seconds": 720.0,
     "buffer_size": None,
     "min_cluster": None,
     "no_adapters": False,
@@ -190,7 +200,11 @@ def _run(args: argparse.Namespace) -> int:
     agent = SageAgent(args.db, options["model"], substitute=options["substitute"])
     decomposers = {"annotations": annotation_decomposer, "socratic": socratic_decomposer}
     decomposer = decomposers.get(options["decompose"]) or LLMDecomposer(agent.model)
-    agent.configure(decomposer=decomposer, budget_seconds=options["budget"])
+    agent.configure(
+        decomposer=decomposer,
+        budget_seconds=options["budget"],
+        adaptation=AdaptationBudget(options["adapt_seconds"]),
+    )
     _apply_sizes(agent, options["buffer_size"], options["min_cluster"])
     summary = run_with_progress(
         agent,
@@ -209,9 +223,11 @@ def _check_options(given: dict[str, Any]) -> None:
     """Numbers a run cannot use, refused before anything is opened."""
     if given["limit"] is not None and given["limit"] < 1:
         raise InvalidInput(f"--limit must be at least 1, not {given['limit']}")
-    budget = given["budget"]
-    if budget is not None and not (math.isfinite(budget) and budget > 0):
-        raise InvalidInput(f"--budget must be a positive number of seconds, not {budget}")
+    for name in ("budget", "adapt_seconds"):
+        seconds = given[name]
+        if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+            flag = "--" + name.replace("_", "-")
+            raise InvalidInput(f"{flag} must be a positive number of seconds, not {seconds}")
 
 
 def _resumed(args: argparse.Namespace, given: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -8,6 +8,7 @@ Store tool both read the context with ``context_of``, so neither imports the oth
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -19,12 +20,40 @@ from sage_agent.buffer import BufferConfig, TriggerBuffer
 from sage_agent.chat import ChatSage
 from sage_agent.decompose import Decomposer, socratic_decomposer
 from sage_agent.embeddings import LazyDefaultEmbeddings
-from sage_agent.errors import ContextError
+from sage_agent.errors import ConfigError, ContextError
 from sage_agent.steps import ATOMIC_PROMPT
 from sage_agent.store import LoRAStore, StoreConfig, adapter_root
 from sage_agent.trainer import ANSWER_MAX_TOKENS
 from sage_agent.trigger import Trigger
 from sage_agent.verifier import arithmetic_verifier
+
+MIN_SEARCH_SECONDS = 60.0
+"""A run with less adaptation time left than this starts no search: the base model's
+validation and one first rung take about this long on the embedded model."""
+
+
+@dataclass
+class AdaptationBudget:
+    """The seconds one run may spend in the LoRA Store, over all its searches (the CLI's
+    ``--adapt-seconds``). A search starts only with ``MIN_SEARCH_SECONDS`` left and is given
+    at most what is left; a search that starts finishes, so the run can pass its budget by
+    one search's confirmation and saving (tens of seconds)."""
+
+    seconds: float
+    spent: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.seconds) and self.seconds > 0):
+            raise ConfigError(f"an adaptation budget must be positive seconds, not {self.seconds}")
+
+    @property
+    def left(self) -> float:
+        return max(0.0, self.seconds - self.spent)
+
+    def search_seconds(self, wanted: float) -> float | None:
+        """The budget of the next search, which wants ``wanted`` seconds: at most what is
+        left, None when too little is left to start one."""
+        return None if self.left < MIN_SEARCH_SECONDS else min(wanted, self.left)
 
 
 @dataclass
@@ -49,6 +78,9 @@ class SageContext:
     """Adapters tried on a failed step after training (the store keeps 3)."""
     budget_seconds: float | None = None
     """Time budget of one LoRA search; None: the store's own."""
+    adaptation: AdaptationBudget | None = None
+    """The run's time for all its searches (charged by the store calls); None: no limit
+    beyond each search's own budget."""
     prompt: str = ATOMIC_PROMPT
     max_tokens: int = ANSWER_MAX_TOKENS
     """Answer length limit (an atomic step's answer is a number, often after its equation)."""

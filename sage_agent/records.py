@@ -64,6 +64,8 @@ class TrainingNote(TypedDict):
     adapters: list[str]
     val_em: list[float]
     base_val_em: float | None
+    seconds: NotRequired[float | None]
+    """Wall seconds of the call (the search, confirmation and saving)."""
 
 
 class Attempt(TypedDict):

@@ -87,6 +87,8 @@ CLI_CASES = [
     (["run", "--data", "{data}", "--budget", "nan"], "--budget must be a positive"),
     (["run", "--data", "{data}", "--budget", "0"], "--budget must be a positive"),
     (["run", "--data", "{data}", "--budget", "-60"], "--budget must be a positive"),
+    (["run", "--data", "{data}", "--adapt-seconds", "inf"], "--adapt-seconds must be a"),
+    (["run", "--data", "{data}", "--adapt-seconds", "-1"], "--adapt-seconds must be a"),
     (["run", "--data", "{data}", "--limit", "-1"], "--limit must be at least 1"),
     (["run", "--data", "{data}", "--buffer-size", "0"], "buffer_size"),
     (["run", "--data", "{data}", "--min-cluster", "0"], "min_train_samples"),

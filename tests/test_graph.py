@@ -203,3 +203,51 @@ def test_an_adapter_removed_mid_run_is_noted_and_the_base_model_answers(
     first = agent.state(summary.threads[0])["records"][0]["attempts"][0]
     assert first["adapter"] is None and f"adapter {routed[0].id} not used" in first["note"]
     assert summary.problems == 1 and summary.errors == []
+
+
+def test_a_search_gets_what_is_left_of_the_run_adaptation_budget() -> None:
+    from types import SimpleNamespace
+
+    from sage_agent.context import MIN_SEARCH_SECONDS, AdaptationBudget
+    from sage_agent.graphs.store_calls import store_call
+
+    ready = SimpleNamespace(size=20, trained_version=None)
+    context = SimpleNamespace(
+        train=True,
+        store=SimpleNamespace(config=StoreConfig()),  # its searches: 300 s
+        buffer=SimpleNamespace(cluster=lambda _id: ready),
+        budget_seconds=None,
+        adaptation=AdaptationBudget(1000.0),
+    )
+
+    def budget_of_call(spent: float) -> float | None:
+        context.adaptation.spent = spent
+        call = store_call(context, 1)
+        return None if call is None else call.tool_calls[0]["args"]["budget_seconds"]
+
+    assert budget_of_call(0.0) == 300.0
+    assert budget_of_call(800.0) == 200.0
+    assert budget_of_call(1000.0 - MIN_SEARCH_SECONDS + 1) is None  # too little to start
+    context.adaptation = None  # no run budget: the call leaves the search's to the store
+    assert store_call(context, 1).tool_calls[0]["args"]["budget_seconds"] is None
+
+
+def test_store_calls_are_timed_and_a_resumed_run_keeps_what_it_spent(agent: SageAgent) -> None:
+    from sage_agent.context import AdaptationBudget
+
+    agent.configure(adaptation=AdaptationBudget(3600.0))
+    summary = agent.run(
+        [nine_task(i) for i in range(24)], stop_when=lambda s: s.adapters_trained > 0
+    )
+    calls = [m for t in summary.threads for m in agent.state(t).get("store_calls") or []]
+    assert calls[0].tool_calls[0]["args"]["budget_seconds"] == 300.0  # the store's own
+    seconds = [m.response_metadata["seconds"] for m in calls[1::2]]
+    assert seconds and all(s > 0 for s in seconds)
+    assert summary.adapt_s == pytest.approx(sum(seconds))
+    # Resumed, the run starts from what its threads spent, not from a fresh budget.
+    with agent.db.conn:
+        agent.db["runs"].update(summary.run_id, {"finished": None, "owner": None})
+    seen = []
+    agent.solve = lambda task, *, context, **_: seen.append(context.adaptation.spent)
+    agent.run([nine_task(100)], run_id=summary.run_id)
+    assert seen == [pytest.approx(summary.adapt_s)]

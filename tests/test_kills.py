@@ -47,7 +47,8 @@ def _start(point: str, db: Path, tasks: Path, model: Path) -> subprocess.Complet
 def _figures(process: subprocess.CompletedProcess[str]) -> dict:
     assert process.returncode == 0, process.stderr[-3000:]
     summary = json.loads(process.stdout.strip().splitlines()[-1])
-    return {k: v for k, v in summary.items() if k not in ("run_id", "threads", "wall_s")}
+    timings = ("wall_s", "adapt_s")  # seconds differ between runs; what they did does not
+    return {k: v for k, v in summary.items() if k not in ("run_id", "threads", *timings)}
 
 
 def _state(db: Path) -> dict:

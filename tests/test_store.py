@@ -427,6 +427,7 @@ def test_no_trial_starts_that_the_budget_cannot_finish(
     # epochs of one optimiser step: 20 s to its first rung (a quarter: 2 steps), 40 s
     # more to the end.
     import sage_agent.store.search as store_module
+    import sage_agent.store.store
 
     clock = [0.0]
 
@@ -442,16 +443,55 @@ def test_no_trial_starts_that_the_budget_cannot_finish(
             self.seconds = self.fake_seconds
             return self.result()
 
+    fake_time = SimpleNamespace(perf_counter=lambda: clock[0], time=lambda: clock[0])
     monkeypatch.setattr(store_module, "LoRARun", SlowRun)
-    monkeypatch.setattr(
-        store_module, "time", SimpleNamespace(perf_counter=lambda: clock[0], time=lambda: clock[0])
-    )
+    monkeypatch.setattr(store_module, "time", fake_time)
+    monkeypatch.setattr(sage_agent.store.store, "time", fake_time)  # its base model: 0 s
     store.optimize(make_cluster(bow_embeddings), max_seconds=budget)
     # 30 s: the first trial (20 s); a second would end at 40 s, its second rung at 60 s.
     # 105 s: three first rungs (60 s) and one second rung (100 s); nothing else fits.
     logged = store.registry.trials()
     assert (len(logged), sum(t.rung == 1 for t in logged)) == (trials, promoted)
     assert clock[0] <= budget
+
+
+def test_the_search_budget_counts_the_base_model_evaluation(
+    store: LoRAStore, bow_embeddings, monkeypatch
+) -> None:
+    # The same clock as above, and 50 s of base-model evaluation before the first trial.
+    import sage_agent.store.search as search_module
+    import sage_agent.store.store as store_module
+
+    clock = [0.0]
+
+    class SlowRun(search_module.LoRARun):
+        fake_seconds = 0.0
+
+        def train(self, steps=None, progress=None):
+            before = len(self.losses)
+            super().train(steps, progress)
+            spent = 10.0 * (len(self.losses) - before) / self.steps_per_epoch
+            clock[0] += spent
+            self.fake_seconds += spent
+            self.seconds = self.fake_seconds
+            return self.result()
+
+    baseline = store._baseline
+
+    def slow_baseline(*args):
+        clock[0] += 50.0
+        return baseline(*args)
+
+    fake_time = SimpleNamespace(perf_counter=lambda: clock[0], time=lambda: clock[0])
+    monkeypatch.setattr(search_module, "LoRARun", SlowRun)
+    monkeypatch.setattr(search_module, "time", fake_time)
+    monkeypatch.setattr(store_module, "time", fake_time)
+    monkeypatch.setattr(store, "_baseline", slow_baseline)
+    store.optimize(make_cluster(bow_embeddings), max_seconds=100.0)
+    # 50 s left after the base model: two first rungs (40 s) and no third (the trials so
+    # far say about 15 s more). Counted from the search's start, three would run.
+    logged = store.registry.trials()
+    assert (len(logged), sum(t.rung == 1 for t in logged)) == (2, 0)
 
 
 def test_expected_trial_seconds_scale_with_samples_and_layers() -> None:

@@ -228,7 +228,7 @@ def buffer(state: SageState, runtime: Ctx) -> SageState:
 @timed
 def lora_store(state: SageState, runtime: Ctx) -> SageState:
     """The LoRA Store tool's call (``store_calls.run_store_call``)."""
-    return run_store_call(state)
+    return run_store_call(state, context_of(runtime))
 
 
 @timed
@@ -317,7 +317,7 @@ def finish(state: SageState, runtime: Ctx) -> SageState:
 def train_planner(state: SageState, runtime: Ctx) -> SageState:
     """Train the plan cluster a failed plan made ready (the LoRA Store tool, as for the
     steps), and note the outcome in the plan's note."""
-    update = run_store_call(state)
+    update = run_store_call(state, context_of(runtime))
     plan = state.get("plan") or {"adapter": None}
     return {**update, "plan": {**plan, "training": training_note(update["store_calls"][-1])}}
 

@@ -4,6 +4,7 @@ failures and the planner's use the same three."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
@@ -26,9 +27,16 @@ def store_call(context: SageContext, cluster_id: int) -> AIMessage | None:
         return None
     if not needs_training(context.buffer.cluster(cluster_id), context.store):
         return None
+    budget = context.budget_seconds
+    if context.adaptation is not None:
+        budget = context.adaptation.search_seconds(
+            budget or context.store.config.search.max_seconds
+        )
+        if budget is None:
+            return None
     call = {
         "name": "lora_store",
-        "args": {"cluster_id": cluster_id, "budget_seconds": context.budget_seconds},
+        "args": {"cluster_id": cluster_id, "budget_seconds": budget},
         "id": f"call-{uuid.uuid4().hex[:12]}",
     }
     return AIMessage(content="", tool_calls=[call])
@@ -40,10 +48,27 @@ def pending(state: SageState) -> bool:
     return bool(messages) and isinstance(messages[-1], AIMessage) and bool(messages[-1].tool_calls)
 
 
-def run_store_call(state: SageState) -> SageState:
+def run_store_call(state: SageState, context: SageContext) -> SageState:
     """Run the pending call with the LoRAStoreTool (it reads the node's runtime context
-    and streams the store's progress through the node's stream writer)."""
-    return _STORE_TOOL.invoke(state, get_config())
+    and streams the store's progress through the node's stream writer). Its wall seconds
+    go on the result message (``response_metadata["seconds"]``, checkpointed with it) and
+    are charged to the run's adaptation budget."""
+    started = time.perf_counter()
+    update = _STORE_TOOL.invoke(state, get_config())
+    seconds = time.perf_counter() - started
+    update["store_calls"][-1].response_metadata["seconds"] = seconds
+    if context.adaptation is not None:
+        context.adaptation.spent += seconds
+    return update
+
+
+def adaptation_seconds(state: SageState) -> float:
+    """The seconds a thread spent in the LoRA Store, from its checkpointed results."""
+    return sum(
+        message.response_metadata.get("seconds", 0.0)
+        for message in state.get("store_calls") or []
+        if isinstance(message, ToolMessage)
+    )
 
 
 def training_note(message: AnyMessage) -> TrainingNote:
@@ -56,4 +81,5 @@ def training_note(message: AnyMessage) -> TrainingNote:
         "adapters": [r["id"] for r in records],
         "val_em": [r["val_em"] for r in records],
         "base_val_em": records[0]["base_val_em"] if records else None,
+        "seconds": message.response_metadata.get("seconds"),
     }

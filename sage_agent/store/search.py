@@ -91,6 +91,8 @@ def run_search(
     failed: list[FailedTrial] = []
 
     def affordable(candidate: LoRATrainConfig, samples: int) -> bool:
+        if not trials and not failed:
+            return True  # the first trial always runs
         spent = time.perf_counter() - started
         return spent + expected_seconds(trials, candidate, samples, layers) <= max_seconds
 

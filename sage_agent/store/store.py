@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,10 +133,13 @@ class LoRAStore:
         self, cluster: Cluster, *, max_seconds: float | None = None, progress: Emit | None = None
     ) -> list[AdapterRecord]:
         """Run Cluster-aware LoRA Optimisation on ``cluster``; returns the kept adapters,
-        best first (empty when none beat the base model and passed the gate)."""
+        best first (empty when none beat the base model and passed the gate). The time
+        budget covers the base model's evaluation, training and ranking; confirming and
+        saving the kept trials come after it."""
         budget = self.config.search.max_seconds if max_seconds is None else max_seconds
         if not budget > 0:
             raise StoreError(f"time budget must be positive, not {budget}")
+        started = time.perf_counter()  # the budget counts the base model's evaluation too
         emit = progress or (lambda _event: None)
         rehearse = self.config.recipe.replay_fraction > 0
         gate, rehearsal = self.canaries.split(cluster.tag, rehearse=rehearse)
@@ -155,7 +159,7 @@ class LoRAStore:
             rng=random.Random(f"{self.config.seed}:{cluster.id}:{cluster.version}"),
             train_seed=self.config.seed,
             cluster_id=cluster.id,
-            max_seconds=budget,
+            max_seconds=max(0.0, budget - (time.perf_counter() - started)),
             emit=emit,
         )
         if not trials:
