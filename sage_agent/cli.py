@@ -344,7 +344,7 @@ def _adapters(args: argparse.Namespace) -> int:
         from tabulate import tabulate
 
         columns = ("id", "cluster_id", "tag", "position", "val_em", "base_val_em", "uses")
-        columns += ("wins", "status")
+        columns += ("wins", "route_all", "status")
         rows = [[getattr(r, c) for c in columns] for r in records]
         print(tabulate(rows, headers=columns, floatfmt=".2f"))
         return 0

@@ -19,13 +19,14 @@ import sqlite_utils
 
 from sage_agent.errors import DatabaseError, DatabaseLocked, SchemaVersionError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """2: adapters.rank became adapters.position (the LoRA rank is in its config), and
 adapters.path is the folder's name under the adapter root, not a path from the working
 directory; samples.key, clusters.claimed_by / claimed_until and runs.owner were added.
 3: trials.curve, each trial's training loss per optimiser step.
 4: trials.rung, trials.generated_em and trials.agreement (successive halving, trials
-ranked teacher-forced and confirmed by generation)."""
+ranked teacher-forced and confirmed by generation).
+5: adapters.route_all (an adapter that answers sure base answers too)."""
 
 
 def open_database(path: str | Path, *, timeout: float = 10.0) -> sqlite_utils.Database:
@@ -139,7 +140,12 @@ def _migrate_3_to_4(db: sqlite_utils.Database) -> None:
             db["trials"].add_column(column, int if column == "rung" else float)
 
 
-_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
+def _migrate_4_to_5(db: sqlite_utils.Database) -> None:
+    if "adapters" in db.table_names():  # NULL reads as False: routed as before
+        db["adapters"].add_column("route_all", int)
+
+
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5}
 """From version N to N + 1, each run inside the one transaction of the upgrade."""
 
 

@@ -43,7 +43,7 @@ from sage_agent.errors import (
     StoreError,
 )
 from sage_agent.records import TrainingPair
-from sage_agent.store import needs_training, train_cluster
+from sage_agent.store import AdapterRecord, needs_training, train_cluster
 from sage_agent.verifier import arithmetic_verifier
 
 Reference = Callable[[ModelRequest, AIMessage], "str | None"]
@@ -146,26 +146,29 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
             response = await handler(_with_adapter(request, adapter))
         return await asyncio.to_thread(self._scored, request, response, adapter, note)
 
-    def _route(self, request: ModelRequest) -> str | None:
-        """The id of the adapter routed to the prompt, if any."""
+    def _route(self, request: ModelRequest) -> AdapterRecord | None:
+        """The adapter routed to the prompt, if any."""
         store, prompt = self.context.store, _prompt(request.messages)
         if not self._adapts(request.model) or store is None or not prompt or not self.context.route:
             return None
         routes = store.route(prompt, tag=default_tag(prompt))
-        return routes[0].id if routes else None
+        return routes[0] if routes else None
 
     def _adapter_if_unsure(
-        self, routed: str | None, response: ModelResponse
+        self, routed: AdapterRecord | None, response: ModelResponse
     ) -> tuple[str | None, str | None]:
-        """The routed adapter, loaded, when the base answer is unsure (the graph's gate);
-        loaded only then, as the graph's answer node does. Returns (adapter, note)."""
+        """The routed adapter, loaded, when the base answer is unsure (the graph's gate)
+        or the adapter answers sure steps too (``route_all``); loaded only then, as the
+        graph's answer node does. Returns (adapter, note)."""
         store = self.context.store
-        if routed is None or store is None or not store.unsure(_message(response)):
+        if routed is None or store is None:
+            return None, None
+        if not routed.route_all and not store.unsure(_message(response)):
             return None, None
         try:
-            return store.load(routed), None
+            return store.load(routed.id), None
         except (AdapterError, NotFoundError) as error:
-            return None, f"adapter {routed} not used: {error}"
+            return None, f"adapter {routed.id} not used: {error}"
 
     def _scored(
         self,

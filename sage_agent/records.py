@@ -79,7 +79,10 @@ class Attempt(TypedDict):
     adapter: str | None
     """The adapter that answered; None for the base model."""
     routed: bool
-    """A first attempt sent to a routed adapter (the base model was unsure)."""
+    """A first attempt sent to a routed adapter (the base model was unsure, or the
+    adapter answers every step routed to it)."""
+    route_all: NotRequired[bool]
+    """The routed adapter answers sure base answers too (``AdapterRecord.route_all``)."""
     note: str | None
     base_answer: NotRequired[str]
     """The base model's unsure answer, when the attempt was routed past it."""

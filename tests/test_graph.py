@@ -100,6 +100,15 @@ def test_a_sure_base_answer_is_kept_and_its_adapter_saved_for_the_retry(
     (first, *_) = agent.state(agent.threads()[-1]["id"])["records"][0]["attempts"]
     assert first["routed"] and first["adapter"] == adapters[0] and "base_answer" in first
 
+    # An adapter whose gate chose to answer every step routed to it skips the base model.
+    with agent.db.conn:
+        agent.db["adapters"].update(adapters[0], {"route_all": 1})
+    agent.store.unsure = lambda _answer: False
+    agent.run([nine_task(5)], train=False)
+    (first, *_) = agent.state(agent.threads()[-1]["id"])["records"][0]["attempts"]
+    assert first["routed"] and first["route_all"] and first["adapter"] == adapters[0]
+    assert "base_answer" not in first
+
 
 def test_state_holds_records_not_dependencies(agent: SageAgent) -> None:
     agent.run([nine_task(1)])

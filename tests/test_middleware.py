@@ -110,3 +110,19 @@ def test_a_reference_that_raises_leaves_the_answer_unscored(context) -> None:
     record = state["sage_records"][-1]
     assert record["failed"] is None and "checker down" in record["note"]
     assert context.buffer.buffered() == []  # nothing written half
+
+
+def test_a_route_all_adapter_answers_sure_base_answers_too(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from langchain.agents.middleware.types import ModelResponse
+
+    loaded = []
+    store = SimpleNamespace(unsure=lambda _message: False, load=lambda i: loaded.append(i) or i)
+    middleware = SageMiddleware(SimpleNamespace(store=store))  # type: ignore[arg-type]
+    sure = ModelResponse(result=[AIMessage("9")])
+    unsure_only = SimpleNamespace(id="a1", route_all=False)
+    assert middleware._adapter_if_unsure(unsure_only, sure) == (None, None)
+    every_step = SimpleNamespace(id="a2", route_all=True)
+    assert middleware._adapter_if_unsure(every_step, sure) == ("a2", None)
+    assert loaded == ["a2"]

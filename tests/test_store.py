@@ -195,7 +195,8 @@ def test_a_version_1_file_is_migrated(chat, tmp_path, bow_embeddings) -> None:
     old["meta"].update("schema_version", {"value": "1"})
     old["adapters"].insert_all(
         [
-            {**{k: v for k, v in row.items() if k != "position"}, "rank": row["position"]}
+            {**{k: v for k, v in row.items() if k not in ("position", "route_all")}}
+            | {"rank": row["position"]}
             | {"path": f"some/old/folder/{row['id']}"}
             for row in store.registry.db["adapters"].rows
         ],
@@ -213,6 +214,7 @@ def test_a_version_1_file_is_migrated(chat, tmp_path, bow_embeddings) -> None:
     migrated = LoRAStore(tmp_path / "old.sqlite", tmp_path / "a", chat, LEARNABLE, bow_embeddings)
     record = migrated.get(kept.id)
     assert record.position == 1 and record.path == kept.path
+    assert record.route_all is False  # version 5's column: routed as before
     assert migrated.load(kept.id) == kept.id  # found, and its checksum still matches
     assert all(t.curve == [] and t.rung is None for t in migrated.registry.trials())
     assert all(len(t.curve) > 0 for t in store.registry.trials())  # loss per optimiser step
@@ -398,6 +400,53 @@ def test_canary_em_as_routed() -> None:
     # canaries 0 and 2 keep the base model's right answers; the adapter misses 1, fixes 3
     assert base.canary_em_as_routed([False, True]) == 0.75
     assert base.canary_em_as_routed([True, True]) == 1.0
+
+
+def test_val_em_as_routed_and_expected_accuracy() -> None:
+    from sage_agent.store.gate import expected_accuracy
+
+    base = Baseline(
+        em=0.25,
+        canaries=[],
+        canary_right=(),
+        routed=(),
+        val_right=(True, False, False, False),
+        val_unsure=(2, 3),
+    )
+    # pair 0 keeps the base model's right answer, pair 1 its sure wrong one
+    assert base.val_em_as_routed([False, True, True, False]) == 0.5
+    assert expected_accuracy(0.8, 0.9, 0.5) == pytest.approx(0.82)
+
+
+@pytest.mark.parametrize(
+    ("tag_accuracy", "all_canaries", "expected"),
+    [
+        # '/': the base model is rarely right, its sure answers mostly wrong
+        (0.1, [True] * 4 + [False], True),
+        # '*': the base model is mostly right; answering its sure canaries loses them
+        (0.7, [True, False, False, False], False),
+    ],
+)
+def test_an_adapter_routes_all_where_that_is_expected_to_answer_more_right(
+    store: LoRAStore, bow_embeddings, tag_accuracy, all_canaries, expected
+) -> None:
+    canaries = [TrainingPair(f"Compute {i}+1.", str(i + 1)) for i in range(5)]
+    base = Baseline(
+        em=0.0,
+        canaries=canaries,
+        canary_right=(True,) * 5,
+        routed=(4,),
+        val_right=(False,) * 4,
+        val_unsure=(0, 1),
+    )
+    # right on every validation pair: 100% routed all, 50% as routed (two are sure)
+    confirmed = SimpleNamespace(correct=(True,) * 4, exact_match=1.0)
+    recipe = SimpleNamespace(gate_forced=lambda _chat, _name, indices: all_canaries)
+    store.canaries.tag_accuracy = lambda _tag, _size: tag_accuracy
+    cluster = make_cluster(bow_embeddings)
+    trial = Trial(1, None, "t")
+    # as routed: the sure canaries keep the base model's answers (canary EM 1.0)
+    assert store._routes_all(cluster, trial, recipe, base, confirmed, 1.0) is expected
 
 
 def test_affordable_loss() -> None:

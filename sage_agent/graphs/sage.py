@@ -87,11 +87,11 @@ def route(state: SageState, runtime: Ctx) -> SageState:
         step, steps, state.get("records") or [], context.substitute, context.prompt
     )
     candidates = list(state.get("candidates") or [])
-    routed = False
+    routed = route_all = False
     if not attempts and context.route and context.store is not None:
         routes = context.store.route(prompt, tag=step.tag)
         candidates = [a.id for a in routes][: context.max_retries]
-        routed = bool(candidates)
+        routed, route_all = bool(candidates), bool(routes) and routes[0].route_all
     attempt: Attempt = {
         "number": len(attempts) + 1,
         "kind": "answer" if not attempts else "retry",
@@ -102,6 +102,8 @@ def route(state: SageState, runtime: Ctx) -> SageState:
         "routed": routed,
         "note": note,
     }
+    if route_all:
+        attempt["route_all"] = True
     if not attempts:
         runtime.stream_writer(
             {"event": "step_started", "step": step.id, "question": step.question, "prompt": prompt}
@@ -113,10 +115,12 @@ def route(state: SageState, runtime: Ctx) -> SageState:
 def answer(state: SageState, runtime: Ctx) -> SageState:
     """Answer the attempt. A routed first attempt asks the base model first and keeps its
     answer when it is sure (``RouterConfig.route_below``); the adapter then goes back to
-    the candidates, for a retry should the sure answer fail."""
+    the candidates, for a retry should the sure answer fail. An adapter whose gate chose
+    to answer sure steps too (``route_all``) answers at once."""
     context, attempt = context_of(runtime), _current(state)
     store = context.store
-    if attempt["routed"] and store is not None and store.config.router.route_below is not None:
+    gated = attempt["routed"] and not attempt.get("route_all")
+    if gated and store is not None and store.config.router.route_below is not None:
         with context.model.using_adapter(None):
             base = context.model.invoke(attempt["prompt"], max_tokens=context.max_tokens)
         if not store.unsure(base):

@@ -70,6 +70,12 @@ def _readme(record: AdapterRecord, config: dict, base: str) -> str:
             f"- validation exact match: {record.val_em:.1%} (base model {record.base_val_em:.1%})",
             "- canary exact match: "
             + ("not measured" if record.canary_em is None else f"{record.canary_em:.1%}"),
+            "- routed: "
+            + (
+                "every step routed to it"
+                if record.route_all
+                else "the steps the base model is unsure of (log-probability of its number)"
+            ),
             f"- target modules: {', '.join(config.get('target_modules') or [])}",
             "",
             "Serving limits:",

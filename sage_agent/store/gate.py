@@ -87,8 +87,19 @@ class CanarySet:
         pays for (``affordable_loss``, the tag's base accuracy estimated from its canaries)."""
         if self.config.canary_margin is not None:
             return self.config.canary_margin
+        return affordable_loss(self.tag_accuracy(tag, cluster_size), gain)
+
+    def tag_accuracy(self, tag: str, cluster_size: int) -> float:
+        """The base model's accuracy on ``tag``, estimated as its canaries (steps it got
+        right) over those and a cluster of ``cluster_size`` failures."""
         passes = self.count(tag)
-        return affordable_loss(passes / (passes + cluster_size), gain)
+        return passes / (passes + cluster_size) if passes + cluster_size else 0.0
+
+
+def expected_accuracy(base_accuracy: float, on_canaries: float, on_failures: float) -> float:
+    """A tag's expected exact match when ``base_accuracy`` of its steps are like the
+    canaries (answered right ``on_canaries`` of the time) and the rest like its failures."""
+    return base_accuracy * on_canaries + (1 - base_accuracy) * on_failures
 
 
 def affordable_loss(base_accuracy: float, gain: float) -> float:

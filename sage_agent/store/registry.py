@@ -57,6 +57,9 @@ class TrainedAdapter:
     canary_em: float | None
     train_seconds: float
     samples: int
+    route_all: bool
+    """It answers every step routed to it, sure base answers too: its gate found the
+    tag's expected exact match higher that way (``LoRAStore._routes_all``)."""
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,7 @@ class AdapterRegistry:
     def _record(self, row: dict[str, Any]) -> AdapterRecord:
         data = {k: v for k, v in row.items() if k != "centroid"}
         data["config"] = json.loads(data["config"])
+        data["route_all"] = bool(data.get("route_all"))  # NULL in a migrated file
         data["path"] = str(self.root / data["path"])
         return AdapterRecord(**data)
 
@@ -304,6 +308,7 @@ class AdapterRegistry:
                     "canary_em": float,
                     "train_seconds": float,
                     "samples": int,
+                    "route_all": int,
                     "centroid": bytes,
                     "path": str,
                     "checksum": str,

@@ -25,12 +25,13 @@ from sage_agent.errors import StoreError
 from sage_agent.plans import PLAN_TAG
 from sage_agent.records import TrainingPair
 from sage_agent.store.config import StoreConfig
-from sage_agent.store.gate import CanarySet
+from sage_agent.store.gate import CanarySet, expected_accuracy
 from sage_agent.store.recipe import Recipe, build_recipe
 from sage_agent.store.registry import AdapterRecord, AdapterRegistry, NewAdapter
 from sage_agent.store.router import Router
 from sage_agent.store.search import Emit, Trial, config_dict, run_search
 from sage_agent.trainer import save_adapter
+from sage_agent.validation import Evaluation
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ class Baseline:
     routed: tuple[int, ...]
     """The canaries whose base answer is unsure (``Router.unsure``): the only ones a
     routed adapter answers; the others keep the base model's answer."""
+    val_right: tuple[bool, ...] = ()
+    """Per validation pair: the base model's generated answer is right."""
+    val_unsure: tuple[int, ...] = ()
+    """The validation pairs whose base answer is unsure."""
 
     @property
     def canary_em(self) -> float | None:
@@ -60,6 +65,13 @@ class Baseline:
         routed = set(self.routed)
         kept = sum(r for i, r in enumerate(self.canary_right) if i not in routed)
         return (kept + sum(adapter_right)) / len(self.canaries)
+
+    def val_em_as_routed(self, adapter_right: Sequence[bool]) -> float:
+        """Validation exact match when the adapter (``adapter_right``, per pair) answers
+        the pairs whose base answer is unsure and the base model the others."""
+        unsure = set(self.val_unsure)
+        right = [adapter_right[i] if i in unsure else r for i, r in enumerate(self.val_right)]
+        return sum(right) / len(right)
 
 
 class LoRAStore:
@@ -208,11 +220,16 @@ class LoRAStore:
                 for i, message in enumerate(on_canaries.messages)
                 if cluster.tag == PLAN_TAG or self.router.unsure(message)
             )
+        on_validation = recipe.evaluate(self.model, None, recipe.validation)
         return Baseline(
-            em=recipe.evaluate(self.model, None, recipe.validation).exact_match,
+            em=on_validation.exact_match,
             canaries=canaries,
             canary_right=on_canaries.correct if on_canaries else (),
             routed=routed,
+            val_right=on_validation.correct,
+            val_unsure=tuple(
+                i for i, m in enumerate(on_validation.messages) if self.router.unsure(m)
+            ),
         )
 
     def _keep(
@@ -251,6 +268,7 @@ class LoRAStore:
                         )
             adapter_id = None
             if outcome == "kept":
+                route_all = self._routes_all(cluster, trial, recipe, base, confirmed, canary_em)
                 record = self.registry.register(
                     NewAdapter(
                         cluster_id=cluster.id,
@@ -263,6 +281,7 @@ class LoRAStore:
                         canary_em=canary_em,
                         train_seconds=trial.seconds,
                         samples=len(recipe.train),
+                        route_all=route_all,
                         centroid=cluster.centroid,
                     ),
                     lambda folder, name=trial.name: save_adapter(self.model, name, folder),
@@ -296,6 +315,33 @@ class LoRAStore:
                 adapter_id=adapter_id,
             )
         return kept
+
+    def _routes_all(
+        self,
+        cluster: Cluster,
+        trial: Trial,
+        recipe: Recipe,
+        base: Baseline,
+        confirmed: Evaluation,
+        canary_em: float | None,
+    ) -> bool:
+        """Whether the kept trial should answer every step routed to it rather than only
+        those whose base answer is unsure: the tag's expected exact match
+        (``expected_accuracy``) is higher that way. Routing all is judged on its canaries'
+        teacher-forced lower bound, so it is chosen only when that bound already wins.
+        Where the base model's sure answers are mostly wrong (GSM8K's "-" and "/"), the
+        confidence gate keeps them wrong; where they are mostly right ("*"), it is what
+        saves them. A planner adapter gets every question anyway."""
+        if cluster.tag == PLAN_TAG:
+            return True
+        p = self.canaries.tag_accuracy(cluster.tag, cluster.size)
+        everything = range(len(base.canaries))
+        on_canaries = recipe.gate_forced(self.model, trial.name, everything)
+        all_canaries = sum(on_canaries) / len(on_canaries) if on_canaries else 1.0
+        as_routed = expected_accuracy(
+            p, 1.0 if canary_em is None else canary_em, base.val_em_as_routed(confirmed.correct)
+        )
+        return expected_accuracy(p, all_canaries, confirmed.exact_match) > as_routed
 
     def _canary_em(self, trial: Trial, recipe: Recipe, base: Baseline, floor: float) -> float:
         """The trial's canary exact match as routing would use it: the adapter answers
