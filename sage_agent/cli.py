@@ -92,7 +92,13 @@ def _parser() -> argparse.ArgumentParser:
             "(refused if it is of the other kind, run or eval)",
         )
         if name == "run":
-            command.add_argument("--budget", type=float, default=None, help="seconds per search")
+            command.add_argument(
+                "--budget",
+                type=float,
+                default=None,
+                help=f"seconds of one search (default {RUN_OPTIONS['budget']:g}: short "
+                "searches, so the run's adaptation time covers every operator's cluster)",
+            )
             command.add_argument(
                 "--adapt-seconds",
                 type=float,
@@ -173,7 +179,7 @@ RUN_OPTIONS = {
     "model": None,
     "decompose": "socratic",
     "substitute": "references",
-    "budget": None,
+    "budget": 120.0,
     "adapt_seconds": 720.0,
     "buffer_size": None,
     "min_cluster": None,
