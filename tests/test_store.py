@@ -466,48 +466,10 @@ def test_default_gate_weighs_the_loss_against_the_gain(
     assert bool(store.optimize(make_cluster(bow_embeddings))) is kept
 
 
-@pytest.mark.parametrize(
-    ("budget", "trials", "promoted"), [(30.0, 1, 0), (105.0, 3, 1), (1000.0, 5, 3)]
-)
-def test_no_trial_starts_that_the_budget_cannot_finish(
-    store: LoRAStore, bow_embeddings, monkeypatch, budget: float, trials: int, promoted: int
-) -> None:
-    # A clock that only training moves: 10 s per epoch. A LEARNABLE trial trains 6
-    # epochs of one optimiser step: 20 s to its first rung (a quarter: 2 steps), 40 s
-    # more to the end.
-    import sage_agent.store.search as store_module
-    import sage_agent.store.store
-
-    clock = [0.0]
-
-    class SlowRun(store_module.LoRARun):
-        fake_seconds = 0.0
-
-        def train(self, steps=None, progress=None):
-            before = len(self.losses)
-            super().train(steps, progress)
-            spent = 10.0 * (len(self.losses) - before) / self.steps_per_epoch
-            clock[0] += spent
-            self.fake_seconds += spent
-            self.seconds = self.fake_seconds
-            return self.result()
-
-    fake_time = SimpleNamespace(perf_counter=lambda: clock[0], time=lambda: clock[0])
-    monkeypatch.setattr(store_module, "LoRARun", SlowRun)
-    monkeypatch.setattr(store_module, "time", fake_time)
-    monkeypatch.setattr(sage_agent.store.store, "time", fake_time)  # its base model: 0 s
-    store.optimize(make_cluster(bow_embeddings), max_seconds=budget)
-    # 30 s: the first trial (20 s); a second would end at 40 s, its second rung at 60 s.
-    # 105 s: three first rungs (60 s) and one second rung (100 s); nothing else fits.
-    logged = store.registry.trials()
-    assert (len(logged), sum(t.rung == 1 for t in logged)) == (trials, promoted)
-    assert clock[0] <= budget
-
-
-def test_the_search_budget_counts_the_base_model_evaluation(
-    store: LoRAStore, bow_embeddings, monkeypatch
-) -> None:
-    # The same clock as above, and 50 s of base-model evaluation before the first trial.
+def _training_clock(monkeypatch) -> list[float]:
+    """A clock that only training moves, 10 s per epoch, as the search and the store
+    read it. A LEARNABLE trial trains 6 epochs of one optimiser step: 20 s to its first
+    rung (a quarter: 2 steps), 40 s more to the end."""
     import sage_agent.store.search as search_module
     import sage_agent.store.store as store_module
 
@@ -525,16 +487,38 @@ def test_the_search_budget_counts_the_base_model_evaluation(
             self.seconds = self.fake_seconds
             return self.result()
 
-    baseline = store._baseline
-
-    def slow_baseline(*args):
-        clock[0] += 50.0
-        return baseline(*args)
-
     fake_time = SimpleNamespace(perf_counter=lambda: clock[0], time=lambda: clock[0])
     monkeypatch.setattr(search_module, "LoRARun", SlowRun)
     monkeypatch.setattr(search_module, "time", fake_time)
     monkeypatch.setattr(store_module, "time", fake_time)
+    return clock
+
+
+@pytest.mark.parametrize(
+    ("budget", "trials", "promoted"), [(30.0, 1, 0), (105.0, 3, 1), (1000.0, 5, 3)]
+)
+def test_no_trial_starts_that_the_budget_cannot_finish(
+    store: LoRAStore, bow_embeddings, monkeypatch, budget: float, trials: int, promoted: int
+) -> None:
+    clock = _training_clock(monkeypatch)
+    store.optimize(make_cluster(bow_embeddings), max_seconds=budget)
+    # 30 s: the first trial (20 s); a second would end at 40 s, its second rung at 60 s.
+    # 105 s: three first rungs (60 s) and one second rung (100 s); nothing else fits.
+    logged = store.registry.trials()
+    assert (len(logged), sum(t.rung == 1 for t in logged)) == (trials, promoted)
+    assert clock[0] <= budget
+
+
+def test_the_search_budget_counts_the_base_model_evaluation(
+    store: LoRAStore, bow_embeddings, monkeypatch
+) -> None:
+    clock = _training_clock(monkeypatch)
+    baseline = store._baseline
+
+    def slow_baseline(*args):  # 50 s of base-model evaluation before the first trial
+        clock[0] += 50.0
+        return baseline(*args)
+
     monkeypatch.setattr(store, "_baseline", slow_baseline)
     store.optimize(make_cluster(bow_embeddings), max_seconds=100.0)
     # 50 s left after the base model: two first rungs (40 s) and no third (the trials so
