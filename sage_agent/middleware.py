@@ -130,20 +130,25 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
         self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
     ) -> ExtendedModelResponse:
         routed = self._route(request)
-        response = handler(request)
-        adapter, note = self._adapter_if_unsure(routed, response)
+        # The base model answers first unless the routed adapter takes every step.
+        response = None if routed is not None and routed.route_all else handler(request)
+        adapter, note = self._routed_adapter(routed, response)
         if adapter is not None:
             response = handler(_with_adapter(request, adapter))
+        elif response is None:  # a route_all adapter that could not be loaded
+            response = handler(request)
         return self._scored(request, response, adapter, note)
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> ExtendedModelResponse:
         routed = await asyncio.to_thread(self._route, request)
-        response = await handler(request)
-        adapter, note = await asyncio.to_thread(self._adapter_if_unsure, routed, response)
+        response = None if routed is not None and routed.route_all else await handler(request)
+        adapter, note = await asyncio.to_thread(self._routed_adapter, routed, response)
         if adapter is not None:
             response = await handler(_with_adapter(request, adapter))
+        elif response is None:
+            response = await handler(request)
         return await asyncio.to_thread(self._scored, request, response, adapter, note)
 
     def _route(self, request: ModelRequest) -> AdapterRecord | None:
@@ -154,16 +159,17 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
         routes = store.route(prompt, tag=default_tag(prompt))
         return routes[0] if routes else None
 
-    def _adapter_if_unsure(
-        self, routed: AdapterRecord | None, response: ModelResponse
+    def _routed_adapter(
+        self, routed: AdapterRecord | None, base: ModelResponse | None
     ) -> tuple[str | None, str | None]:
-        """The routed adapter, loaded, when the base answer is unsure (the graph's gate)
-        or the adapter answers sure steps too (``route_all``); loaded only then, as the
-        graph's answer node does. Returns (adapter, note)."""
+        """The routed adapter, loaded, when it should answer: the base answer is unsure
+        (the graph's gate), or there is none because the adapter takes every step
+        (``route_all``); loaded only then, as the graph's answer node does. Returns
+        (adapter, note)."""
         store = self.context.store
         if routed is None or store is None:
             return None, None
-        if not routed.route_all and not store.unsure(_message(response)):
+        if base is not None and not store.unsure(_message(base)):
             return None, None
         try:
             return store.load(routed.id), None

@@ -112,17 +112,25 @@ def test_a_reference_that_raises_leaves_the_answer_unscored(context) -> None:
     assert context.buffer.buffered() == []  # nothing written half
 
 
-def test_a_route_all_adapter_answers_sure_base_answers_too(monkeypatch) -> None:
+def test_a_route_all_adapter_answers_without_the_base_model() -> None:
     from types import SimpleNamespace
 
-    from langchain.agents.middleware.types import ModelResponse
+    from langchain.agents.middleware.types import ModelRequest, ModelResponse
 
-    loaded = []
+    loaded, calls = [], []
     store = SimpleNamespace(unsure=lambda _message: False, load=lambda i: loaded.append(i) or i)
     middleware = SageMiddleware(SimpleNamespace(store=store))  # type: ignore[arg-type]
-    sure = ModelResponse(result=[AIMessage("9")])
-    unsure_only = SimpleNamespace(id="a1", route_all=False)
-    assert middleware._adapter_if_unsure(unsure_only, sure) == (None, None)
-    every_step = SimpleNamespace(id="a2", route_all=True)
-    assert middleware._adapter_if_unsure(every_step, sure) == ("a2", None)
-    assert loaded == ["a2"]
+    middleware._scored = lambda _request, response, adapter, _note: (response, adapter)
+
+    def handler(request: ModelRequest) -> ModelResponse:
+        calls.append(request.model_settings.get("adapter"))
+        return ModelResponse(result=[AIMessage("9")])
+
+    request = ModelRequest(model=None, messages=[HumanMessage("Compute 4+5.")])
+    for route_all in (False, True):
+        middleware._route = lambda _request, r=route_all: SimpleNamespace(id="a1", route_all=r)
+        _, adapter = middleware.wrap_model_call(request, handler)
+        assert adapter == ("a1" if route_all else None)
+    # the base model was sure, so the first call kept its answer; the second went
+    # straight to the adapter
+    assert calls == [None, "a1"] and loaded == ["a1"]
