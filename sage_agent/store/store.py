@@ -62,16 +62,19 @@ class Baseline:
     def canary_em_as_routed(self, adapter_right: Sequence[bool]) -> float:
         """Canary exact match when the adapter answers the routed canaries
         (``adapter_right``, in ``routed`` order) and the base model the others."""
-        routed = set(self.routed)
-        kept = sum(r for i, r in enumerate(self.canary_right) if i not in routed)
-        return (kept + sum(adapter_right)) / len(self.canaries)
+        return _em_as_routed(self.canary_right, dict(zip(self.routed, adapter_right, strict=True)))
 
     def val_em_as_routed(self, adapter_right: Sequence[bool]) -> float:
         """Validation exact match when the adapter (``adapter_right``, per pair) answers
         the pairs whose base answer is unsure and the base model the others."""
-        unsure = set(self.val_unsure)
-        right = [adapter_right[i] if i in unsure else r for i, r in enumerate(self.val_right)]
-        return sum(right) / len(right)
+        return _em_as_routed(self.val_right, {i: adapter_right[i] for i in self.val_unsure})
+
+
+def _em_as_routed(base_right: Sequence[bool], adapter_right: dict[int, bool]) -> float:
+    """Exact match when the adapter answers the items in ``adapter_right`` (by index) and
+    the base model the others."""
+    right = [adapter_right.get(i, r) for i, r in enumerate(base_right)]
+    return sum(right) / len(right)
 
 
 class LoRAStore:
