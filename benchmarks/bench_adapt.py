@@ -1,8 +1,8 @@
 """Does it adapt? SAGE against the paper's baselines on GSM8K, with the embedded model.
 
     python benchmarks/bench_adapt.py --data ../shared/data/gsm8k/train.jsonl
-        [--seeds 0,1,2] [--stream 150] [--heldout 60] [--search-seconds 300]
-        [--max-clusters N] [--buffer-size 25] [--min-cluster 12] [--quick]
+        [--seeds 0,1,2] [--stream 60] [--heldout 40] [--search-seconds 120]
+        [--adapt-seconds 720] [--max-clusters N] [--buffer-size 25] [--min-cluster 12] [--quick]
 
 Per seed, the GSM8K problems are shuffled with the seed; the first ``--stream`` are the
 stream the methods adapt on, the next ``--heldout`` (disjoint) are scored afterwards with
@@ -18,7 +18,8 @@ with the number only." with the references of earlier steps in place):
   one adapter a cluster; a held-out step goes to the nearest centroid.
 * LoRA Store (no buffer): one cluster per operator signature, each through the store's
   search and regression gate; routed as SAGE routes.
-* SAGE: the stream through the SAGE graph (Trigger, buffer, store, retries), then routed:
+* SAGE: the stream through the SAGE graph (Trigger, buffer, store, retries) with the
+  CLI's defaults (120 s searches, 720 s of adaptation for the run), then routed:
   a held-out step goes to its cluster's best adapter only when the base model is unsure
   of its answer (``RouterConfig.route_below``: the log-probability of its number).
 * SAGE (every routed step): the same adapters, without that confidence gate.
@@ -82,6 +83,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from sage_agent import BufferConfig, ChatSage, SageAgent, StoreConfig, default_embeddings
 from sage_agent.buffer import Cluster
+from sage_agent.cli import RUN_OPTIONS
+from sage_agent.context import AdaptationBudget
 from sage_agent.data import read_tasks
 from sage_agent.decompose import DecompositionError, Task, annotation_decomposer
 from sage_agent.errors import StoreError
@@ -152,6 +155,7 @@ class Settings:
     store: StoreConfig
     buffer: BufferConfig
     search_seconds: float
+    adapt_seconds: float
     max_clusters: int | None = None
     """Train only the largest clusters of each baseline (--quick: 1)."""
 
@@ -162,6 +166,7 @@ def settings_key(settings: Settings) -> dict:
         "stream": settings.stream,
         "heldout": settings.heldout,
         "search_seconds": settings.search_seconds,
+        "adapt_seconds": settings.adapt_seconds,
         "max_clusters": settings.max_clusters,
         "store": repr(settings.store),
         "buffer": repr(settings.buffer),
@@ -385,6 +390,7 @@ def run_seed(
         buffer_config=settings.buffer,
         store_config=settings.store,
     )
+    agent.configure(adaptation=AdaptationBudget(settings.adapt_seconds))
     summary = agent.run(stream_tasks, train=True)
     result.sage_summary = {
         k: v for k, v in summary.__dict__.items() if k not in ("threads", "errors")
@@ -761,6 +767,7 @@ SUMMARY_KEYS = (
     "clusters",
     "adapters_trained",
     "retry_success",
+    "adapt_s",
     "wall_s",
 )
 
@@ -773,10 +780,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated")
-    parser.add_argument("--stream", type=int, default=150, help="stream problems per seed")
-    parser.add_argument("--heldout", type=int, default=60, help="held-out problems per seed")
+    parser.add_argument("--stream", type=int, default=60, help="stream problems per seed")
+    parser.add_argument("--heldout", type=int, default=40, help="held-out problems per seed")
     parser.add_argument(
-        "--search-seconds", type=float, default=300.0, help="time budget of one LoRA search"
+        "--search-seconds",
+        type=float,
+        default=RUN_OPTIONS["budget"],
+        help="time budget of one LoRA search (default: the CLI's)",
+    )
+    parser.add_argument(
+        "--adapt-seconds",
+        type=float,
+        default=RUN_OPTIONS["adapt_seconds"],
+        help="SAGE: adaptation seconds for the whole stream (default: the CLI's)",
     )
     parser.add_argument(
         "--max-clusters",
@@ -828,7 +844,15 @@ def main() -> None:
         # Small enough that a 10-problem stream (about 8 failures of the commonest
         # operator) fills a tag's buffer, clusters and trains.
         buffer = BufferConfig(buffer_size=4, min_cluster_size=3, recluster_every=1)
-    settings = Settings(args.stream, args.heldout, store, buffer, args.search_seconds, max_clusters)
+    settings = Settings(
+        args.stream,
+        args.heldout,
+        store,
+        buffer,
+        args.search_seconds,
+        args.adapt_seconds,
+        max_clusters,
+    )
     chat, embeddings = ChatSage(), default_embeddings()
     seeds_folder = args.out.parent / "results" / "seeds"
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
