@@ -228,8 +228,11 @@ class SageAgent:
             self._lease(run_id, owner)
         context = self.context(train=train, route=route)
         if context.adaptation is not None:  # this run's own, resumed with what it spent
-            spent = sum(adaptation_seconds(self.state(t["id"])) for t in self.threads(run_id))
-            context = replace(context, adaptation=replace(context.adaptation, spent=spent))
+            states = [self.state(t["id"]) for t in self.threads(run_id)]
+            spent = sum(adaptation_seconds(s) for s in states)
+            planner = sum(adaptation_seconds(s, planner=True) for s in states)
+            budget = replace(context.adaptation, spent=spent, planner_spent=planner)
+            context = replace(context, adaptation=budget)
         for position, task in enumerate(tasks):
             thread_id = f"{run_id}:{task['id']}"
             with transaction(self.db):

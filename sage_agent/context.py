@@ -18,7 +18,7 @@ from langgraph.config import get_config
 
 from sage_agent.buffer import BufferConfig, TriggerBuffer
 from sage_agent.chat import ChatSage
-from sage_agent.decompose import Decomposer, socratic_decomposer
+from sage_agent.decompose import Decomposer, LLMDecomposer, socratic_decomposer
 from sage_agent.embeddings import LazyDefaultEmbeddings
 from sage_agent.errors import ConfigError, ContextError
 from sage_agent.steps import ATOMIC_PROMPT
@@ -32,15 +32,25 @@ MIN_SEARCH_SECONDS = 60.0
 validation and one first rung take about this long on the embedded model."""
 
 
+PLANNER_SHARE = 1 / 3
+"""With a planner, the share of a run's adaptation budget that only the plan cluster's
+searches may spend: a task's plan fails once where its steps fail several times, so the
+step clusters are ready first and would spend the whole budget before the plan cluster is."""
+
+
 @dataclass
 class AdaptationBudget:
     """The seconds one run may spend in the LoRA Store, over all its searches (the CLI's
     ``--adapt-seconds``). A search starts only with ``MIN_SEARCH_SECONDS`` left and is given
     at most what is left; a search that starts finishes, so the run can pass its budget by
-    one search's confirmation and saving (tens of seconds)."""
+    one search's confirmation and saving (tens of seconds). When the graph plans with a
+    planner (``SageContext.planner``), the step clusters' searches leave the plan cluster's
+    share unspent (``PLANNER_SHARE``)."""
 
     seconds: float
     spent: float = 0.0
+    planner_spent: float = 0.0
+    """Of ``spent``, what the plan cluster's searches spent."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.seconds) and self.seconds > 0):
@@ -50,10 +60,23 @@ class AdaptationBudget:
     def left(self) -> float:
         return max(0.0, self.seconds - self.spent)
 
-    def search_seconds(self, wanted: float) -> float | None:
+    @property
+    def kept_for_planner(self) -> float:
+        """What is left of the plan cluster's share."""
+        return max(0.0, self.seconds * PLANNER_SHARE - self.planner_spent)
+
+    def search_seconds(self, wanted: float, *, keep: float = 0.0) -> float | None:
         """The budget of the next search, which wants ``wanted`` seconds: at most what is
-        left, None when too little is left to start one."""
-        return None if self.left < MIN_SEARCH_SECONDS else min(wanted, self.left)
+        left but ``keep`` (seconds kept for other searches), None when too little is left
+        to start one."""
+        left = max(0.0, self.left - keep)
+        return None if left < MIN_SEARCH_SECONDS else min(wanted, left)
+
+    def charge(self, seconds: float, *, planner: bool = False) -> None:
+        """Count a store call's wall ``seconds`` (``planner``: the plan cluster's)."""
+        self.spent += seconds
+        if planner:
+            self.planner_spent += seconds
 
 
 @dataclass
@@ -84,6 +107,15 @@ class SageContext:
     prompt: str = ATOMIC_PROMPT
     max_tokens: int = ANSWER_MAX_TOKENS
     """Answer length limit (an atomic step's answer is a number, often after its equation)."""
+
+    @property
+    def planner(self) -> LLMDecomposer | None:
+        """The decomposer, when it is a planner that adapters of the graph's model can
+        help (an ``LLMDecomposer`` on ``model``)."""
+        planner = self.decomposer
+        if isinstance(planner, LLMDecomposer) and planner.model is self.model:
+            return planner
+        return None
 
 
 def build_context(

@@ -14,6 +14,7 @@ from sage_agent.buffer import BufferConfig
 from sage_agent.context import SageContext
 from sage_agent.decompose import socratic_decomposer
 from sage_agent.graphs import build_sage_graph
+from sage_agent.plans import PLAN_TAG
 from sage_agent.report import read_thread, render_table
 from sage_agent.store import StoreConfig
 
@@ -220,13 +221,14 @@ def test_a_search_gets_what_is_left_of_the_run_adaptation_budget() -> None:
     from sage_agent.context import MIN_SEARCH_SECONDS, AdaptationBudget
     from sage_agent.graphs.store_calls import store_call
 
-    ready = SimpleNamespace(size=20, trained_version=None)
+    ready = SimpleNamespace(size=20, trained_version=None, tag="+")
     context = SimpleNamespace(
         train=True,
         store=SimpleNamespace(config=StoreConfig()),  # its searches: 300 s
         buffer=SimpleNamespace(cluster=lambda _id: ready),
         budget_seconds=None,
         adaptation=AdaptationBudget(1000.0),
+        planner=None,
     )
 
     def budget_of_call(spent: float) -> float | None:
@@ -239,6 +241,40 @@ def test_a_search_gets_what_is_left_of_the_run_adaptation_budget() -> None:
     assert budget_of_call(1000.0 - MIN_SEARCH_SECONDS + 1) is None  # too little to start
     context.adaptation = None  # no run budget: the call leaves the search's to the store
     assert store_call(context, 1).tool_calls[0]["args"]["budget_seconds"] is None
+
+
+def test_with_a_planner_the_step_clusters_leave_the_plan_clusters_share() -> None:
+    from types import SimpleNamespace
+
+    from sage_agent.context import PLANNER_SHARE, AdaptationBudget
+    from sage_agent.graphs.store_calls import store_call
+
+    clusters = {1: SimpleNamespace(size=20, trained_version=None, tag="+")}
+    clusters[2] = SimpleNamespace(size=20, trained_version=None, tag=PLAN_TAG)
+    context = SimpleNamespace(
+        train=True,
+        store=SimpleNamespace(config=StoreConfig()),  # its searches: 300 s
+        buffer=SimpleNamespace(cluster=clusters.__getitem__),
+        budget_seconds=None,
+        adaptation=AdaptationBudget(720.0),
+        planner=object(),
+    )
+
+    def budget_of_call(cluster_id: int) -> float | None:
+        call = store_call(context, cluster_id)
+        return None if call is None else call.tool_calls[0]["args"]["budget_seconds"]
+
+    kept = 720.0 * PLANNER_SHARE  # 240 s
+    assert budget_of_call(1) == 300.0
+    context.adaptation.charge(400.0)  # the steps' searches
+    assert budget_of_call(1) == pytest.approx(720.0 - 400.0 - kept)  # 80 s
+    context.adaptation.charge(30.0)
+    assert budget_of_call(1) is None  # 50 s above the planner's share: no step search
+    assert budget_of_call(2) == pytest.approx(290.0)  # the plan cluster may spend it all
+    context.adaptation.charge(200.0, planner=True)
+    assert context.adaptation.kept_for_planner == pytest.approx(kept - 200.0)
+    context.planner = None  # no planner: nothing kept
+    assert budget_of_call(1) == pytest.approx(90.0)
 
 
 def test_store_calls_are_timed_and_a_resumed_run_keeps_what_it_spent(agent: SageAgent) -> None:

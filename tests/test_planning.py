@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from sage_agent.context import AdaptationBudget
 from sage_agent.decompose import LLMDecomposer
+from sage_agent.graphs.store_calls import adaptation_seconds
 from sage_agent.plans import PLAN_TAG, gold_plan, parse_plan
 from sage_agent.report import read_thread
 from tests.test_graph import NINES, nines_agent
@@ -36,7 +40,7 @@ def test_failed_plans_train_a_planner_adapter_that_later_plans_use(
 ) -> None:
     agent = nines_agent(tmp_path / "sage.db", tiny_model_dir, bow_embeddings)
     agent.store.config = PLAN_STORE
-    agent.configure(decomposer=LLMDecomposer(agent.model))
+    agent.configure(decomposer=LLMDecomposer(agent.model), adaptation=AdaptationBudget(3600.0))
     summary = agent.run([bead_task(i) for i in range(30)], stop_when=lambda s: s.problems >= 30)
     plans = [agent.state(t).get("plan") for t in summary.threads]
     assert all(p is not None for p in plans)
@@ -56,6 +60,9 @@ def test_failed_plans_train_a_planner_adapter_that_later_plans_use(
     assert planners  # (the steps of the plans that now parse fail too, and train "+")
     trainer_thread = summary.threads[plans.index(trained[0])]
     assert read_thread(agent, trainer_thread).path[-2:] == ["finish", "train_planner"]
+    # its seconds were charged to the run's budget as the planner's
+    planner_seconds = adaptation_seconds(agent.state(trainer_thread), planner=True)
+    assert planner_seconds == pytest.approx(trained[0]["training"]["seconds"])
 
     # later questions are routed to a planner adapter, and its plans parse
     later = plans[plans.index(trained[0]) + 1 :]

@@ -12,7 +12,6 @@ from __future__ import annotations
 from langchain_core.messages import AIMessage
 
 from sage_agent.context import SageContext, current_thread_id
-from sage_agent.decompose import LLMDecomposer
 from sage_agent.errors import AdapterError, NotFoundError
 from sage_agent.graphs.state import SageState
 from sage_agent.graphs.store_calls import store_call
@@ -21,18 +20,10 @@ from sage_agent.plans import PLAN_TAG, gold_plan
 from sage_agent.records import PlanNote, TrainingPair
 
 
-def planner_of(context: SageContext) -> LLMDecomposer | None:
-    """The decomposer, when it is a planner that adapters of the graph's model can help."""
-    planner = context.decomposer
-    if isinstance(planner, LLMDecomposer) and planner.model is context.model:
-        return planner
-    return None
-
-
 def route_planner(context: SageContext, question: str) -> tuple[str | None, PlanNote | None]:
     """(the loaded planner adapter's name or None, the plan's note); (None, None) when the
     decomposer is not a planner. An adapter that cannot be loaded leaves the base model."""
-    if planner_of(context) is None:
+    if context.planner is None:
         return None, None
     note: PlanNote = {"adapter": None}
     if not context.route or context.store is None:
@@ -54,7 +45,7 @@ def judge_plan(
     """The plan's note after the finish node judged it against the task's final
     ``answer``, and the store call that trains the plan cluster when this failure made it
     ready. Nothing to judge without a planner or a worked solution."""
-    planner, note, task = planner_of(context), state.get("plan"), state["task"]
+    planner, note, task = context.planner, state.get("plan"), state["task"]
     reference = gold_plan(task) if planner is not None and note is not None else None
     if planner is None or note is None or reference is None:
         return note, None

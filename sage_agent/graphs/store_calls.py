@@ -13,6 +13,7 @@ from langgraph.prebuilt import ToolNode
 
 from sage_agent.context import SageContext
 from sage_agent.graphs.state import SageState
+from sage_agent.plans import PLAN_TAG
 from sage_agent.records import TrainingNote
 from sage_agent.store import needs_training
 from sage_agent.tools import LoRAStoreTool
@@ -25,12 +26,15 @@ def store_call(context: SageContext, cluster_id: int) -> AIMessage | None:
     ``needs_training``; else None."""
     if not context.train or context.store is None or context.buffer is None:
         return None
-    if not needs_training(context.buffer.cluster(cluster_id), context.store):
+    cluster = context.buffer.cluster(cluster_id)
+    if not needs_training(cluster, context.store):
         return None
     budget = context.budget_seconds
     if context.adaptation is not None:
+        steps_while_planning = context.planner is not None and cluster.tag != PLAN_TAG
         budget = context.adaptation.search_seconds(
-            budget or context.store.config.search.max_seconds
+            budget or context.store.config.search.max_seconds,
+            keep=context.adaptation.kept_for_planner if steps_while_planning else 0.0,
         )
         if budget is None:
             return None
@@ -51,23 +55,29 @@ def pending(state: SageState) -> bool:
 def run_store_call(state: SageState, context: SageContext) -> SageState:
     """Run the pending call with the LoRAStoreTool (it reads the node's runtime context
     and streams the store's progress through the node's stream writer). Its wall seconds
-    go on the result message (``response_metadata["seconds"]``, checkpointed with it) and
-    are charged to the run's adaptation budget."""
+    go on the result message (``response_metadata["seconds"]``, checkpointed with it,
+    and ``"planner"``: whether it trained the plan cluster) and are charged to the run's
+    adaptation budget."""
+    messages: list[AnyMessage] = state.get("store_calls") or []
+    cluster_id = messages[-1].tool_calls[0]["args"]["cluster_id"]  # type: ignore[attr-defined]
+    planner = context.buffer is not None and context.buffer.cluster(cluster_id).tag == PLAN_TAG
     started = time.perf_counter()
     update = _STORE_TOOL.invoke(state, get_config())
     seconds = time.perf_counter() - started
-    update["store_calls"][-1].response_metadata["seconds"] = seconds
+    update["store_calls"][-1].response_metadata.update(seconds=seconds, planner=planner)
     if context.adaptation is not None:
-        context.adaptation.spent += seconds
+        context.adaptation.charge(seconds, planner=planner)
     return update
 
 
-def adaptation_seconds(state: SageState) -> float:
-    """The seconds a thread spent in the LoRA Store, from its checkpointed results."""
+def adaptation_seconds(state: SageState, *, planner: bool = False) -> float:
+    """The seconds a thread spent in the LoRA Store (``planner``: on the plan cluster
+    only), from its checkpointed results."""
     return sum(
         message.response_metadata.get("seconds", 0.0)
         for message in state.get("store_calls") or []
         if isinstance(message, ToolMessage)
+        and (not planner or message.response_metadata.get("planner", False))
     )
 
 
