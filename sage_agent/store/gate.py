@@ -21,8 +21,6 @@ from sage_agent.store.config import GateConfig
 Canaries = list[tuple[TrainingPair, str | None]]
 """Canaries, each with its expression: rehearsal makes verifier-labelled variants of them,
 and the recipe writes them in its answer format."""
-Rehearsal = Canaries
-"""Canaries given to training."""
 
 
 class CanarySet:
@@ -59,7 +57,7 @@ class CanarySet:
                 ignore=True,
             )
 
-    def split(self, tag: str | None, *, rehearse: bool) -> tuple[Canaries, Rehearsal]:
+    def split(self, tag: str | None, *, rehearse: bool) -> tuple[Canaries, Canaries]:
         """The tag's canaries in two disjoint, seeded parts: the gate's (up to
         ``canary_size``) and, with ``rehearse``, rehearsal's (the rest, as many again at
         most). With rehearsal the gate takes half the canaries at most."""

@@ -22,7 +22,7 @@ from sage_agent.errors import StoreError
 from sage_agent.plans import PLAN_MAX_TOKENS, PLAN_TAG, plan_matches
 from sage_agent.records import TrainingPair
 from sage_agent.store.config import RecipeConfig
-from sage_agent.store.gate import Rehearsal
+from sage_agent.store.gate import Canaries
 from sage_agent.validation import Evaluation, Judge, TeacherForced, evaluate, teacher_forced
 
 Example = tuple[TrainingPair, str | None]
@@ -92,7 +92,7 @@ def build_recipe(
     *,
     min_train_samples: int,
     seed: int,
-    rehearsal: Rehearsal = (),
+    rehearsal: Canaries = (),
     gate: Sequence[Example] = (),
 ) -> Recipe:
     """Training and validation pairs of ``cluster`` (see the module docstring)."""
