@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from sage_agent.errors import DecompositionError, ExpressionError, MalformedTask
 from sage_agent.numeric import format_number, numbers_match, parse_number
 from sage_agent.problems import generate_problems
-from sage_agent.steps import AtomicStep, operator_signature, spaced_expression, steps_from_gsm8k
+from sage_agent.steps import (
+    AtomicStep,
+    final_answer,
+    operator_signature,
+    spaced_expression,
+    steps_from_gsm8k,
+)
 from sage_agent.verifier import evaluate_expression
 
 _MARKER = re.compile(r"^\s*(?:(?:step\s*)?(\d+)\s*[.):]|[-*•])\s+", re.IGNORECASE)
@@ -76,7 +82,8 @@ def plan_lines(text: str) -> list[PlanLine]:
             question = left[: left.find(expression.split()[0])].strip(" :,-")
             question = question or " = ".join(parts[:position]).strip(" :,-")
         after = parts[position + 1] if position + 1 < len(parts) else None
-        written = parse_number(after) if after is not None else None
+        # the number right after "=" ("= 24 pages today. 12 * 2" wrote 24, not 2)
+        written = parse_number("=" + after) if after is not None else None
         found.append(PlanLine(number, question.strip(), expression, written, raw.strip()))
     return found
 
@@ -176,11 +183,18 @@ def _resolve(
 
 def format_plan(steps: list[AtomicStep]) -> str:
     """Steps as the plan a model should write: "k. sub-question expression = value" per
-    step, earlier results written by value (what a planner adapter is trained on)."""
-    return "\n".join(
-        f"{i}. {step.question} {spaced_expression(step.expression or '')} = {step.reference}"
-        for i, step in enumerate(steps, start=1)
-    )
+    step, earlier results written by value (what a planner adapter is trained on). A step
+    whose question is not a question (GSM8K's plain solutions: the solution's sentence,
+    which carries its own arithmetic, "Maila read 12 x 2 = 24 pages today.") is written
+    "k. expression = value"."""
+    lines = []
+    for i, step in enumerate(steps, start=1):
+        computation = f"{spaced_expression(step.expression or '')} = {step.reference}"
+        asks = step.question.strip().endswith("?")
+        lines.append(
+            f"{i}. {step.question.strip()} {computation}" if asks else f"{i}. {computation}"
+        )
+    return "\n".join(lines)
 
 
 PLAN_INSTRUCTION = "Solve the problem in short numbered steps, one calculation per step."
@@ -205,19 +219,27 @@ PLAN_MAX_TOKENS = 160
 
 def gold_plan(task: dict) -> str | None:
     """The plan GSM8K's worked solution makes (its socratic sub-questions and calculator
-    annotations), or None for a task without one."""
+    annotations), or None for a task without one, or whose plan does not compute the
+    task's final answer (a fifth of GSM8K's training split leaves a step unannotated):
+    a planner must not learn it, nor be judged against it."""
     try:
-        return format_plan(steps_from_gsm8k(task, str(task.get("id", "task"))))
+        plan = format_plan(steps_from_gsm8k(task, str(task.get("id", "task"))))
+        answer = final_answer(task["answer"])
     except MalformedTask:
+        return None
+    return plan if numbers_match(plan_result(plan), parse_number(answer)) else None
+
+
+def plan_result(text: str) -> float | None:
+    """What a plan computes: its last step's verified value (None: it does not parse)."""
+    try:
+        return parse_number(parse_plan(text, "plan")[-1].reference)
+    except DecompositionError:
         return None
 
 
 def plan_matches(prediction: str, reference: str) -> bool:
     """Whether a plan the model wrote computes what the reference plan computes: both
     parse, and their last steps' verified values are equal (the exact match of plans)."""
-    try:
-        predicted = parse_plan(prediction, "prediction")[-1].reference
-        expected = parse_plan(reference, "reference")[-1].reference
-    except DecompositionError:
-        return False
-    return numbers_match(parse_number(predicted), parse_number(expected))
+    expected = plan_result(reference)
+    return expected is not None and numbers_match(plan_result(prediction), expected)

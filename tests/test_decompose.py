@@ -73,6 +73,8 @@ def test_plan_parsing() -> None:
         ("1. $1,200 / 4 = $300\n2. result of step 1 * 2 = 600", ["1200 / 4", "300 * 2"]),
         ("1. (4 + 6) * 2 = 20\n2. step 1 / 4", ["(4 + 6) * 2", "20 / 4"]),
         ("1. 20 * 5 = 100 miles\n2. 20 * 5 = 100 miles", ["20 * 5"]),  # restated once
+        # the model's result is the number right after "=", not the text's last number
+        ("1. 12 x 2 = 24 pages in 2 days\n2. 24 / 2 = 12", ["12*2", "24 / 2"]),
     ],
 )
 def test_plans_as_models_write_them(plan: str, expected: list[str]) -> None:

@@ -35,6 +35,21 @@ def test_the_gold_plan_is_the_solutions_steps() -> None:
     assert gold_plan({"id": "q", "question": "How many?"}) is None  # no solution, no plan
 
 
+def test_a_plain_solutions_plan_is_its_computations_and_must_reach_its_answer() -> None:
+    # GSM8K's plain solutions: the sentence carries its own arithmetic, the plan does not
+    task = {
+        "id": "maila",
+        "question": "Maila reads 12 pages, then twice as many. How many pages left of 120?",
+        "answer": "She read 12 x 2 = <<12*2=24>>24 pages today.\n"
+        "In all 12 + 24 = <<12+24=36>>36 pages.\nLeft: 120 - 36 = <<120-36=84>>84 pages.\n"
+        "#### 84",
+    }
+    assert gold_plan(task) == "1. 12 * 2 = 24\n2. 12 + 24 = 36\n3. 120 - 36 = 84"
+    # an unannotated last step: the annotations compute 36, the answer is 84
+    unfinished = {**task, "answer": task["answer"].replace("<<120-36=84>>", "")}
+    assert gold_plan(unfinished) is None
+
+
 def test_failed_plans_train_a_planner_adapter_that_later_plans_use(
     tiny_model_dir: Path, tmp_path: Path, bow_embeddings
 ) -> None:
