@@ -9,7 +9,8 @@ import pytest
 
 from sage_agent import evaluate_expression, parse_number
 from sage_agent.answer_formats import MAX_WORKED_CHARACTERS, equation_answer, worked_answer
-from sage_agent.augment import augment_pairs, expression_variant
+from sage_agent.augment import augment_pairs, expression_variant, plan_pairs, plan_variant
+from sage_agent.plans import plan_result
 from sage_agent.steps import operator_signature, spaced_expression
 from sage_agent.trainer import TrainingPair
 from sage_agent.verifier import arithmetic_verifier
@@ -90,3 +91,59 @@ def test_every_worked_answer_ends_with_its_result() -> None:
             # every link of the chain has the expression's value
             for link in answer.split("="):
                 assert evaluate_expression(link) == pytest.approx(float(result)), answer
+
+
+TOM_ASKS = "Tom has 4 boxes of {} pens and gives away {} pens. How many pens are left?"
+TOM = TOM_ASKS.format(16, 5)
+TOM_PLAN = "1. 4 * 16 = 64\n2. 64 - 5 = 59"
+
+
+def test_a_plan_variant_is_the_new_questions_plan() -> None:
+    rng = random.Random(0)
+    made = [plan_variant(TOM, TOM_PLAN, rng) for _ in range(30)]
+    variants = [v for v in made if v is not None]
+    assert len(variants) >= 20 and len(set(variants)) > 10
+    for question, plan in variants:
+        # 4 is a common constant and stays; 16 and 5 change, and the plan follows them
+        boxes, pens, given = (int(n) for n in re.findall(r"\d+", question))
+        assert boxes == 4 and 10 <= pens <= 99 and 1 <= given <= 9
+        assert question == TOM_ASKS.format(pens, given)
+        assert plan == f"1. 4 * {pens} = {4 * pens}\n2. {4 * pens} - {given} = {4 * pens - given}"
+        assert plan_result(plan) == 4 * pens - given
+
+
+@pytest.mark.parametrize(
+    ("question", "plan"),
+    [
+        # 100 is not the question's and 400 x 0.25 makes it: an unannotated step
+        (
+            "Dan did 400 tasks at $0.25 and 5 at $2. How much more?",
+            "1. 5 * 2 = 10\n2. 100 - 10 = 90",
+        ),
+        # 37 is neither the question's, nor an earlier result, nor a constant
+        ("Ann has 15 apples. How many?", "1. 15 + 37 = 52"),
+        ("Ann has 4 apples and 2 pears. How many?", "1. 4 + 2 = 6"),  # nothing to change
+        ("Ann has 15 apples.", "no plan here"),
+    ],
+)
+def test_no_variant_of_a_plan_it_cannot_explain(question: str, plan: str) -> None:
+    rng = random.Random(0)
+    assert all(plan_variant(question, plan, rng) is None for _ in range(10))
+
+
+def test_fractions_of_the_question_stay_and_results_stay_whole() -> None:
+    question = "A bus holds 200 people and carried 3/4 of them. How many rode?"
+    rng = random.Random(1)
+    for variant in filter(
+        None, (plan_variant(question, "1. 3 / 4 * 200 = 150", rng) for _ in range(30))
+    ):
+        assert "3/4 of them" in variant[0]
+        assert float(variant[1].rpartition("= ")[2]).is_integer()  # 3/4 of 201 is no variant
+
+
+def test_plan_pairs_change_the_question_not_the_examples_before_it() -> None:
+    prompt = f"Problem: Ravi reads 16 pages.\n1. 16 * 2 = 32\n\nProblem: {TOM}\n"
+    (pair,) = plan_pairs([(TrainingPair(prompt, TOM_PLAN), TOM)], 1, random.Random(0))
+    head, _, question = pair.prompt.rpartition("Problem: ")
+    assert head == "Problem: Ravi reads 16 pages.\n1. 16 * 2 = 32\n\n" and question != f"{TOM}\n"
+    assert plan_variant(TOM, TOM_PLAN, random.Random(0)) == (question.rstrip("\n"), pair.answer)

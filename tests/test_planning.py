@@ -5,6 +5,8 @@ are planned with it (routed like a step to its adapter)."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,41 @@ def test_the_thread_view_shows_the_plans_fate(
     summary = agent.run([bead_task(0)])
     page = render_thread(agent, read_thread(agent, summary.threads[0]))
     assert "<h2>The plan</h2>" in page and "the plan did not parse" in page
+
+
+def test_a_plan_cluster_trains_on_its_plans_and_their_variants() -> None:
+    import numpy as np
+
+    from sage_agent.buffer import Cluster, Sample
+    from sage_agent.plans import plan_prompt, plan_result
+    from sage_agent.store.config import RecipeConfig
+    from sage_agent.store.recipe import build_recipe
+
+    questions = [
+        f"Tom has 4 boxes of {10 + i} pens and gives away 5. How many are left?" for i in range(20)
+    ]
+    samples = [
+        Sample(
+            i,
+            q,
+            PLAN_TAG,
+            {
+                "prompt": plan_prompt(q),
+                "reference": f"1. 4 * {10 + i} = {40 + 4 * i}\n2. {40 + 4 * i} - 5 = {35 + 4 * i}",
+            },
+        )
+        for i, q in enumerate(questions)
+    ]
+    cluster = Cluster(1, PLAN_TAG, 20, np.ones(3) / 3**0.5, frozenset(), 1, None, None, samples)
+    config = replace(RecipeConfig(), train_size=60, failure_repeats=1)
+    recipe = build_recipe(cluster, config, min_train_samples=12, seed=0)
+    prompts = {s.payload["prompt"] for s in samples}
+    variants = [p for p in recipe.train if p.prompt not in prompts]
+    assert len(recipe.train) == 60 and len(variants) > 40
+    for pair in variants:  # each a new question with its own plan, computed again
+        pens, given = (
+            int(n) for n in re.findall(r"\d+", pair.prompt.rpartition("Problem: ")[2])[1:]
+        )
+        assert plan_result(pair.answer) == 4 * pens - given
+    assert not {p.prompt for p in recipe.validation} & {p.prompt for p in recipe.train}
+    assert any(p.prompt not in prompts for p in recipe.validation)  # variants of held-out plans

@@ -1,7 +1,8 @@
 """The training recipe: a cluster of failures -> training and validation pairs.
 
 Training: the cluster's training failures (each ``failure_repeats`` times) topped up with
-verifier-labelled variants of them, plus a ``replay_fraction`` share of rehearsal
+verifier-labelled variants of them (a plan's: its question with other numbers and its
+plan computed again, ``augment.plan_variant``), plus a ``replay_fraction`` share of rehearsal
 (canaries and their variants), ``train_size`` pairs in all. Validation: the held-out
 failures and variants of them (a few held-out samples alone make the ranking and the gate
 noise). No training pair is a gate canary or a held-out failure.
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sage_agent.answer_formats import ANSWER_FORMATS, AnswerFormat
-from sage_agent.augment import augment_pairs
+from sage_agent.augment import augment_pairs, plan_pairs
 from sage_agent.buffer import Cluster
 from sage_agent.chat import ChatSage
 from sage_agent.errors import StoreError
@@ -102,15 +103,16 @@ def build_recipe(
     n_val = max(2, round(len(examples) * config.validation_fraction))
     train, val = examples[n_val:], examples[:n_val]
     answer = ANSWER_FORMATS[config.answer_format]
+    variants = _plan_variants(cluster) if cluster.tag == PLAN_TAG else _step_variants(answer)
     unseen = frozenset(p.prompt for p, _ in gate) | {p.prompt for p, _ in val}
     rehearsal_size = round(config.train_size * config.replay_fraction) if rehearsal else 0
     replay = written(rehearsal, answer)[:rehearsal_size]
-    replay = top_up(replay, rehearsal, rehearsal_size, rng, answer, unseen)
+    replay = top_up(replay, rehearsal, rehearsal_size, rng, variants, unseen)
     failures = written(train, answer) * config.failure_repeats
-    failures = top_up(failures, train, config.train_size - rehearsal_size, rng, answer, unseen)
+    failures = top_up(failures, train, config.train_size - rehearsal_size, rng, variants, unseen)
     training = failures + replay
     seen = {p.prompt for p in training}
-    extra = augment_pairs(val, config.val_variants, rng, answer=answer)
+    extra = variants(val, config.val_variants, rng)
     validation = written(val, answer) + [p for p in extra if p.prompt not in seen]
     gate_written = written(gate, answer)
     if cluster.tag == PLAN_TAG:
@@ -124,21 +126,40 @@ def written(examples: Sequence[Example], answer: AnswerFormat) -> list[TrainingP
     return [TrainingPair(p.prompt, answer(e, p.answer)) if e else p for p, e in examples]
 
 
+Variants = Callable[[Sequence[Example], int, random.Random], list[TrainingPair]]
+"""(sources, how many of each, rng) -> verifier-labelled variants of the sources."""
+
+
+def _step_variants(answer: AnswerFormat) -> Variants:
+    return lambda sources, n, rng: augment_pairs(sources, n, rng, answer=answer)
+
+
+def _plan_variants(cluster: Cluster) -> Variants:
+    """Variants of the cluster's plans, their questions read from its samples (a plan
+    failure's text is its question, its prompt the planner's around it)."""
+    questions = {(s.payload or {}).get("prompt"): s.text for s in cluster.samples}
+
+    def variants(sources: Sequence[Example], n: int, rng: random.Random) -> list[TrainingPair]:
+        asked = [(p, questions[p.prompt]) for p, _ in sources if p.prompt in questions]
+        return plan_pairs(asked, n, rng)
+
+    return variants
+
+
 def top_up(
     pairs: list[TrainingPair],
     sources: Sequence[Example],
     size: int,
     rng: random.Random,
-    answer: AnswerFormat,
+    variants: Variants,
     exclude: frozenset[str] = frozenset(),
 ) -> list[TrainingPair]:
-    """``pairs`` topped up to ``size`` with verifier-labelled variants of ``sources``,
-    none of whose prompts is in ``exclude`` (a variant of a small expression can land on
-    another step exactly)."""
+    """``pairs`` topped up to ``size`` with ``variants`` of ``sources``, none of whose
+    prompts is in ``exclude`` (a variant of a small expression can land on another step
+    exactly)."""
     missing = size - len(pairs)
     if missing <= 0 or not sources:
         return pairs
     per_source = math.ceil(missing / len(sources)) + 1  # one spare for excluded ones
-    variants = augment_pairs(sources, per_source, rng, answer=answer)
-    variants = [p for p in variants if p.prompt not in exclude]
-    return pairs + variants[:missing]
+    made = [p for p in variants(sources, per_source, rng) if p.prompt not in exclude]
+    return pairs + made[:missing]
