@@ -400,3 +400,20 @@ def test_a_cluster_is_claimed_by_one_owner_at_a_time(db_path: Path) -> None:
     assert buffer.claim(cluster.id, "someone-else-elsewhere:1", 600)
     buffer.mark_trained(cluster.id, cluster.version, cluster.size)  # frees the claim
     assert buffer.claim(cluster.id, "me", 600)
+
+
+def test_a_whole_tag_is_one_cluster_that_every_later_sample_joins(tmp_path: Path) -> None:
+    # A planner's failures are questions spread evenly (here: orthogonal directions)
+    config = BufferConfig(buffer_size=10, min_cluster_size=3)
+    spread = [f"{chr(65 + i)}: question {i}" for i in range(11)]
+    whole = TriggerBuffer(tmp_path / "whole.db", config, GroupEmbeddings(), whole_tags=("plan",))
+    assert [whole.add(t, tag="plan").status for t in spread[:10]][-1] == "clustered"
+    (cluster,) = whole.clusters("plan")
+    assert cluster.size == 10 and whole.clusterings("plan")[-1]["stable"] == 1
+    later = whole.add(spread[10], tag="plan")  # far from the centroid, and joins
+    assert later.status == "assigned" and later.cluster_id == cluster.id
+    # the same stream under a tag clustered by HDBSCAN: the far sample joins nothing
+    split = TriggerBuffer(tmp_path / "split.db", config, GroupEmbeddings(), whole_tags=())
+    for text in spread[:10]:
+        split.add(text, tag="plan")
+    assert split.add(spread[10], tag="plan").status != "assigned"

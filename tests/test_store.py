@@ -248,6 +248,9 @@ def test_route_finds_the_nearest_cluster(store: LoRAStore, bow_embeddings) -> No
     assert [a.id for a in store.route("Compute 3+4. apples")] == [a.id for a in kept]
     assert store.route("Compute 3+4. apples", tag="*") == []
     assert store.route("an unrelated sentence about weather") == []
+    # nearest: the nearest cluster whatever its distance (a planner serves every question)
+    far = store.route("an unrelated sentence about weather", nearest=True)
+    assert [a.id for a in far] == [a.id for a in kept]
 
 
 def test_unsure_routes_only_doubtful_base_answers(chat, tmp_path, bow_embeddings) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,8 @@ from sage_agent.buffer.clustering import (
     Reference,
     from_blob,
     hdbscan_labels,
+    reference_clustering,
     stability,
-    subsample_reference,
     to_blob,
     unit,
 )
@@ -40,6 +40,7 @@ from sage_agent.buffer.tags import Tagger, cluster_keywords, default_tag, jaccar
 from sage_agent.database import open_database, transaction
 from sage_agent.embeddings import LazyEmbeddings
 from sage_agent.errors import InvalidInput, NotFoundError
+from sage_agent.plans import PLAN_TAG
 
 
 class TriggerBuffer(LazyEmbeddings):
@@ -53,7 +54,8 @@ class TriggerBuffer(LazyEmbeddings):
     shares ``min_shared`` samples, else against a clustering of a seeded subsample
     (``clustering.stability``; only noise is never stable). A stable clustering empties
     the buffer (HDBSCAN's noise leaves it with status "noise"); an unstable one leaves it
-    as it was, up to ``max_buffer`` samples.
+    as it was, up to ``max_buffer`` samples. A tag of ``whole_tags`` (a planner's failures)
+    is one cluster that every later sample of the tag joins.
     """
 
     def __init__(
@@ -62,8 +64,10 @@ class TriggerBuffer(LazyEmbeddings):
         config: BufferConfig | None = None,
         embeddings: Embeddings | None = None,
         tagger: Tagger = default_tag,
+        whole_tags: Collection[str] = (PLAN_TAG,),
     ) -> None:
         self.config = config or BufferConfig()
+        self.whole_tags = frozenset(whole_tags)
         self.path = Path(db)
         self.db: sqlite_utils.Database = open_database(db, timeout=self.config.lock_timeout)
         self.tagger = tagger
@@ -215,7 +219,7 @@ class TriggerBuffer(LazyEmbeddings):
         state = self._tag_state(tag)
         if state["stable"]:
             best = self._best_cluster(tag, vector, kws)
-            if best is not None and best[1] >= self.config.tau:
+            if best is not None and (best[1] >= self.config.tau or tag in self.whole_tags):
                 self._join(best[0], [(sample_id, vector, kws)], via="gamma")
                 return Assignment("assigned", sample_id, tag, best[0], best[1])
 
@@ -312,7 +316,7 @@ class TriggerBuffer(LazyEmbeddings):
         ids = [r[0] for r in rows]
         vectors = np.stack([from_blob(r[1]) for r in rows])
         started = time.perf_counter()
-        labels = hdbscan_labels(vectors, self.config)
+        labels = hdbscan_labels(vectors, self.config, tag in self.whole_tags)
         check = stability(vectors, labels, self._reference(tag, ids, vectors), self.config)
         seconds = time.perf_counter() - started
         state = self._tag_state(tag)
@@ -367,20 +371,10 @@ class TriggerBuffer(LazyEmbeddings):
         return {s: merged_into.get(c, c) for s, c in placed.items()}
 
     def _reference(self, tag: str, ids: list[int], vectors: np.ndarray) -> Reference:
-        """The tag's previous clustering when it was unstable and shares ``min_shared``
-        samples with this one; else a clustering of a subsample of the same samples."""
         previous = next(
             self.db["clusterings"].rows_where("tag = ?", [tag], order_by="id DESC", limit=1), None
         )
-        if previous is not None and not previous["stable"]:
-            previous_label = dict(
-                zip(json.loads(previous["sample_ids"]), json.loads(previous["labels"]), strict=True)
-            )
-            shared = [i for i, sample_id in enumerate(ids) if sample_id in previous_label]
-            if len(shared) >= self.config.min_shared:
-                labels = [previous_label[ids[i]] for i in shared]
-                return Reference("previous", np.array(shared), np.array(labels))
-        return subsample_reference(vectors, self.config)
+        return reference_clustering(previous, ids, vectors, self.config, tag in self.whole_tags)
 
     def _merge(self, tag: str) -> dict[int, int]:
         """Merge the closest pair of the tag's clusters while there are at least

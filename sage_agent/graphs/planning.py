@@ -28,7 +28,8 @@ def route_planner(context: SageContext, question: str) -> tuple[str | None, Plan
     note: PlanNote = {"adapter": None}
     if not context.route or context.store is None:
         return None, note
-    for record in context.store.route(question, tag=PLAN_TAG)[:1]:
+    # A planner adapter serves every question (its cluster is all the planner's failures)
+    for record in context.store.route(question, tag=PLAN_TAG, nearest=True)[:1]:
         try:
             name = context.store.load(record.id)
         except (AdapterError, NotFoundError) as error:

@@ -33,15 +33,18 @@ class Router(LazyEmbeddings):
         self._embeddings = embeddings
         self._loaded: OrderedDict[str, None] = OrderedDict()
 
-    def route(self, text: str, tag: str | None = None) -> list[AdapterRecord]:
+    def route(
+        self, text: str, tag: str | None = None, *, nearest: bool = False
+    ) -> list[AdapterRecord]:
         """The adapters of the cluster whose centroid is nearest to ``text`` (cosine at least
-        ``route_threshold``, same tag when one is given), best first; [] when none is."""
+        ``route_threshold``, or any with ``nearest``; same tag when one is given), best
+        first; [] when none is."""
         centroids = self.registry.centroids(tag)
         if not centroids:
             return []
         vector = np.asarray(self.embeddings.embed_query(text), dtype=np.float64)
         vector /= np.linalg.norm(vector) or 1.0
-        best, best_cosine = None, self.config.route_threshold
+        best, best_cosine = None, -np.inf if nearest else self.config.route_threshold
         for cluster_id, centroid in centroids:
             centroid = centroid.astype(np.float64)
             cosine = float(vector @ centroid / (np.linalg.norm(centroid) or 1.0))

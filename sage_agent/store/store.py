@@ -106,8 +106,10 @@ class LoRAStore:
 
     # what the graph calls
 
-    def route(self, text: str, tag: str | None = None) -> list[AdapterRecord]:
-        return self.router.route(text, tag)
+    def route(
+        self, text: str, tag: str | None = None, *, nearest: bool = False
+    ) -> list[AdapterRecord]:
+        return self.router.route(text, tag, nearest=nearest)
 
     def unsure(self, answer: AIMessage) -> bool:
         return self.router.unsure(answer)
