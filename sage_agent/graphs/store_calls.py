@@ -12,6 +12,7 @@ from langgraph.config import get_config
 from langgraph.prebuilt import ToolNode
 
 from sage_agent.context import SageContext
+from sage_agent.errors import NotFoundError
 from sage_agent.graphs.state import SageState
 from sage_agent.plans import PLAN_TAG
 from sage_agent.records import TrainingNote
@@ -59,8 +60,8 @@ def run_store_call(state: SageState, context: SageContext) -> SageState:
     and ``"planner"``: whether it trained the plan cluster) and are charged to the run's
     adaptation budget."""
     messages: list[AnyMessage] = state.get("store_calls") or []
-    cluster_id = messages[-1].tool_calls[0]["args"]["cluster_id"]  # type: ignore[attr-defined]
-    planner = context.buffer is not None and context.buffer.cluster(cluster_id).tag == PLAN_TAG
+    call = messages[-1].tool_calls[0]  # type: ignore[attr-defined]
+    planner = _trains_plans(context, call["args"]["cluster_id"])
     started = time.perf_counter()
     update = _STORE_TOOL.invoke(state, get_config())
     seconds = time.perf_counter() - started
@@ -68,6 +69,14 @@ def run_store_call(state: SageState, context: SageContext) -> SageState:
     if context.adaptation is not None:
         context.adaptation.charge(seconds, planner=planner)
     return update
+
+
+def _trains_plans(context: SageContext, cluster_id: int) -> bool:
+    """Whether the call trains the plan cluster (an unknown cluster is the tool's error)."""
+    try:
+        return context.buffer is not None and context.buffer.cluster(cluster_id).tag == PLAN_TAG
+    except NotFoundError:
+        return False
 
 
 def adaptation_seconds(state: SageState, *, planner: bool = False) -> float:
