@@ -1,7 +1,7 @@
 """Does it adapt? SAGE against the paper's baselines on GSM8K, with the embedded model.
 
     python benchmarks/bench_adapt.py --data ../shared/data/gsm8k/train.jsonl
-        [--seeds 0,1,2] [--stream 60] [--heldout 40] [--search-seconds 120]
+        [--seeds 0,1,2] [--stream 100] [--heldout 40] [--search-seconds 120]
         [--adapt-seconds 720] [--max-clusters N] [--buffer-size 25] [--min-cluster 12] [--quick]
 
 Per seed, the GSM8K problems are shuffled with the seed; the first ``--stream`` are the
@@ -19,9 +19,10 @@ with the number only." with the references of earlier steps in place):
 * LoRA Store (no buffer): one cluster per operator signature, each through the store's
   search and regression gate; routed as SAGE routes.
 * SAGE: the stream through the SAGE graph (Trigger, buffer, store, retries) with the
-  CLI's defaults (120 s searches, 720 s of adaptation for the run), then routed:
-  a held-out step goes to its cluster's best adapter only when the base model is unsure
-  of its answer (``RouterConfig.route_below``: the log-probability of its number).
+  CLI's defaults (120 s searches, 720 s of adaptation for the run), then routed as the
+  graph routes: a held-out step goes to its cluster's best adapter when the base model
+  is unsure of its answer (``RouterConfig.route_below``: the log-probability of its
+  number), or always when that adapter routes all (``route_all``).
 * SAGE (every routed step): the same adapters, without that confidence gate.
 
 SAGE runs first; every other method then gets the training seconds SAGE used, shared
@@ -327,12 +328,13 @@ def routed_answers(
     gate: bool,
 ) -> MethodResult:
     """Each step answered as the store routes it: by the nearest cluster's best adapter
-    when there is one and (``gate``) the base model is unsure of its answer, otherwise
+    when there is one and (``gate``) the base model is unsure of its answer or the
+    adapter takes every step routed to it (``route_all``, as the graph routes), otherwise
     by the base model (whose answers are reused)."""
     routes = []
     for atom, base in zip(atoms, base_answers, strict=True):
         found = store.route(atom.prompt, tag=atom.tag if by_tag else None)
-        use = found and (not gate or store.unsure(base))
+        use = found and (not gate or found[0].route_all or store.unsure(base))
         routes.append(store.load(found[0].id) if use else None)
     routed = [i for i, r in enumerate(routes) if r is not None]
     answers = list(base_answers)
@@ -780,7 +782,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated")
-    parser.add_argument("--stream", type=int, default=60, help="stream problems per seed")
+    parser.add_argument("--stream", type=int, default=100, help="stream problems per seed")
     parser.add_argument("--heldout", type=int, default=40, help="held-out problems per seed")
     parser.add_argument(
         "--search-seconds",
