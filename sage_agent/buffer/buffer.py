@@ -31,6 +31,7 @@ from sage_agent.buffer.clustering import (
     stability,
     to_blob,
     unit,
+    whole_labels,
 )
 from sage_agent.buffer.config import BufferConfig
 from sage_agent.buffer.points import FailurePoint, failure_points
@@ -316,7 +317,10 @@ class TriggerBuffer(LazyEmbeddings):
         ids = [r[0] for r in rows]
         vectors = np.stack([from_blob(r[1]) for r in rows])
         started = time.perf_counter()
-        labels = hdbscan_labels(vectors, self.config, tag in self.whole_tags)
+        whole = tag in self.whole_tags
+        labels = (
+            whole_labels(vectors, self.config) if whole else hdbscan_labels(vectors, self.config)
+        )
         check = stability(vectors, labels, self._reference(tag, ids, vectors), self.config)
         seconds = time.perf_counter() - started
         state = self._tag_state(tag)
