@@ -2,7 +2,7 @@
 bench_adapt.py, with no adapter.
 
     python benchmarks/bench_prompts.py --data ../shared/data/gsm8k/train.jsonl
-        [--seeds 0] [--stream 40] [--heldout 20] [--out benchmarks/results/prompts.md]
+        [--seeds 0] [--stream 100] [--heldout 40] [--out benchmarks/results/prompts.md]
 
 The held-out steps are bench_adapt.py's for the same seed, stream and held-out sizes
 (references substituted), so the best row here is the base figure SAGE's gain is
@@ -60,8 +60,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--stream", type=int, default=40)
-    parser.add_argument("--heldout", type=int, default=20)
+    parser.add_argument("--stream", type=int, default=100)
+    parser.add_argument("--heldout", type=int, default=40)
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "prompts.md"
     )
