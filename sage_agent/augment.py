@@ -88,16 +88,16 @@ def plan_variant(question: str, plan: str, rng: random.Random) -> tuple[str, str
         steps = parse_plan(plan, "variant")
     except DecompositionError:
         return None
-    given = {parse_number(m[0]) for m in _QUESTION_NUMBER.finditer(question)}
+    found = (parse_number(m[0]) for m in _QUESTION_NUMBER.finditer(question))
+    numbers = {v for v in found if v is not None}
     fractions = {parse_number(n) for pair in _FRACTION.findall(question) for n in pair}
     kept = _CONSTANTS | fractions  # "3/4 of its capacity" stays 3/4
-    changed = {v: _same_shape(v, rng) for v in given if v is not None and v not in kept}
+    changed = {v: _same_shape(v, rng) for v in numbers if v not in kept}
     changed = {old: new for old, new in changed.items() if new != old}
     if not changed:
         return None
     # A constant two of the question's numbers also make (400 x 0.25 = 100) may be the
     # result of a step the solution did not annotate: it would not change with them.
-    numbers = [v for v in given if v is not None]
     made = {_pair_result(a, op, b) for a in numbers for b in numbers for op in "+-*/"}
     unchanged = {v for v in numbers if v not in changed} | (_CONSTANTS - made)
     results: list[tuple[float, float]] = []  # (an earlier result, its value in the variant)
