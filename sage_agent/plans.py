@@ -220,7 +220,7 @@ PLAN_MAX_TOKENS = 160
 def gold_plan(task: dict) -> str | None:
     """The plan GSM8K's worked solution makes (its socratic sub-questions and calculator
     annotations), or None for a task without one, or whose plan does not compute the
-    task's final answer (a fifth of GSM8K's training split leaves a step unannotated):
+    task's final answer (a tenth of GSM8K's training split leaves a step unannotated):
     a planner must not learn it, nor be judged against it."""
     try:
         plan = format_plan(steps_from_gsm8k(task, str(task.get("id", "task"))))
