@@ -93,7 +93,7 @@ def test_optimize_keeps_three_ranked_adapters(
     events = []
     kept = store.optimize(make_cluster(bow_embeddings), progress=events.append)
     assert [k.position for k in kept] == [1, 2, 3]
-    assert all(k.val_em > k.base_val_em for k in kept)  # generated answers beat the base
+    assert all(k.val_em > k.base_val_em for k in kept)  # a lower bound of generation beats it
     for record in kept:
         folder = Path(record.path)
         assert folder.parent == store.registry.root and folder.name == record.id
@@ -119,10 +119,14 @@ def test_optimize_keeps_three_ranked_adapters(
     assert [(-t.val_em, t.val_loss) for t in ranked] == sorted(
         (-t.val_em, t.val_loss) for t in ranked
     )
-    # Kept trials were confirmed by generation; their records carry that EM.
+    # A kept trial's record carries its generated EM, or the teacher-forced bound that
+    # already beat the base model when it was not generated.
     for trial in kept_trials:
         record = store.get(trial.adapter_id)
-        assert record.val_em == trial.generated_em and 0 <= trial.agreement <= 1
+        if trial.generated_em is None:
+            assert record.val_em == trial.val_em > record.base_val_em
+        else:
+            assert record.val_em == trial.generated_em and 0 <= trial.agreement <= 1
     # 3 random trials, then the neighbourhood of the best: its other rank and, where the
     # learning-rate range allows, half and double its rate, up to the budget of 5.
     configs = [str(sorted(t.config.items())) for t in trials]
@@ -365,6 +369,31 @@ def test_the_gate_generates_only_when_its_teacher_forced_bound_fails(
     assert len(generated) == 2 + len(confirmed)
 
 
+@pytest.mark.parametrize("confirm_all", [False, True])
+def test_validation_is_generated_only_where_the_teacher_forced_bound_does_not_decide(
+    chat, tmp_path, bow_embeddings, monkeypatch, confirm_all
+) -> None:
+    store = _store_with(
+        chat, tmp_path, bow_embeddings, replay_fraction=0.0, confirm_all=confirm_all
+    )
+    bases: list[Baseline] = []
+    baseline = LoRAStore._baseline
+    monkeypatch.setattr(
+        LoRAStore, "_baseline", lambda self, *args: bases.append(baseline(self, *args)) or bases[-1]
+    )
+    store.optimize(make_cluster(bow_embeddings))
+    considered = [t for t in store.registry.trials() if not t.outcome.startswith("ranked below")]
+    # the best trial's bound (teacher-forced EM 1.0) beats the base model's 0.0
+    assert max(t.val_em for t in considered) > bases[0].em
+    for trial in considered:
+        decided = trial.val_em > bases[0].em and not confirm_all
+        assert (trial.generated_em is None) is decided, trial
+        if trial.outcome == "kept":
+            assert store.get(trial.adapter_id).val_em == (
+                trial.val_em if decided else trial.generated_em
+            )
+
+
 def test_a_canary_right_teacher_forced_is_right_generated(chat, tmp_path, bow_embeddings) -> None:
     store = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0, canary_margin=1.0)
     _add_own_answers_as_canaries(store, chat, 6)
@@ -443,13 +472,13 @@ def test_an_adapter_routes_all_where_that_is_expected_to_answer_more_right(
         val_unsure=(0, 1),
     )
     # right on every validation pair: 100% routed all, 50% as routed (two are sure)
-    confirmed = SimpleNamespace(correct=(True,) * 4, exact_match=1.0)
+    right = (True,) * 4
     recipe = SimpleNamespace(gate_forced=lambda _chat, _name, indices: all_canaries)
     store.canaries.tag_accuracy = lambda _tag, _size: tag_accuracy
     cluster = make_cluster(bow_embeddings)
     trial = Trial(1, None, "t")
     # as routed: the sure canaries keep the base model's answers (canary EM 1.0)
-    assert store._routes_all(cluster, trial, recipe, base, confirmed, 1.0) is expected
+    assert store._routes_all(cluster, trial, recipe, base, right, 1.0) is expected
 
 
 def test_affordable_loss() -> None:

@@ -52,8 +52,11 @@ class TrainedAdapter:
     config: dict[str, Any]
     """The LoRATrainConfig it was trained with."""
     val_em: float
+    """Validation exact match: generated, or the teacher-forced lower bound when that
+    already beat the base model (``SearchConfig.confirm_all``)."""
     val_loss: float
     base_val_em: float
+    """The base model's, generated."""
     canary_em: float | None
     train_seconds: float
     samples: int

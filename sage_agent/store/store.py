@@ -31,7 +31,6 @@ from sage_agent.store.registry import AdapterRecord, AdapterRegistry, NewAdapter
 from sage_agent.store.router import Router
 from sage_agent.store.search import Emit, Trial, config_dict, run_search
 from sage_agent.trainer import save_adapter
-from sage_agent.validation import Evaluation
 
 log = logging.getLogger(__name__)
 
@@ -242,10 +241,14 @@ class LoRAStore:
     ) -> list[AdapterRecord]:
         """Register the best trials that beat the base model and pass the gate; log all.
 
-        Trials are confirmed by generation in their ranked order until ``keep`` are kept
-        (a teacher-forced verdict is stricter than generation: an answer cut short or
-        followed by more text may still be read as right). The gate reads the canaries
-        teacher-forced first, a lower bound, and generates only when that bound fails."""
+        A trial's teacher-forced exact match is a lower bound of its generated one (an
+        answer right teacher-forced is what greedy decoding writes; one cut short or
+        followed by more text can still be read right when generated), so a trial whose
+        bound already beats the base model is kept on it; generation runs only for a
+        trial the bound does not decide (or for every trial with ``confirm_all``). Trials
+        are taken in their ranked order until ``keep`` are kept. The gate reads the
+        canaries teacher-forced first, the same lower bound, and generates only when that
+        bound fails."""
         kept: list[AdapterRecord] = []
         keep = self.config.search.keep
         for trial in trials:  # best first
@@ -253,18 +256,20 @@ class LoRAStore:
             if len(kept) == keep:
                 outcome = f"ranked below the {keep} kept"
             else:
-                confirmed = recipe.evaluate(self.model, trial.name, recipe.validation)
-                generated = confirmed.exact_match
-                agreement = sum(
-                    a == b for a, b in zip(trial.exact, confirmed.correct, strict=True)
-                ) / len(trial.exact)
-                if generated <= base.em:
+                right, em = trial.exact, trial.val_em
+                if em <= base.em or self.config.search.confirm_all:
+                    confirmed = recipe.evaluate(self.model, trial.name, recipe.validation)
+                    right, em = confirmed.correct, confirmed.exact_match
+                    generated = em
+                    agreement = sum(
+                        a == b for a, b in zip(trial.exact, right, strict=True)
+                    ) / len(right)
+                if em <= base.em:
                     outcome = (
-                        f"generated validation EM {generated:.3f} does not beat the base "
-                        f"{base.em:.3f}"
+                        f"generated validation EM {em:.3f} does not beat the base {base.em:.3f}"
                     )
                 elif base.canary_em is not None:
-                    margin = self.canaries.margin(cluster.tag, cluster.size, generated - base.em)
+                    margin = self.canaries.margin(cluster.tag, cluster.size, em - base.em)
                     canary_em = self._canary_em(trial, recipe, base, base.canary_em - margin)
                     if canary_em < base.canary_em - margin:
                         outcome = (
@@ -273,14 +278,14 @@ class LoRAStore:
                         )
             adapter_id = None
             if outcome == "kept":
-                route_all = self._routes_all(cluster, trial, recipe, base, confirmed, canary_em)
+                route_all = self._routes_all(cluster, trial, recipe, base, right, canary_em)
                 record = self.registry.register(
                     NewAdapter(
                         cluster_id=cluster.id,
                         tag=cluster.tag,
                         position=len(kept) + 1,
                         config=config_dict(trial.config),
-                        val_em=generated,
+                        val_em=em,
                         val_loss=trial.val_loss,
                         base_val_em=base.em,
                         canary_em=canary_em,
@@ -298,7 +303,7 @@ class LoRAStore:
                         "event": "adapter_kept",
                         "cluster_id": cluster.id,
                         "adapter": record.id,
-                        "val_em": generated,
+                        "val_em": em,
                     }
                 )
             else:
@@ -327,7 +332,7 @@ class LoRAStore:
         trial: Trial,
         recipe: Recipe,
         base: Baseline,
-        confirmed: Evaluation,
+        right: Sequence[bool],
         canary_em: float | None,
     ) -> bool:
         """Whether the kept trial should answer every step routed to it rather than only
@@ -344,9 +349,9 @@ class LoRAStore:
         on_canaries = recipe.gate_forced(self.model, trial.name, everything)
         all_canaries = sum(on_canaries) / len(on_canaries) if on_canaries else 1.0
         as_routed = expected_accuracy(
-            p, 1.0 if canary_em is None else canary_em, base.val_em_as_routed(confirmed.correct)
+            p, 1.0 if canary_em is None else canary_em, base.val_em_as_routed(right)
         )
-        return expected_accuracy(p, all_canaries, confirmed.exact_match) > as_routed
+        return expected_accuracy(p, all_canaries, sum(right) / len(right)) > as_routed
 
     def _canary_em(self, trial: Trial, recipe: Recipe, base: Baseline, floor: float) -> float:
         """The trial's canary exact match as routing would use it: the adapter answers
