@@ -93,15 +93,29 @@ def evaluate(
     answer is right (None: ``same_answer``)."""
     if not pairs:
         raise InvalidInput("no evaluation pairs")
-    max_tokens = max_tokens or ANSWER_MAX_TOKENS
-    with chat.using_adapter(adapter):
-        messages = chat.bind(max_tokens=max_tokens).batch([p.prompt for p in pairs])
+    messages = generate(chat, adapter, [p.prompt for p in pairs], max_tokens=max_tokens)
     loss = teacher_forced(chat, adapter, pairs).loss
-    judge = judge or same_answer
-    correct = tuple(judge(m.text, p.answer) for m, p in zip(messages, pairs, strict=True))
+    correct = judge_answers(messages, pairs, judge)
     return Evaluation(
         exact_match=sum(correct) / len(pairs), loss=loss, messages=messages, correct=correct
     )
+
+
+def generate(
+    chat: ChatSage, adapter: str | None, prompts: Sequence[str], *, max_tokens: int | None = None
+) -> list[AIMessage]:
+    """Greedy answers to ``prompts`` with ``adapter`` active (None: the base model), each
+    at most ``max_tokens`` long (None: ANSWER_MAX_TOKENS)."""
+    with chat.using_adapter(adapter):
+        return chat.bind(max_tokens=max_tokens or ANSWER_MAX_TOKENS).batch(list(prompts))
+
+
+def judge_answers(
+    messages: Sequence[AIMessage], pairs: Sequence[TrainingPair], judge: Judge | None = None
+) -> tuple[bool, ...]:
+    """Per answer, whether ``judge(answer, reference)`` takes it (None: ``same_answer``)."""
+    judge = judge or same_answer
+    return tuple(judge(m.text, p.answer) for m, p in zip(messages, pairs, strict=True))
 
 
 def same_answer(prediction: str, reference: str) -> bool:

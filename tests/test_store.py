@@ -362,11 +362,42 @@ def test_the_gate_generates_only_when_its_teacher_forced_bound_fails(
     assert kept
     trials = store.registry.trials()
     confirmed = [t for t in trials if t.generated_em is not None]
-    gate, _ = store.canaries.split("+", rehearse=False)
-    # the base model's validation and canaries, then each confirmed trial's validation:
+    # each confirmed trial's validation (the base model's answers are generated apart):
     # a margin of 1 passes every bound, so no trial's canaries are generated
-    assert generated.count(len(gate)) == 1
-    assert len(generated) == 2 + len(confirmed)
+    assert len(generated) == len(confirmed)
+
+
+def test_the_base_models_answers_are_generated_once_per_prompt(
+    chat, tmp_path, bow_embeddings, monkeypatch
+) -> None:
+    store = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0, max_trials=1)
+    _add_own_answers_as_canaries(store, chat, 6)
+    prompts: list[str] = []
+    generate_base = LoRAStore._generate_base
+
+    def counting(self, batch, max_tokens):
+        prompts.extend(batch)
+        return generate_base(self, batch, max_tokens)
+
+    monkeypatch.setattr(LoRAStore, "_generate_base", counting)
+    bases: list[Baseline] = []
+    baseline = LoRAStore._baseline
+    monkeypatch.setattr(
+        LoRAStore, "_baseline", lambda self, *args: bases.append(baseline(self, *args)) or bases[-1]
+    )
+    cluster = make_cluster(bow_embeddings)
+    store.optimize(cluster)
+    first = len(prompts)
+    gate, _ = store.canaries.split("+", rehearse=False)
+    assert first == len(set(prompts)) >= len(gate) + 1  # canaries and validation, once each
+    store.optimize(cluster)  # the same canaries and validation pairs
+    assert len(prompts) == first
+    assert bases[1].em == bases[0].em and bases[1].canary_right == bases[0].canary_right
+    assert bases[1].routed == bases[0].routed and bases[1].val_right == bases[0].val_right
+    # a fresh store (another process) generates them again, to the same verdicts
+    fresh = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0, max_trials=1)
+    fresh.optimize(cluster)
+    assert len(prompts) == 2 * first and bases[2] == bases[0]
 
 
 @pytest.mark.parametrize("confirm_all", [False, True])

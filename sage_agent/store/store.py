@@ -31,6 +31,10 @@ from sage_agent.store.registry import AdapterRecord, AdapterRegistry, NewAdapter
 from sage_agent.store.router import Router
 from sage_agent.store.search import Emit, Trial, config_dict, run_search
 from sage_agent.trainer import save_adapter
+from sage_agent.validation import generate
+
+BASE_ANSWERS_KEPT = 20_000
+"""Base-model answers a store keeps (the oldest leave first): a few megabytes."""
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,7 @@ class LoRAStore:
             db, self.config.gate, seed=self.config.seed, timeout=self.config.registry.lock_timeout
         )
         self.router = Router(self.registry, model, self.config.router, embeddings)
+        self._base_answers: dict[tuple[str, int | None], AIMessage] = {}
 
     # what the graph calls
 
@@ -216,25 +221,45 @@ class LoRAStore:
         """The base model on the validation pairs and on the gate's canaries, with the
         canaries routing would hand an adapter: those whose base answer is unsure (a
         planner adapter gets every question)."""
-        on_canaries = recipe.evaluate(self.model, None, canaries) if canaries else None
         routed: tuple[int, ...] = ()
-        if on_canaries is not None:
+        canary_right: tuple[bool, ...] = ()
+        if canaries:
+            on_canaries, canary_right = self._base_answered(recipe, canaries)
             routed = tuple(
                 i
-                for i, message in enumerate(on_canaries.messages)
+                for i, message in enumerate(on_canaries)
                 if cluster.tag == PLAN_TAG or self.router.unsure(message)
             )
-        on_validation = recipe.evaluate(self.model, None, recipe.validation)
+        on_validation, val_right = self._base_answered(recipe, recipe.validation)
         return Baseline(
-            em=on_validation.exact_match,
+            em=sum(val_right) / len(val_right),
             canaries=canaries,
-            canary_right=on_canaries.correct if on_canaries else (),
+            canary_right=canary_right,
             routed=routed,
-            val_right=on_validation.correct,
-            val_unsure=tuple(
-                i for i, m in enumerate(on_validation.messages) if self.router.unsure(m)
-            ),
+            val_right=val_right,
+            val_unsure=tuple(i for i, m in enumerate(on_validation) if self.router.unsure(m)),
         )
+
+    def _base_answered(
+        self, recipe: Recipe, pairs: Sequence[TrainingPair]
+    ) -> tuple[list[AIMessage], tuple[bool, ...]]:
+        """The base model's generated answers to ``pairs`` and, per pair, whether the
+        recipe's judge takes it. Answers are kept for the store's life, by prompt and
+        answer length: the base model's greedy answer to a prompt does not change, and a
+        tag's canaries and a grown cluster's members come back search after search."""
+        key = recipe.max_tokens
+        cache = self._base_answers
+        missing = list(dict.fromkeys(p.prompt for p in pairs if (p.prompt, key) not in cache))
+        if missing:
+            answers = self._generate_base(missing, recipe.max_tokens)
+            cache.update(((prompt, key), a) for prompt, a in zip(missing, answers, strict=True))
+        messages = [cache[(p.prompt, key)] for p in pairs]
+        for oldest in list(cache)[: max(0, len(cache) - BASE_ANSWERS_KEPT)]:
+            del cache[oldest]
+        return messages, recipe.judged(messages, pairs)
+
+    def _generate_base(self, prompts: list[str], max_tokens: int | None) -> list[AIMessage]:
+        return generate(self.model, None, prompts, max_tokens=max_tokens)
 
     def _keep(
         self, cluster: Cluster, trials: list[Trial], recipe: Recipe, base: Baseline, emit: Emit
@@ -261,9 +286,9 @@ class LoRAStore:
                     confirmed = recipe.evaluate(self.model, trial.name, recipe.validation)
                     right, em = confirmed.correct, confirmed.exact_match
                     generated = em
-                    agreement = sum(
-                        a == b for a, b in zip(trial.exact, right, strict=True)
-                    ) / len(right)
+                    agreement = sum(a == b for a, b in zip(trial.exact, right, strict=True)) / len(
+                        right
+                    )
                 if em <= base.em:
                     outcome = (
                         f"generated validation EM {em:.3f} does not beat the base {base.em:.3f}"
