@@ -43,18 +43,19 @@ def evaluate_expression(expression: str) -> float:
     """The value of an arithmetic expression: numbers, + - * / // %, parentheses, unary
     minus and plus, and ** with an exponent of at most ``MAX_EXPONENT`` in size.
 
-    Thousands commas and "$" are removed first, and the signs "×", "÷" and "−" are read
-    as "*", "/" and "-". Anything else (names, calls, attributes), an expression longer
-    than ``MAX_LENGTH`` or deeper than ``MAX_DEPTH``, and a value (or an intermediate one)
-    beyond ``MAX_MAGNITUDE`` or not finite raise ExpressionError: it is the only error
-    this function raises.
+    Thousands commas and "$" are removed first, the signs "×", "÷" and "−" are read
+    as "*", "/" and "-", and a percent sign after a number that no number or parenthesis
+    follows is a percentage ("60 * 25%" is 15; "17 % 5" stays a remainder). Anything
+    else (names, calls, attributes), an expression longer than ``MAX_LENGTH`` or deeper
+    than ``MAX_DEPTH``, and a value (or an intermediate one) beyond ``MAX_MAGNITUDE`` or
+    not finite raise ExpressionError: it is the only error this function raises.
     """
     if not isinstance(expression, str) or not expression.strip():
         raise ExpressionError("empty expression")
     if len(expression) > MAX_LENGTH:
         raise ExpressionError(f"expression of {len(expression)} characters (at most {MAX_LENGTH})")
     text = expression.replace("$", "").replace("×", "*").replace("−", "-").replace("÷", "/")
-    text = _strip_thousands_commas(text)
+    text = _PERCENTAGE.sub(r"(\1/100)", _strip_thousands_commas(text))
     shown = expression if len(expression) <= 60 else expression[:57] + "..."
     try:
         tree = ast.parse(text.strip(), mode="eval")
@@ -71,6 +72,10 @@ def evaluate_expression(expression: str) -> float:
     if isinstance(value, complex):
         raise ExpressionError(f"{shown!r} has no real value")
     return float(value)
+
+
+_PERCENTAGE = re.compile(r"(\d+(?:\.\d+)?)\s*%(?!\s*[\d(.])")
+"""A number with a percent sign that is not a remainder's (nothing to divide by follows)."""
 
 
 def _strip_thousands_commas(text: str) -> str:

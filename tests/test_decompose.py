@@ -75,6 +75,8 @@ def test_plan_parsing() -> None:
         ("1. 20 * 5 = 100 miles\n2. 20 * 5 = 100 miles", ["20 * 5"]),  # restated once
         # the model's result is the number right after "=", not the text's last number
         ("1. 12 x 2 = 24 pages in 2 days\n2. 24 / 2 = 12", ["12*2", "24 / 2"]),
+        # a percentage is a share, as the embedded model writes it on GSM8K
+        ("1. 60 federal returns * 25% = 15\n2. 15 + 5 = 20", ["60 * 25%", "15 + 5"]),
     ],
 )
 def test_plans_as_models_write_them(plan: str, expected: list[str]) -> None:
