@@ -345,6 +345,16 @@ def _add_own_answers_as_canaries(store: LoRAStore, chat: ChatSage, n: int) -> No
     )
 
 
+def _recorded_baselines(monkeypatch) -> list[Baseline]:
+    """Every Baseline the store's searches compute from now on, in order."""
+    bases: list[Baseline] = []
+    baseline = LoRAStore._baseline
+    monkeypatch.setattr(
+        LoRAStore, "_baseline", lambda self, *args: bases.append(baseline(self, *args)) or bases[-1]
+    )
+    return bases
+
+
 def test_the_gate_generates_only_when_its_teacher_forced_bound_fails(
     chat, tmp_path, bow_embeddings, monkeypatch
 ) -> None:
@@ -380,11 +390,7 @@ def test_the_base_models_answers_are_generated_once_per_prompt(
         return generate_base(self, batch, max_tokens)
 
     monkeypatch.setattr(LoRAStore, "_generate_base", counting)
-    bases: list[Baseline] = []
-    baseline = LoRAStore._baseline
-    monkeypatch.setattr(
-        LoRAStore, "_baseline", lambda self, *args: bases.append(baseline(self, *args)) or bases[-1]
-    )
+    bases = _recorded_baselines(monkeypatch)
     cluster = make_cluster(bow_embeddings)
     store.optimize(cluster)
     first = len(prompts)
@@ -407,11 +413,7 @@ def test_validation_is_generated_only_where_the_teacher_forced_bound_does_not_de
     store = _store_with(
         chat, tmp_path, bow_embeddings, replay_fraction=0.0, confirm_all=confirm_all
     )
-    bases: list[Baseline] = []
-    baseline = LoRAStore._baseline
-    monkeypatch.setattr(
-        LoRAStore, "_baseline", lambda self, *args: bases.append(baseline(self, *args)) or bases[-1]
-    )
+    bases = _recorded_baselines(monkeypatch)
     store.optimize(make_cluster(bow_embeddings))
     considered = [t for t in store.registry.trials() if not t.outcome.startswith("ranked below")]
     # the best trial's bound (teacher-forced EM 1.0) beats the base model's 0.0
