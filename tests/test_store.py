@@ -16,10 +16,12 @@ from sage_agent import ChatSage, ConfigError, CorruptAdapter, NotFoundError, Sto
 from sage_agent.buffer import Cluster, Sample
 from sage_agent.records import TrainingPair
 from sage_agent.store import LoRAStore, StoreConfig, affordable_loss
+from sage_agent.store import store as store_module
 from sage_agent.store.recipe import Recipe, build_recipe
 from sage_agent.store.search import Trial, expected_seconds
 from sage_agent.store.store import Baseline
 from sage_agent.trainer import ANSWER_MAX_TOKENS
+from sage_agent.validation import generate
 
 # A task the tiny random model can learn in seconds: every answer is "9". (Untrained, its
 # babble ends in "7% pens" whatever the prompt, so "7" would count as right already.)
@@ -383,13 +385,13 @@ def test_the_base_models_answers_are_generated_once_per_prompt(
     store = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0, max_trials=1)
     _add_own_answers_as_canaries(store, chat, 6)
     prompts: list[str] = []
-    generate_base = LoRAStore._generate_base
 
-    def counting(self, batch, max_tokens):
-        prompts.extend(batch)
-        return generate_base(self, batch, max_tokens)
+    def counting(chat, adapter, batch, **options):
+        if adapter is None:  # the base model's, not a trial's
+            prompts.extend(batch)
+        return generate(chat, adapter, batch, **options)
 
-    monkeypatch.setattr(LoRAStore, "_generate_base", counting)
+    monkeypatch.setattr(store_module, "generate", counting)
     bases = _recorded_baselines(monkeypatch)
     cluster = make_cluster(bow_embeddings)
     store.optimize(cluster)

@@ -15,8 +15,6 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from langchain_core.messages import AIMessage
-
 from sage_agent.answer_formats import ANSWER_FORMATS, AnswerFormat
 from sage_agent.augment import augment_pairs, plan_pairs
 from sage_agent.buffer import Cluster
@@ -26,14 +24,7 @@ from sage_agent.plans import PLAN_MAX_TOKENS, PLAN_TAG, plan_matches
 from sage_agent.records import TrainingPair
 from sage_agent.store.config import RecipeConfig
 from sage_agent.store.gate import Canaries
-from sage_agent.validation import (
-    Evaluation,
-    Judge,
-    TeacherForced,
-    evaluate,
-    judge_answers,
-    teacher_forced,
-)
+from sage_agent.validation import Evaluation, Judge, TeacherForced, evaluate, teacher_forced
 
 Example = tuple[TrainingPair, str | None]
 """A pair and the expression its prompt asks for (None: no variants can be made)."""
@@ -61,12 +52,6 @@ class Recipe:
         """``validation.evaluate`` (generated answers) with this recipe's answer length
         and judge."""
         return evaluate(chat, adapter, pairs, max_tokens=self.max_tokens, judge=self.judge)
-
-    def judged(
-        self, messages: Sequence[AIMessage], pairs: Sequence[TrainingPair]
-    ) -> tuple[bool, ...]:
-        """Per generated answer, whether this recipe's judge takes it for its pair."""
-        return judge_answers(messages, pairs, self.judge)
 
     def rank(self, chat: ChatSage, adapter: str | None) -> TeacherForced:
         """The validation pairs read teacher-forced: what the search ranks trials by."""

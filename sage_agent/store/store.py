@@ -31,7 +31,7 @@ from sage_agent.store.registry import AdapterRecord, AdapterRegistry, NewAdapter
 from sage_agent.store.router import Router
 from sage_agent.store.search import Emit, Trial, config_dict, run_search
 from sage_agent.trainer import save_adapter
-from sage_agent.validation import generate
+from sage_agent.validation import generate, judge_answers
 
 BASE_ANSWERS_KEPT = 20_000
 """Base-model answers a store keeps (the oldest leave first): a few megabytes."""
@@ -251,15 +251,14 @@ class LoRAStore:
         cache = self._base_answers
         missing = list(dict.fromkeys(p.prompt for p in pairs if (p.prompt, key) not in cache))
         if missing:
-            answers = self._generate_base(missing, recipe.max_tokens)
+            answers = generate(self.model, None, missing, max_tokens=recipe.max_tokens)
             cache.update(((prompt, key), a) for prompt, a in zip(missing, answers, strict=True))
         messages = [cache[(p.prompt, key)] for p in pairs]
-        for oldest in list(cache)[: max(0, len(cache) - BASE_ANSWERS_KEPT)]:
-            del cache[oldest]
-        return messages, recipe.judged(messages, pairs)
-
-    def _generate_base(self, prompts: list[str], max_tokens: int | None) -> list[AIMessage]:
-        return generate(self.model, None, prompts, max_tokens=max_tokens)
+        excess = len(cache) - BASE_ANSWERS_KEPT
+        if excess > 0:
+            for oldest in list(cache)[:excess]:
+                del cache[oldest]
+        return messages, judge_answers(messages, pairs, recipe.judge)
 
     def _keep(
         self, cluster: Cluster, trials: list[Trial], recipe: Recipe, base: Baseline, emit: Emit
