@@ -20,7 +20,7 @@ from langchain_core.language_models import BaseChatModel
 from sage_agent.chat import ChatSage
 from sage_agent.errors import DecompositionError, MalformedTask
 from sage_agent.numeric import format_number, numbers_match, parse_number
-from sage_agent.plans import PLAN_MAX_TOKENS, parse_plan, plan_prompt
+from sage_agent.plans import PLAN_MAX_TOKENS, PLAN_STOP, parse_plan, plan_prompt
 from sage_agent.records import Task
 from sage_agent.steps import AtomicStep, steps_from_gsm8k
 
@@ -55,7 +55,7 @@ class LLMDecomposer:
     number or by value; every expression is checked with the verifier, the model's own
     results are dropped. A plan without one computable line raises DecompositionError
     quoting the model's text, so the trace shows what went wrong. Generation stops at the
-    first blank line (the end of a plan in the prompt's examples).
+    first blank line (``plans.PLAN_STOP``).
     """
 
     def __init__(self, model: BaseChatModel, prompt: Callable[[str], str] = plan_prompt) -> None:
@@ -68,7 +68,7 @@ class LLMDecomposer:
             raise DecompositionError('a task needs a non-empty "question"')
         # A ChatSage's default cap (256) is for chat; a plan needs PLAN_MAX_TOKENS at most.
         limit = {"max_tokens": PLAN_MAX_TOKENS} if isinstance(self.model, ChatSage) else {}
-        text = self.model.invoke(self.prompt(question), stop=["\n\n"], **limit).text
+        text = self.model.invoke(self.prompt(question), stop=list(PLAN_STOP), **limit).text
         return parse_plan(text, str(task.get("id", "task")))
 
 

@@ -216,6 +216,11 @@ PLAN_TAG = "plan"
 PLAN_MAX_TOKENS = 160
 """Token cap of a plan (GSM8K's longest plans run to about 8 lines of 15 tokens)."""
 
+PLAN_STOP = ("\n\n",)
+"""Where a plan ends: its first blank line, as the plans of the prompt's examples end.
+Without it the embedded model goes on to a next "Problem:" of its own, to the token cap,
+and its steps would be read as the plan's."""
+
 
 def gold_plan(task: dict) -> str | None:
     """The plan GSM8K's worked solution makes (its socratic sub-questions and calculator

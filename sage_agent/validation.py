@@ -85,15 +85,16 @@ def evaluate(
     pairs: Sequence[TrainingPair],
     *,
     max_tokens: int | None = None,
+    stop: Sequence[str] = (),
     judge: Judge | None = None,
 ) -> Evaluation:
     """Exact match of greedy answers and the teacher-forced answer loss, with ``adapter``
     active (None: the base model). Answers may run to ``max_tokens`` (None:
-    ANSWER_MAX_TOKENS, an atomic step's); ``judge(answer, reference)`` says whether an
-    answer is right (None: ``same_answer``)."""
+    ANSWER_MAX_TOKENS, an atomic step's) and end at the first of ``stop``;
+    ``judge(answer, reference)`` says whether an answer is right (None: ``same_answer``)."""
     if not pairs:
         raise InvalidInput("no evaluation pairs")
-    messages = generate(chat, adapter, [p.prompt for p in pairs], max_tokens=max_tokens)
+    messages = generate(chat, adapter, [p.prompt for p in pairs], max_tokens=max_tokens, stop=stop)
     loss = teacher_forced(chat, adapter, pairs).loss
     correct = judge_answers(messages, pairs, judge)
     return Evaluation(
@@ -102,12 +103,19 @@ def evaluate(
 
 
 def generate(
-    chat: ChatSage, adapter: str | None, prompts: Sequence[str], *, max_tokens: int | None = None
+    chat: ChatSage,
+    adapter: str | None,
+    prompts: Sequence[str],
+    *,
+    max_tokens: int | None = None,
+    stop: Sequence[str] = (),
 ) -> list[AIMessage]:
     """Greedy answers to ``prompts`` with ``adapter`` active (None: the base model), each
-    at most ``max_tokens`` long (None: ANSWER_MAX_TOKENS)."""
+    at most ``max_tokens`` long (None: ANSWER_MAX_TOKENS) and cut at the first of ``stop``."""
+    options = {"max_tokens": max_tokens or ANSWER_MAX_TOKENS}
     with chat.using_adapter(adapter):
-        return chat.bind(max_tokens=max_tokens or ANSWER_MAX_TOKENS).batch(list(prompts))
+        runnable = chat.bind(**options, stop=list(stop)) if stop else chat.bind(**options)
+        return runnable.batch(list(prompts))
 
 
 def judge_answers(

@@ -6,15 +6,24 @@ are planned with it (routed like a step to its adapter)."""
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from langchain_core.messages import AIMessage
 
 from sage_agent.context import AdaptationBudget
 from sage_agent.decompose import LLMDecomposer
 from sage_agent.graphs.store_calls import adaptation_seconds
-from sage_agent.plans import PLAN_TAG, gold_plan, parse_plan
+from sage_agent.plans import (
+    PLAN_MAX_TOKENS,
+    PLAN_STOP,
+    PLAN_TAG,
+    gold_plan,
+    parse_plan,
+    plan_matches,
+)
 from sage_agent.report import read_thread
 from tests.test_graph import NINES, nines_agent
 
@@ -141,3 +150,31 @@ def test_a_plan_cluster_trains_on_its_plans_and_their_variants() -> None:
         assert plan_result(pair.answer) == 4 * pens - given
     assert not {p.prompt for p in recipe.validation} & {p.prompt for p in recipe.train}
     assert any(p.prompt not in prompts for p in recipe.validation)  # variants of held-out plans
+
+    # validation plans are generated as the decomposer generates them: cut at the first
+    # blank line, where a model that goes on writes a next problem's plan of its own
+    pair = recipe.validation[0]
+    going_on = f"{pair.answer}{PLAN_STOP[0]}Problem: more beads\n1. 9 * 9 = 81"
+    assert not plan_matches(going_on, pair.answer)
+
+    class GoesOn:
+        """Writes the plan and goes on, as ChatSage cuts it at the stop it is given."""
+
+        def __init__(self) -> None:
+            self.options: dict = {}
+
+        @contextmanager
+        def using_adapter(self, name):
+            yield
+
+        def bind(self, **options):
+            self.options = options
+            return self
+
+        def batch(self, prompts):
+            stop = self.options.get("stop", [])
+            return [AIMessage(going_on.split(stop[0])[0] if stop else going_on)] * len(prompts)
+
+    model = GoesOn()
+    assert recipe.answers_right(model, None, [pair]) == (True,)
+    assert model.options == {"max_tokens": PLAN_MAX_TOKENS, "stop": list(PLAN_STOP)}

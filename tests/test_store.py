@@ -16,7 +16,7 @@ from sage_agent import ChatSage, ConfigError, CorruptAdapter, NotFoundError, Sto
 from sage_agent.buffer import Cluster, Sample
 from sage_agent.records import TrainingPair
 from sage_agent.store import LoRAStore, StoreConfig, affordable_loss
-from sage_agent.store import store as store_module
+from sage_agent.store import recipe as recipe_module
 from sage_agent.store.recipe import Recipe, build_recipe
 from sage_agent.store.search import Trial, expected_seconds
 from sage_agent.store.store import Baseline
@@ -341,7 +341,7 @@ def _add_own_answers_as_canaries(store: LoRAStore, chat: ChatSage, n: int) -> No
     """A canary is what the base model answers right: here, its own answers to other
     prompts."""
     prompts = [f"Compute {i}*{i}. pears" for i in range(n)]
-    answers = chat.bind(max_tokens=ANSWER_MAX_TOKENS).batch(prompts)  # as evaluate() does
+    answers = chat.bind(max_tokens=ANSWER_MAX_TOKENS).batch(prompts)  # as generate() does
     store.add_canary(
         [TrainingPair(p, m.text) for p, m in zip(prompts, answers, strict=True)], tag="+"
     )
@@ -363,13 +363,13 @@ def test_the_gate_generates_only_when_its_teacher_forced_bound_fails(
     store = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0, canary_margin=1.0)
     _add_own_answers_as_canaries(store, chat, 6)
     generated: list[int] = []
-    evaluate = Recipe.evaluate
+    answers_right = Recipe.answers_right
 
-    def counting_evaluate(self, model, adapter, pairs):
+    def counting_answers_right(self, model, adapter, pairs):
         generated.append(len(pairs))
-        return evaluate(self, model, adapter, pairs)
+        return answers_right(self, model, adapter, pairs)
 
-    monkeypatch.setattr(Recipe, "evaluate", counting_evaluate)
+    monkeypatch.setattr(Recipe, "answers_right", counting_answers_right)
     kept = store.optimize(make_cluster(bow_embeddings))
     assert kept
     trials = store.registry.trials()
@@ -391,7 +391,7 @@ def test_the_base_models_answers_are_generated_once_per_prompt(
             prompts.extend(batch)
         return generate(chat, adapter, batch, **options)
 
-    monkeypatch.setattr(store_module, "generate", counting)
+    monkeypatch.setattr(recipe_module, "generate", counting)
     bases = _recorded_baselines(monkeypatch)
     cluster = make_cluster(bow_embeddings)
     store.optimize(cluster)
@@ -440,7 +440,7 @@ def test_a_canary_right_teacher_forced_is_right_generated(chat, tmp_path, bow_em
     )
     name = store.load(kept[0].id)
     forced = recipe.gate_forced(chat, name, range(len(gate)))
-    generated = recipe.evaluate(chat, name, [p for p, _ in gate]).correct
+    generated = recipe.answers_right(chat, name, [p for p, _ in gate])
     assert all(g for f, g in zip(forced, generated, strict=True) if f)
 
 

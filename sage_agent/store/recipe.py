@@ -15,16 +15,18 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from langchain_core.messages import AIMessage
+
 from sage_agent.answer_formats import ANSWER_FORMATS, AnswerFormat
 from sage_agent.augment import augment_pairs, plan_pairs
 from sage_agent.buffer import Cluster
 from sage_agent.chat import ChatSage
 from sage_agent.errors import StoreError
-from sage_agent.plans import PLAN_MAX_TOKENS, PLAN_TAG, plan_matches
+from sage_agent.plans import PLAN_MAX_TOKENS, PLAN_STOP, PLAN_TAG, plan_matches
 from sage_agent.records import TrainingPair
 from sage_agent.store.config import RecipeConfig
 from sage_agent.store.gate import Canaries
-from sage_agent.validation import Evaluation, Judge, TeacherForced, evaluate, teacher_forced
+from sage_agent.validation import Judge, TeacherForced, generate, judge_answers, teacher_forced
 
 Example = tuple[TrainingPair, str | None]
 """A pair and the expression its prompt asks for (None: no variants can be made)."""
@@ -45,13 +47,23 @@ class Recipe:
     gate: list[TrainingPair] = field(default_factory=list)
     """The gate's canaries with their answers written as training writes them, for a
     teacher-forced gate (generation judges the canaries' plain references)."""
+    stop: tuple[str, ...] = ()
+    """Where a generated answer ends besides the end of the turn (a plan's: its first
+    blank line, as the decomposer generates it)."""
 
-    def evaluate(
+    def generate(
+        self, chat: ChatSage, adapter: str | None, prompts: Sequence[str]
+    ) -> list[AIMessage]:
+        """``validation.generate`` with this recipe's answer length and stop."""
+        return generate(chat, adapter, prompts, max_tokens=self.max_tokens, stop=self.stop)
+
+    def answers_right(
         self, chat: ChatSage, adapter: str | None, pairs: Sequence[TrainingPair]
-    ) -> Evaluation:
-        """``validation.evaluate`` (generated answers) with this recipe's answer length
-        and judge."""
-        return evaluate(chat, adapter, pairs, max_tokens=self.max_tokens, judge=self.judge)
+    ) -> tuple[bool, ...]:
+        """Per pair, whether the answer generated with ``adapter`` is right (the recipe's
+        judge): what confirms a trial that its teacher-forced ranking does not decide."""
+        messages = self.generate(chat, adapter, [p.prompt for p in pairs])
+        return judge_answers(messages, pairs, self.judge)
 
     def rank(self, chat: ChatSage, adapter: str | None) -> TeacherForced:
         """The validation pairs read teacher-forced: what the search ranks trials by."""
@@ -116,7 +128,7 @@ def build_recipe(
     validation = written(val, answer) + [p for p in extra if p.prompt not in seen]
     gate_written = written(gate, answer)
     if cluster.tag == PLAN_TAG:
-        return Recipe(training, validation, PLAN_MAX_TOKENS, plan_matches, gate_written)
+        return Recipe(training, validation, PLAN_MAX_TOKENS, plan_matches, gate_written, PLAN_STOP)
     return Recipe(training, validation, gate=gate_written)
 
 

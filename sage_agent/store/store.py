@@ -31,7 +31,7 @@ from sage_agent.store.registry import AdapterRecord, AdapterRegistry, NewAdapter
 from sage_agent.store.router import Router
 from sage_agent.store.search import Emit, Trial, config_dict, run_search
 from sage_agent.trainer import save_adapter
-from sage_agent.validation import generate, judge_answers
+from sage_agent.validation import judge_answers
 
 BASE_ANSWERS_KEPT = 20_000
 """Base-model answers a store keeps (the oldest leave first): a few megabytes."""
@@ -106,7 +106,7 @@ class LoRAStore:
             db, self.config.gate, seed=self.config.seed, timeout=self.config.registry.lock_timeout
         )
         self.router = Router(self.registry, model, self.config.router, embeddings)
-        self._base_answers: dict[tuple[str, int | None], AIMessage] = {}
+        self._base_answers: dict[tuple[str, tuple[int | None, tuple[str, ...]]], AIMessage] = {}
 
     # what the graph calls
 
@@ -244,16 +244,16 @@ class LoRAStore:
         self, recipe: Recipe, pairs: Sequence[TrainingPair]
     ) -> tuple[list[AIMessage], tuple[bool, ...]]:
         """The base model's generated answers to ``pairs`` and, per pair, whether the
-        recipe's judge takes it. Answers are kept for the store's life, by prompt and
-        answer length: the base model's greedy answer to a prompt does not change, and a
+        recipe's judge takes it. Answers are kept for the store's life, by prompt, answer
+        length and stop: the base model's greedy answer to a prompt does not change, and a
         tag's canaries and a grown cluster's members come back search after search."""
-        key = recipe.max_tokens
+        how = (recipe.max_tokens, recipe.stop)
         cache = self._base_answers
-        missing = list(dict.fromkeys(p.prompt for p in pairs if (p.prompt, key) not in cache))
+        missing = list(dict.fromkeys(p.prompt for p in pairs if (p.prompt, how) not in cache))
         if missing:
-            answers = generate(self.model, None, missing, max_tokens=recipe.max_tokens)
-            cache.update(((prompt, key), a) for prompt, a in zip(missing, answers, strict=True))
-        messages = [cache[(p.prompt, key)] for p in pairs]
+            answers = recipe.generate(self.model, None, missing)
+            cache.update(((prompt, how), a) for prompt, a in zip(missing, answers, strict=True))
+        messages = [cache[(p.prompt, how)] for p in pairs]
         excess = len(cache) - BASE_ANSWERS_KEPT
         if excess > 0:
             for oldest in list(cache)[:excess]:
@@ -282,9 +282,8 @@ class LoRAStore:
             else:
                 right, em = trial.exact, trial.val_em
                 if em <= base.em or self.config.search.confirm_all:
-                    confirmed = recipe.evaluate(self.model, trial.name, recipe.validation)
-                    right, em = confirmed.correct, confirmed.exact_match
-                    generated = em
+                    right = recipe.answers_right(self.model, trial.name, recipe.validation)
+                    em = generated = sum(right) / len(right)
                     agreement = sum(a == b for a, b in zip(trial.exact, right, strict=True)) / len(
                         right
                     )
@@ -385,4 +384,4 @@ class LoRAStore:
         if bound >= floor or not base.routed:
             return bound
         routed = [base.canaries[i] for i in base.routed]
-        return base.canary_em_as_routed(recipe.evaluate(self.model, trial.name, routed).correct)
+        return base.canary_em_as_routed(recipe.answers_right(self.model, trial.name, routed))
