@@ -276,6 +276,14 @@ def test_with_a_planner_the_step_clusters_leave_the_plan_clusters_share() -> Non
     context.planner = None  # no planner: nothing kept
     assert budget_of_call(1) == pytest.approx(90.0)
 
+    # with the CLI's 120 s searches, the plan cluster's search is given its whole share
+    context.budget_seconds, context.planner = 120.0, object()
+    context.adaptation = AdaptationBudget(720.0)
+    assert budget_of_call(1) == 120.0
+    assert budget_of_call(2) == pytest.approx(kept)
+    context.adaptation.charge(200.0, planner=True)
+    assert budget_of_call(2) == 120.0  # a later search: one search's budget, all that is left
+
 
 def test_store_calls_are_timed_and_a_resumed_run_keeps_what_it_spent(agent: SageAgent) -> None:
     from sage_agent.context import AdaptationBudget

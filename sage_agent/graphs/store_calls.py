@@ -32,11 +32,14 @@ def store_call(context: SageContext, cluster_id: int) -> AIMessage | None:
         return None
     budget = context.budget_seconds
     if context.adaptation is not None:
-        steps_while_planning = context.planner is not None and cluster.tag != PLAN_TAG
-        budget = context.adaptation.search_seconds(
-            budget or context.store.config.search.max_seconds,
-            keep=context.adaptation.kept_for_planner if steps_while_planning else 0.0,
-        )
+        wanted, keep = budget or context.store.config.search.max_seconds, 0.0
+        if context.planner is not None and cluster.tag == PLAN_TAG:
+            # A plan trial trains on pairs five times a step's length: one search's budget
+            # buys it a few optimiser steps, so the plan cluster gets what is left of its share.
+            wanted = max(wanted, context.adaptation.kept_for_planner)
+        elif context.planner is not None:
+            keep = context.adaptation.kept_for_planner
+        budget = context.adaptation.search_seconds(wanted, keep=keep)
         if budget is None:
             return None
     call = {
