@@ -562,17 +562,29 @@ def _training_clock(monkeypatch) -> list[float]:
 
 
 @pytest.mark.parametrize(
-    ("budget", "trials", "promoted"), [(30.0, 1, 0), (105.0, 3, 1), (1000.0, 5, 3)]
+    ("budget", "trials", "promoted", "steps"),
+    [(30.0, 1, 0, 3), (75.0, 1, 1, 6), (105.0, 3, 1, 10), (1000.0, 5, 3, 22)],
 )
 def test_no_trial_starts_that_the_budget_cannot_finish(
-    store: LoRAStore, bow_embeddings, monkeypatch, budget: float, trials: int, promoted: int
+    store: LoRAStore,
+    bow_embeddings,
+    monkeypatch,
+    budget: float,
+    trials: int,
+    promoted: int,
+    steps: int,
 ) -> None:
     clock = _training_clock(monkeypatch)
     store.optimize(make_cluster(bow_embeddings), max_seconds=budget)
-    # 30 s: the first trial (20 s); a second would end at 40 s, its second rung at 60 s.
+    # A candidate starts only if the leader's next rung (40 s) still fits after its first
+    # (20 s), and what no whole rung fits trains the leader on, 10 s a step.
+    # 30 s: the first trial's first rung, then one step more (its second rung would end
+    # at 60 s). 75 s: the first trial to the end (60 s) rather than three first rungs.
     # 105 s: three first rungs (60 s) and one second rung (100 s); nothing else fits.
+    # 1000 s: both brackets whole (5 first rungs of 2 steps, 3 second rungs of 4 more).
     logged = store.registry.trials()
     assert (len(logged), sum(t.rung == 1 for t in logged)) == (trials, promoted)
+    assert sum(len(t.curve) for t in logged) == steps  # optimiser steps trained in all
     assert clock[0] <= budget
 
 
@@ -588,10 +600,13 @@ def test_the_search_budget_counts_the_base_model_evaluation(
 
     monkeypatch.setattr(store, "_baseline", slow_baseline)
     store.optimize(make_cluster(bow_embeddings), max_seconds=100.0)
-    # 50 s left after the base model: two first rungs (40 s) and no third (the trials so
-    # far say about 15 s more). Counted from the search's start, three would run.
+    # 50 s left after the base model: a first rung (20 s), no second candidate (its first
+    # rung and the leader's second, 60 s, do not fit in 30 s), and three more steps of the
+    # first trial (30 s). Counted from the search's start, three first rungs and a second
+    # would run.
     logged = store.registry.trials()
-    assert (len(logged), sum(t.rung == 1 for t in logged)) == (2, 0)
+    assert (len(logged), sum(t.rung == 1 for t in logged)) == (1, 0)
+    assert len(logged[0].curve) == 5
 
 
 def test_expected_trial_seconds_scale_with_samples_and_layers() -> None:
