@@ -2,7 +2,7 @@
 
     python benchmarks/bench_store.py --data ../shared/data/gsm8k/train.jsonl
         [--tag +] [--size 48] [--canaries 48] [--seed 0] [--max-trials 10] [--max-seconds 900]
-        [--confirm-all]
+        [--confirm-all] [--heldout 96]
 
 The embedded model answers GSM8K atoms of one operator signature; the first ``--size`` it
 gets wrong become the cluster (text = the atomic prompt, payload = expression and
@@ -14,7 +14,8 @@ every trial considered for keeping, which measures how often the two verdicts ag
 Prints every trial (its rung, teacher-forced and generated validation EM, how often the
 two verdicts agree) and the kept adapters (generated validation EM against the base
 model's on the same split), the configurations evaluated and where the seconds went (each
-phase's own seconds, the phases it calls taken out), and writes benchmarks/results/store.md.
+phase's own seconds, the phases it calls taken out), the best kept adapter on the next
+``--heldout`` atoms of the tag as the graph routes it, and writes benchmarks/results/store.md.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ from sage_agent.steps import ATOMIC_PROMPT
 from sage_agent.store import LoRAStore, StoreConfig
 from sage_agent.store import store as store_module
 from sage_agent.store.recipe import Recipe
-from sage_agent.store.registry import AdapterRegistry
+from sage_agent.store.registry import AdapterRecord, AdapterRegistry
 from sage_agent.trainer import ANSWER_MAX_TOKENS, FrozenPrefix, LoRARun
+from sage_agent.validation import generate
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -101,6 +103,9 @@ def main() -> None:
     parser.add_argument("--max-trials", type=int, default=10, help="SearchConfig.max_trials")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="SearchConfig.max_seconds")
     parser.add_argument("--confirm-all", action="store_true", help="SearchConfig.confirm_all")
+    parser.add_argument(
+        "--heldout", type=int, default=96, help="later atoms of the tag the best adapter answers"
+    )
     args = parser.parse_args()
 
     chat = ChatSage(max_tokens=ANSWER_MAX_TOKENS)
@@ -114,7 +119,7 @@ def main() -> None:
         chunk = [next(steps) for _ in range(16)]
         prompts = [ATOMIC_PROMPT.format(expression=s.expression) for s in chunk]
         for step, prompt, message in zip(chunk, prompts, chat.batch(prompts), strict=True):
-            right = numbers_match(parse_number(message.text), parse_number(step.reference))
+            right = _right(message.text, step.reference)
             if right and len(canaries) < args.canaries:
                 canaries.append(TrainingPair(prompt, step.reference))
                 canary_expressions.append(step.expression)
@@ -142,6 +147,8 @@ def main() -> None:
         kept = store.optimize(cluster)
         seconds = time.perf_counter() - started
         trials = sorted(store.registry.trials(), key=lambda t: t.number)
+        heldout = [next(steps) for _ in range(args.heldout)]
+        held = held_out_figures(store, kept[0] if kept else None, heldout) if heldout else ""
 
     lines = [
         f"| {t.number} | {_config(t.config)} | {t.rung} | {t.val_em:.1%} | {t.val_loss:.3f} | "
@@ -180,6 +187,7 @@ def main() -> None:
     print("\n".join(lines))
     print("\n".join(phases))
     print(summary)
+    print(held)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "store.md").write_text(
@@ -191,13 +199,42 @@ def main() -> None:
         f"{args.confirm_all}, rungs "
         f"{config.search.rungs} (validation: the held-out quarter of the cluster plus "
         "verifier-labelled variants of it).\n\n"
-        f"{summary}.\n\n| trial | rank, alpha, lr, dropout | rung | val EM (teacher-forced) | "
+        f"{summary}.\n\n{held}\n\n"
+        "| trial | rank, alpha, lr, dropout | rung | val EM (teacher-forced) | "
         "val loss | val EM (generated) | verdicts agree | canary EM | seconds | outcome |\n"
         "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n\n"
         "Where the seconds of optimize() went (each phase's own seconds):\n\n"
         "| phase | seconds | share |\n|---|---|---|\n" + "\n".join(phases) + "\n"
     )
     print(f"written to {RESULTS / 'store.md'}")
+
+
+def held_out_figures(store: LoRAStore, best: AdapterRecord | None, atoms: list) -> str:
+    """The best kept adapter on later atoms of the tag, as the graph routes it (every
+    atom when it routes all, else those whose base answer is unsure), against the base
+    model: a figure of the adapter's quality less noisy than its validation split's."""
+    prompts = [ATOMIC_PROMPT.format(expression=a.expression) for a in atoms]
+    base = generate(store.model, None, prompts)
+    base_right = [_right(m.text, a.reference) for m, a in zip(base, atoms, strict=True)]
+    line = f"Held out: {len(atoms)} later atoms of the tag, base model {np.mean(base_right):.1%}"
+    if best is None:
+        return line + " (no adapter kept)."
+    routed = [i for i, m in enumerate(base) if best.route_all or store.unsure(m)]
+    name = store.load(best.id)
+    answers = generate(store.model, name, [prompts[i] for i in routed])
+    right = list(base_right)
+    for i, message in zip(routed, answers, strict=True):
+        right[i] = _right(message.text, atoms[i].reference)
+    fixed = sum(r and not b for r, b in zip(right, base_right, strict=True))
+    broken = sum(b and not r for r, b in zip(right, base_right, strict=True))
+    return (
+        f"{line}, best adapter as routed {np.mean(right):.1%} ({len(routed)} routed, "
+        f"route_all {best.route_all}; {fixed} fixed, {broken} broken)."
+    )
+
+
+def _right(text: str, reference: str) -> bool:
+    return numbers_match(parse_number(text), parse_number(reference))
 
 
 def _config(config: dict) -> str:
