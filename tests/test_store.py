@@ -370,6 +370,8 @@ def test_the_gate_generates_only_when_its_teacher_forced_bound_fails(
         return answers_right(self, model, adapter, pairs)
 
     monkeypatch.setattr(Recipe, "answers_right", counting_answers_right)
+    # (routing all or unsure is checked apart: test_routing_all_is_checked_on_...)
+    monkeypatch.setattr(store, "_routes_all", lambda *args, **options: False)
     kept = store.optimize(make_cluster(bow_embeddings))
     assert kept
     trials = store.registry.trials()
@@ -514,6 +516,38 @@ def test_an_adapter_routes_all_where_that_is_expected_to_answer_more_right(
     trial = Trial(1, None, "t")
     # as routed: the sure canaries keep the base model's answers (canary EM 1.0)
     assert store._routes_all(cluster, trial, recipe, base, right, 1.0) is expected
+
+
+@pytest.mark.parametrize("confirm", [False, True])
+def test_routing_all_is_checked_on_generated_answers_where_the_bounds_lose(
+    store: LoRAStore, bow_embeddings, confirm: bool
+) -> None:
+    canaries = [TrainingPair(f"Compute {i}+1.", str(i + 1)) for i in range(5)]
+    base = Baseline(
+        em=0.0,
+        canaries=canaries,
+        canary_right=(True,) * 5,
+        routed=(4,),
+        val_right=(False,) * 4,
+        val_unsure=(0, 1),
+    )
+    # teacher-forced, the adapter is right on nothing: routing all loses on the bounds;
+    # generated, it is right on everything: routing all wins (1.0 against 0.55)
+    generated: list[int] = []
+    recipe = SimpleNamespace(
+        gate_forced=lambda _chat, _name, indices: [False] * len(indices),
+        answers_right=lambda _chat, _name, pairs: (
+            generated.append(len(pairs)) or (True,) * len(pairs)
+        ),
+        validation=[TrainingPair(f"Compute {i}-1.", str(i - 1)) for i in range(4)],
+    )
+    store.canaries.tag_accuracy = lambda _tag, _size: 0.1
+    cluster = make_cluster(bow_embeddings)
+    routes_all = store._routes_all(
+        cluster, Trial(1, None, "t"), recipe, base, (False,) * 4, 1.0, confirm=confirm
+    )
+    assert routes_all is confirm
+    assert generated == ([4, 5] if confirm else [])  # validation, then the canaries
 
 
 def test_affordable_loss() -> None:
