@@ -5,14 +5,11 @@ inside a trial and a time budget.
 Each group of candidates runs as a successive-halving bracket (Jamieson and Talwalkar,
 2016; Hyperband's inner loop): every candidate trains the first rung's share of its
 training, the better half of those at a rung train on to the next, and so on to the whole
-training. The bracket fits its budget: a new candidate starts only if the best trial so
-far can still train to its next rung after it, and what is left when no whole rung fits
-trains the best trial further, so a small budget trains one configuration far rather
-than several a little. Trials are ranked teacher-forced (``Recipe.rank``: validation
-exact match, then validation loss, from one forward pass); the store generates only to
-confirm the trials it keeps. Written here rather than with Optuna's pruners because a
-rung is not a restarted trial: each trial's optimiser state lives on in its ``LoRARun``
-and the promoted ones continue where they stopped, on the one shared base model.
+training. Trials are ranked teacher-forced (``Recipe.rank``: validation exact match, then
+validation loss, from one forward pass); the store generates only to confirm the trials
+it keeps. Written here rather than with Optuna's pruners because a rung is not a
+restarted trial: each trial's optimiser state lives on in its ``LoRARun`` and the
+promoted ones continue where they stopped, on the one shared base model.
 """
 
 from __future__ import annotations
@@ -52,9 +49,7 @@ class Trial:
     config: LoRATrainConfig
     name: str
     rung: int = -1
-    """The last rung it was trained to and ranked at (-1: none yet). Trained further with
-    the budget's rest but short of the next rung, it keeps this one (``samples`` says how
-    far it went)."""
+    """The last rung it was trained to and ranked at (-1: none yet)."""
     val_em: float = 0.0
     """Teacher-forced validation exact match at that rung."""
     val_loss: float = math.inf
@@ -95,35 +90,16 @@ def run_search(
     trials: list[Trial] = []
     failed: list[FailedTrial] = []
 
-    def left() -> float:
-        return max_seconds - (time.perf_counter() - started)
-
-    def affordable(candidate: LoRATrainConfig, samples: int, *, reserve: float = 0.0) -> bool:
+    def affordable(candidate: LoRATrainConfig, samples: int) -> bool:
         if not trials and not failed:
             return True  # the first trial always runs
-        return expected_seconds(trials, candidate, samples, layers) + reserve <= left()
+        spent = time.perf_counter() - started
+        return spent + expected_seconds(trials, candidate, samples, layers) <= max_seconds
 
-    def best_going_on() -> Trial | None:
-        """The best trial so far, when it can train on (not at its last rung)."""
-        best = min(trials, key=ranking, default=None)
-        return best if best and best.run and best.rung < len(config.rungs) - 1 else None
-
-    def leader_next_rung() -> float:
-        """The expected seconds of the leader's next rung: a new candidate starts only if
-        that is still affordable after its first rung. A small budget thus trains one
-        configuration further instead of ranking several that none trains far; a large
-        one ranks as many as before (benchmarks/results/store.md)."""
-        best = best_going_on()
-        if best is None:
-            return 0.0
-        return expected_seconds(trials, best.config, samples_to(best, best.rung + 1), layers)
-
-    def train_to(trial: Trial, rung: int, steps: int | None = None) -> bool:
-        """Train ``trial`` to ``rung`` (or to ``steps`` optimiser steps in all, short of
-        the rung after its last: a partial rung) and rank it; False when it failed."""
+    def train_to(trial: Trial, rung: int) -> bool:
+        """Train ``trial`` to ``rung`` and rank it there; False when it failed."""
         assert trial.run is not None
-        if steps is None:
-            steps = rung_steps(config.rungs[rung], len(trial.run.batches))
+        steps = rung_steps(config.rungs[rung], len(trial.run.batches))
         try:
             result = trial.run.train(steps - len(trial.run.losses))
             trained = time.perf_counter()
@@ -166,10 +142,8 @@ def run_search(
     def start(candidate: LoRATrainConfig, bar: tqdm) -> Trial | None:
         if len(trials) + len(failed) >= config.max_trials:
             return None
-        per_epoch = math.ceil(len(recipe.train) / candidate.batch_size)
-        first_steps = rung_steps(config.rungs[0], per_epoch * candidate.epochs)
-        first_samples = round(first_steps * len(recipe.train) / per_epoch)
-        if not affordable(candidate, first_samples, reserve=leader_next_rung()):
+        first_samples = config.rungs[0] * candidate.epochs * len(recipe.train)
+        if not affordable(candidate, round(first_samples)):
             return None
         number = len(trials) + len(failed) + 1
         trial = Trial(number, candidate, f"trial-{run_id}-{number}")
@@ -200,32 +174,13 @@ def run_search(
             live = sorted(live, key=ranking)[: math.ceil(len(live) / 2)]
             promoted = []
             for trial in live:
-                if affordable(trial.config, samples_to(trial, rung)) and train_to(trial, rung):
+                run = trial.run
+                assert run is not None
+                more = rung_steps(config.rungs[rung], len(run.batches)) - len(run.losses)
+                more_samples = round(more * run.samples / len(run.losses))
+                if affordable(trial.config, more_samples) and train_to(trial, rung):
                     promoted.append(trial)
             live = promoted
-
-    def samples_to(trial: Trial, rung: int) -> int:
-        """The training samples that take ``trial`` from where it stands to ``rung``."""
-        run = trial.run
-        assert run is not None and run.losses
-        more = rung_steps(config.rungs[rung], len(run.batches)) - len(run.losses)
-        return round(more * run.samples / len(run.losses))
-
-    def spend_the_rest() -> None:
-        """Train the leader with what is left of the budget when no whole rung fits:
-        seconds the search would otherwise leave unspent."""
-        best = best_going_on()
-        if best is None or best.run is None:
-            return
-        run = best.run
-        per_step = run.samples / len(run.losses)
-        ranking_seconds = expected_seconds(trials, best.config, 0, layers)
-        step_seconds = expected_seconds(trials, best.config, round(per_step), layers)
-        steps = math.floor((left() - ranking_seconds) / max(step_seconds - ranking_seconds, 1e-9))
-        target = rung_steps(config.rungs[best.rung + 1], len(run.batches))
-        end = min(target, len(run.losses) + steps)
-        if steps >= 1:
-            train_to(best, best.rung + 1 if end == target else best.rung, end)
 
     description = f"LoRA search, cluster {cluster_id}"
     with tqdm(total=config.max_trials, desc=description, unit="trial", leave=False) as bar:
@@ -238,7 +193,6 @@ def run_search(
                     seen.add(_key(neighbour))
                     around.append(neighbour)
         bracket(around, bar)
-        spend_the_rest()
     if failed and not trials:
         raise StoreError(f"every trial failed: {'; '.join(f.error for f in failed)}")
     for trial in trials:

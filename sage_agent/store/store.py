@@ -301,9 +301,7 @@ class LoRAStore:
                         )
             adapter_id = None
             if outcome == "kept":
-                route_all = self._routes_all(
-                    cluster, trial, recipe, base, right, canary_em, confirm=not kept
-                )
+                route_all = self._routes_all(cluster, trial, recipe, base, right, canary_em)
                 record = self.registry.register(
                     NewAdapter(
                         cluster_id=cluster.id,
@@ -359,21 +357,14 @@ class LoRAStore:
         base: Baseline,
         right: Sequence[bool],
         canary_em: float | None,
-        *,
-        confirm: bool = False,
     ) -> bool:
         """Whether the kept trial should answer every step routed to it rather than only
         those whose base answer is unsure: the tag's expected exact match
-        (``expected_accuracy``) is higher that way. Where the base model's sure answers
-        are mostly wrong (GSM8K's "-" and "/"), the confidence gate keeps them wrong;
-        where they are mostly right ("*"), it is what saves them. A planner adapter gets
-        every question anyway.
-
-        Judged first on teacher-forced lower bounds (``right``: per validation pair); if
-        routing all already wins on them, it is chosen. The bounds weigh against routing
-        all (every answer is the adapter's there, only the unsure ones as routed), so with
-        ``confirm`` (the cluster's first adapter, the one routing reads) a loss on them is
-        checked on generated answers, both ways."""
+        (``expected_accuracy``) is higher that way. Routing all is judged on its canaries'
+        teacher-forced lower bound, so it is chosen only when that bound already wins.
+        Where the base model's sure answers are mostly wrong (GSM8K's "-" and "/"), the
+        confidence gate keeps them wrong; where they are mostly right ("*"), it is what
+        saves them. A planner adapter gets every question anyway."""
         if cluster.tag == PLAN_TAG:
             return True
         p = self.canaries.tag_accuracy(cluster.tag, cluster.size)
@@ -383,19 +374,7 @@ class LoRAStore:
         as_routed = expected_accuracy(
             p, 1.0 if canary_em is None else canary_em, base.val_em_as_routed(right)
         )
-        if expected_accuracy(p, all_canaries, sum(right) / len(right)) > as_routed:
-            return True
-        if not confirm:
-            return False
-        on_validation = recipe.answers_right(self.model, trial.name, recipe.validation)
-        all_canaries = routed_canaries = 1.0
-        if base.canaries:
-            generated = recipe.answers_right(self.model, trial.name, base.canaries)
-            all_canaries = sum(generated) / len(generated)
-            routed_canaries = base.canary_em_as_routed([generated[i] for i in base.routed])
-        return expected_accuracy(
-            p, all_canaries, sum(on_validation) / len(on_validation)
-        ) > expected_accuracy(p, routed_canaries, base.val_em_as_routed(on_validation))
+        return expected_accuracy(p, all_canaries, sum(right) / len(right)) > as_routed
 
     def _canary_em(self, trial: Trial, recipe: Recipe, base: Baseline, floor: float) -> float:
         """The trial's canary exact match as routing would use it: the adapter answers
