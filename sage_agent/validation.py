@@ -85,16 +85,15 @@ def evaluate(
     pairs: Sequence[TrainingPair],
     *,
     max_tokens: int | None = None,
-    stop: Sequence[str] = (),
     judge: Judge | None = None,
 ) -> Evaluation:
     """Exact match of greedy answers and the teacher-forced answer loss, with ``adapter``
     active (None: the base model). Answers may run to ``max_tokens`` (None:
-    ANSWER_MAX_TOKENS, an atomic step's) and end at the first of ``stop``;
-    ``judge(answer, reference)`` says whether an answer is right (None: ``same_answer``)."""
+    ANSWER_MAX_TOKENS, an atomic step's); ``judge(answer, reference)`` says whether an
+    answer is right (None: ``same_answer``)."""
     if not pairs:
         raise InvalidInput("no evaluation pairs")
-    messages = generate(chat, adapter, [p.prompt for p in pairs], max_tokens=max_tokens, stop=stop)
+    messages = generate(chat, adapter, [p.prompt for p in pairs], max_tokens=max_tokens)
     loss = teacher_forced(chat, adapter, pairs).loss
     correct = judge_answers(messages, pairs, judge)
     return Evaluation(
