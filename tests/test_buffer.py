@@ -377,6 +377,19 @@ def test_a_keyed_sample_is_added_once(db_path: Path) -> None:
     assert len(buffer.buffered("t")) == 2
 
 
+def test_base_failures_count_the_samples_no_adapter_answered(db_path: Path) -> None:
+    buffer = _buffer(db_path)
+    buffer.add("a: apples 1", tag="t", payload={"adapter": None})
+    buffer.add("a: apples 2", tag="t")  # a payload without the key: the base model's
+    buffer.add("a: apples 3", tag="t", payload={"adapter": "c1-a1"})
+    buffer.add("b: pears 1", tag="u", payload={"adapter": None})
+    assert (buffer.base_failures("t"), buffer.base_failures("u"), buffer.base_failures("v")) == (
+        2,
+        1,
+        0,
+    )
+
+
 def test_a_cluster_is_claimed_by_one_owner_at_a_time(db_path: Path) -> None:
     import socket
     import subprocess

@@ -95,6 +95,9 @@ def test_a_sure_base_answer_is_kept_and_its_adapter_saved_for_the_retry(
     # the random base model's sure answer is wrong: while adapting, the routed adapter is
     # tried next (route-only runs, train=False, make no retries)
     assert first["failed"] and retries[0]["adapter"] == adapters[0]
+    # buffered as the base model's failure: the tag's accuracy counts it
+    last = agent.buffer.points()[-1].sample
+    assert "adapter" in last.payload and last.payload["adapter"] is None
 
     agent.store.unsure = lambda _answer: True
     agent.run([nine_task(4)], train=False)

@@ -357,6 +357,19 @@ def _recorded_baselines(monkeypatch) -> list[Baseline]:
     return bases
 
 
+@pytest.mark.parametrize(("tag_failures", "failures"), [(None, 20), (5, 20), (74, 74)])
+def test_the_tag_accuracy_counts_the_tags_failures_not_the_clusters(
+    chat, tmp_path, bow_embeddings, monkeypatch, tag_failures, failures
+) -> None:
+    # 6 canaries; a cluster of 20 failures holds only part of the tag's, and never
+    # more than the tag has failed
+    store = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0)
+    _add_own_answers_as_canaries(store, chat, 6)
+    bases = _recorded_baselines(monkeypatch)
+    store.optimize(make_cluster(bow_embeddings), tag_failures=tag_failures)
+    assert bases[0].tag_accuracy == pytest.approx(6 / (6 + failures))
+
+
 def test_the_gate_generates_only_when_its_teacher_forced_bound_fails(
     chat, tmp_path, bow_embeddings, monkeypatch
 ) -> None:
@@ -505,11 +518,11 @@ def test_an_adapter_routes_all_where_that_is_expected_to_answer_more_right(
         routed=(4,),
         val_right=(False,) * 4,
         val_unsure=(0, 1),
+        tag_accuracy=tag_accuracy,
     )
     # right on every validation pair: 100% routed all, 50% as routed (two are sure)
     right = (True,) * 4
     recipe = SimpleNamespace(gate_forced=lambda _chat, _name, indices: all_canaries)
-    store.canaries.tag_accuracy = lambda _tag, _size: tag_accuracy
     cluster = make_cluster(bow_embeddings)
     trial = Trial(1, None, "t")
     # as routed: the sure canaries keep the base model's answers (canary EM 1.0)

@@ -165,6 +165,11 @@ class TriggerBuffer(LazyEmbeddings):
             where, args = where + " AND tag = ?", [tag]
         return [sample_of(r) for r in self.db["samples"].rows_where(where, args, order_by="id")]
 
+    def base_failures(self, tag: str) -> int:
+        """Samples of ``tag`` the base model failed: those whose payload names no adapter."""
+        query = "SELECT count(*) FROM samples WHERE tag = ? AND payload ->> 'adapter' IS NULL"
+        return self.db.execute(query, [tag]).fetchone()[0]
+
     def points(self) -> list[FailurePoint]:
         """Every sample with its embedding and current cluster (``failure_points``)."""
         return failure_points(self.db)

@@ -213,6 +213,7 @@ def buffer(state: SageState, runtime: Ctx) -> SageState:
             "expression": attempt["expression"],
             "reference": attempt["reference"],
             "answer": attempt["answer"],
+            "adapter": attempt["adapter"],
         },
         # One sample per thread and step: a node re-run after a crash adds it once.
         key=f"{thread}:{step.id}" if thread else None,

@@ -79,19 +79,21 @@ class CanarySet:
         where, args = ("tag = ?", [tag]) if tag is not None else (None, [])
         return self.db["canary"].count_where(where, args)
 
-    def margin(self, tag: str, cluster_size: int, gain: float) -> float:
-        """The canary exact match an adapter of ``tag`` may lose: ``canary_margin`` when
-        set, else what its validation ``gain`` on a cluster of ``cluster_size`` failures
-        pays for (``affordable_loss``, the tag's base accuracy estimated from its canaries)."""
+    def margin(self, tag_accuracy: float, gain: float) -> float:
+        """The canary exact match an adapter may lose: ``canary_margin`` when set, else
+        what its validation ``gain`` pays for on a tag the base model answers right with
+        ``tag_accuracy`` (``affordable_loss``)."""
         if self.config.canary_margin is not None:
             return self.config.canary_margin
-        return affordable_loss(self.tag_accuracy(tag, cluster_size), gain)
+        return affordable_loss(tag_accuracy, gain)
 
-    def tag_accuracy(self, tag: str, cluster_size: int) -> float:
+    def tag_accuracy(self, tag: str, failures: int) -> float:
         """The base model's accuracy on ``tag``, estimated as its canaries (steps it got
-        right) over those and a cluster of ``cluster_size`` failures."""
+        right) over those and its ``failures`` on the tag. Counted over the stream, not
+        over one cluster: a cluster holds only part of a tag's failures (the rest wait in
+        the buffer or were left as noise), and the canaries are every pass of the tag."""
         passes = self.count(tag)
-        return passes / (passes + cluster_size) if passes + cluster_size else 0.0
+        return passes / (passes + failures) if passes + failures else 0.0
 
 
 def expected_accuracy(base_accuracy: float, on_canaries: float, on_failures: float) -> float:

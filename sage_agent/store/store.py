@@ -56,6 +56,9 @@ class Baseline:
     """Per validation pair: the base model's generated answer is right."""
     val_unsure: tuple[int, ...] = ()
     """The validation pairs whose base answer is unsure."""
+    tag_accuracy: float = 0.0
+    """The base model's share of right answers on the cluster's tag
+    (``CanarySet.tag_accuracy``): how much its canaries weigh against its failures."""
 
     @property
     def canary_em(self) -> float | None:
@@ -151,12 +154,20 @@ class LoRAStore:
     # CLO
 
     def optimize(
-        self, cluster: Cluster, *, max_seconds: float | None = None, progress: Emit | None = None
+        self,
+        cluster: Cluster,
+        *,
+        max_seconds: float | None = None,
+        progress: Emit | None = None,
+        tag_failures: int | None = None,
     ) -> list[AdapterRecord]:
         """Run Cluster-aware LoRA Optimisation on ``cluster``; returns the kept adapters,
         best first (empty when none beat the base model and passed the gate). The time
         budget covers the base model's evaluation, training and ranking; confirming and
-        saving the kept trials come after it."""
+        saving the kept trials come after it. ``tag_failures`` is how many of the tag's
+        steps the base model has failed (``TriggerBuffer.base_failures``): with the tag's
+        canaries it gives the base model's accuracy on the tag, which weighs an adapter's
+        gain against its canary losses; the cluster's size when not given."""
         budget = self.config.search.max_seconds if max_seconds is None else max_seconds
         if not budget > 0:
             raise StoreError(f"time budget must be positive, not {budget}")
@@ -172,7 +183,8 @@ class LoRAStore:
             rehearsal=rehearsal,
             gate=gate,
         )
-        base = self._baseline(cluster, recipe, [pair for pair, _ in gate])
+        failures = cluster.size if tag_failures is None else max(tag_failures, cluster.size)
+        base = self._baseline(cluster, recipe, [pair for pair, _ in gate], failures)
         trials, failed = run_search(
             self.model,
             recipe,
@@ -217,7 +229,9 @@ class LoRAStore:
             self.remove(adapter_id)
         return kept
 
-    def _baseline(self, cluster: Cluster, recipe: Recipe, canaries: list[TrainingPair]) -> Baseline:
+    def _baseline(
+        self, cluster: Cluster, recipe: Recipe, canaries: list[TrainingPair], failures: int
+    ) -> Baseline:
         """The base model on the validation pairs and on the gate's canaries, with the
         canaries routing would hand an adapter: those whose base answer is unsure (a
         planner adapter gets every question)."""
@@ -238,6 +252,7 @@ class LoRAStore:
             routed=routed,
             val_right=val_right,
             val_unsure=tuple(i for i, m in enumerate(on_validation) if self.router.unsure(m)),
+            tag_accuracy=self.canaries.tag_accuracy(cluster.tag, failures),
         )
 
     def _base_answered(
@@ -292,7 +307,7 @@ class LoRAStore:
                         f"generated validation EM {em:.3f} does not beat the base {base.em:.3f}"
                     )
                 elif base.canary_em is not None:
-                    margin = self.canaries.margin(cluster.tag, cluster.size, em - base.em)
+                    margin = self.canaries.margin(base.tag_accuracy, em - base.em)
                     canary_em = self._canary_em(trial, recipe, base, base.canary_em - margin)
                     if canary_em < base.canary_em - margin:
                         outcome = (
@@ -367,14 +382,24 @@ class LoRAStore:
         saves them. A planner adapter gets every question anyway."""
         if cluster.tag == PLAN_TAG:
             return True
-        p = self.canaries.tag_accuracy(cluster.tag, cluster.size)
+        p = base.tag_accuracy
         everything = range(len(base.canaries))
         on_canaries = recipe.gate_forced(self.model, trial.name, everything)
         all_canaries = sum(on_canaries) / len(on_canaries) if on_canaries else 1.0
         as_routed = expected_accuracy(
             p, 1.0 if canary_em is None else canary_em, base.val_em_as_routed(right)
         )
-        return expected_accuracy(p, all_canaries, sum(right) / len(right)) > as_routed
+        routed_all = expected_accuracy(p, all_canaries, sum(right) / len(right))
+        log.info(
+            "cluster %s (tag %r, base accuracy %.2f): expected EM %.3f routing all, %.3f "
+            "routing the unsure only",
+            cluster.id,
+            cluster.tag,
+            p,
+            routed_all,
+            as_routed,
+        )
+        return routed_all > as_routed
 
     def _canary_em(self, trial: Trial, recipe: Recipe, base: Baseline, floor: float) -> float:
         """The trial's canary exact match as routing would use it: the adapter answers

@@ -60,7 +60,12 @@ def train_cluster(
     if not buffer.claim(cluster.id, owner, 3 * budget + 600):
         raise StoreError(f"cluster {cluster.id} is being trained by another process")
     try:
-        kept = store.optimize(cluster, max_seconds=max_seconds, progress=progress)
+        kept = store.optimize(
+            cluster,
+            max_seconds=max_seconds,
+            progress=progress,
+            tag_failures=buffer.base_failures(cluster.tag),
+        )
     except BaseException:
         buffer.release(cluster.id, owner)
         raise
