@@ -31,6 +31,13 @@ def operator_signature(expression: str) -> str:
     return "".join(op for op in _OPERATOR_ORDER if op in found)
 
 
+def operators_within(part: str, signature: str) -> bool:
+    """Whether the operator signature ``part`` ("*") is made of some of the operators of
+    ``signature`` ("*/") and is not all of them."""
+    operators = set(_OPERATOR_ORDER)
+    return bool(part) and set(part) <= operators and set(part) < set(signature) <= operators
+
+
 def spaced_expression(expression: str) -> str:
     """The expression with one space around each binary operator: "60+17" is "60 + 17",
     "3*-2" is "3 * -2"."""

@@ -15,7 +15,7 @@ from langchain_core.embeddings import Embeddings
 
 from sage_agent.buffer import BufferConfig, TriggerBuffer, default_tag, keywords
 from sage_agent.database import DatabaseError, DatabaseLocked, SchemaVersionError
-from sage_agent.steps import operator_signature
+from sage_agent.steps import operator_signature, operators_within
 
 DIM = 32
 _BASES = np.linalg.qr(np.random.default_rng(0).normal(size=(DIM, DIM)))[0]
@@ -80,6 +80,22 @@ def _buffer(path: Path, **config) -> TriggerBuffer:
 )
 def test_operator_signature(expression: str, signature: str) -> None:
     assert operator_signature(expression) == signature
+
+
+@pytest.mark.parametrize(
+    ("part", "signature", "within"),
+    [
+        ("*", "*/", True),
+        ("+-", "+-*", True),
+        ("*/", "*/", False),
+        ("+", "*/", False),
+        ("plan", "*/", False),
+        ("+", "default", False),
+        ("", "+", False),
+    ],
+)
+def test_operators_within(part: str, signature: str, within: bool) -> None:
+    assert operators_within(part, signature) is within
 
 
 def test_default_tag() -> None:

@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage
 from sage_agent import ChatSage, ConfigError, CorruptAdapter, NotFoundError, StoreError
 from sage_agent.buffer import Cluster, Sample
 from sage_agent.records import TrainingPair
-from sage_agent.store import LoRAStore, StoreConfig, affordable_loss
+from sage_agent.store import LoRAStore, RouterConfig, StoreConfig, affordable_loss
 from sage_agent.store import recipe as recipe_module
 from sage_agent.store.recipe import Recipe, build_recipe
 from sage_agent.store.search import Trial, expected_seconds
@@ -253,6 +253,11 @@ def test_route_finds_the_nearest_cluster(store: LoRAStore, bow_embeddings) -> No
     kept = store.optimize(make_cluster(bow_embeddings))
     assert [a.id for a in store.route("Compute 3+4. apples")] == [a.id for a in kept]
     assert store.route("Compute 3+4. apples", tag="*") == []
+    # a mixed step ("+*") has no cluster of its own: its operators' clusters take it
+    assert [a.id for a in store.route("Compute 3+4*2. apples", tag="+*")] == [a.id for a in kept]
+    assert store.route("Compute 3+4. apples", tag="default") == []
+    store.router.config = RouterConfig(route_by_operators=False)
+    assert store.route("Compute 3+4*2. apples", tag="+*") == []
     assert store.route("an unrelated sentence about weather") == []
     # nearest: the nearest cluster whatever its distance (a planner serves every question)
     far = store.route("an unrelated sentence about weather", nearest=True)

@@ -215,6 +215,15 @@ class RouterConfig:
             "step."
         },
     )
+    route_by_operators: bool = field(
+        default=True,
+        metadata={
+            "help": 'A step whose operator signature has no adapter of its own ("*/") goes '
+            'to the nearest cluster of a signature made of some of its operators ("*", '
+            '"/"), above the threshold: mixed steps are too few to form clusters of '
+            "their own."
+        },
+    )
     max_loaded: int = field(default=4, metadata={"help": "M: adapters loaded in memory (LRU)."})
 
     def __post_init__(self) -> None:

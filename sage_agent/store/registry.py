@@ -273,6 +273,11 @@ class AdapterRegistry:
         )
         return [(cluster_id, np.frombuffer(blob, dtype=np.float32)) for cluster_id, blob in rows]
 
+    def tags(self) -> list[str]:
+        """The tags that have a ready adapter."""
+        rows = self.db.execute("SELECT DISTINCT tag FROM adapters WHERE status = 'ready'")
+        return [tag for (tag,) in rows if tag is not None]
+
     def trials(self, cluster_id: int | None = None) -> list[TrialRecord]:
         """The trial log, oldest first."""
         where, args = ("cluster_id = ?", [cluster_id]) if cluster_id is not None else (None, [])

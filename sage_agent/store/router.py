@@ -14,6 +14,7 @@ from sage_agent.chat import ChatSage
 from sage_agent.embeddings import LazyEmbeddings
 from sage_agent.errors import CorruptAdapter
 from sage_agent.numeric import number_logprob
+from sage_agent.steps import operators_within
 from sage_agent.store.config import RouterConfig
 from sage_agent.store.registry import AdapterRecord, AdapterRegistry
 
@@ -37,9 +38,12 @@ class Router(LazyEmbeddings):
         self, text: str, tag: str | None = None, *, nearest: bool = False
     ) -> list[AdapterRecord]:
         """The adapters of the cluster whose centroid is nearest to ``text`` (cosine at least
-        ``route_threshold``, or any with ``nearest``; same tag when one is given), best
-        first; [] when none is."""
+        ``route_threshold``, or any with ``nearest``; same tag when one is given, else one
+        of its operators' with ``route_by_operators``), best first; [] when none is."""
         centroids = self.registry.centroids(tag)
+        if not centroids and tag is not None and self.config.route_by_operators:
+            parts = [part for part in self.registry.tags() if operators_within(part, tag)]
+            centroids = [c for part in parts for c in self.registry.centroids(part)]
         if not centroids:
             return []
         vector = np.asarray(self.embeddings.embed_query(text), dtype=np.float64)
