@@ -167,8 +167,8 @@ class TriggerBuffer(LazyEmbeddings):
 
     def base_failures(self, tag: str) -> int:
         """Samples of ``tag`` the base model failed: those whose payload names no adapter."""
-        query = "SELECT count(*) FROM samples WHERE tag = ? AND payload ->> 'adapter' IS NULL"
-        return self.db.execute(query, [tag]).fetchone()[0]
+        where = "tag = ? AND json_extract(payload, '$.adapter') IS NULL"
+        return self.db["samples"].count_where(where, [tag])
 
     def points(self) -> list[FailurePoint]:
         """Every sample with its embedding and current cluster (``failure_points``)."""
