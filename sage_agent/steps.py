@@ -34,8 +34,7 @@ def operator_signature(expression: str) -> str:
 def operators_within(part: str, signature: str) -> bool:
     """Whether the operator signature ``part`` ("*") is made of some of the operators of
     ``signature`` ("*/") and is not all of them."""
-    operators = set(_OPERATOR_ORDER)
-    return bool(part) and set(part) <= operators and set(part) < set(signature) <= operators
+    return bool(part) and set(part) < set(signature) <= set(_OPERATOR_ORDER)
 
 
 def spaced_expression(expression: str) -> str:
