@@ -12,8 +12,10 @@ A task is a dict with "id", "question" and, for data tasks, the GSM8K "answer". 
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
@@ -56,20 +58,51 @@ class LLMDecomposer:
     results are dropped. A plan without one computable line raises DecompositionError
     quoting the model's text, so the trace shows what went wrong. Generation stops at the
     first blank line (``plans.PLAN_STOP``).
+
+    A plan that does not parse is asked for again with each of ``retry_prompts`` in turn
+    (by default, for the default prompt, the same instruction with other example
+    problems: greedy decoding writes the same plan to the same prompt, and a small model's
+    plan depends on its examples); the first prompt's error is raised when none parses.
+    ``prompt`` stays the planner's prompt: planner adapters are trained and routed on it.
     """
 
-    def __init__(self, model: BaseChatModel, prompt: Callable[[str], str] = plan_prompt) -> None:
+    def __init__(
+        self,
+        model: BaseChatModel,
+        prompt: Callable[[str], str] = plan_prompt,
+        retry_prompts: Sequence[Callable[[str], str]] | None = None,
+    ) -> None:
         self.model = model
         self.prompt = prompt
+        if retry_prompts is None:
+            retry_prompts = RETRY_PLAN_PROMPTS if prompt is plan_prompt else ()
+        self.retry_prompts = tuple(retry_prompts)
 
     def __call__(self, task: Task) -> list[AtomicStep]:
         question = task.get("question")
         if not isinstance(question, str) or not question.strip():
             raise DecompositionError('a task needs a non-empty "question"')
-        # A ChatSage's default cap (256) is for chat; a plan needs PLAN_MAX_TOKENS at most.
-        limit = {"max_tokens": PLAN_MAX_TOKENS} if isinstance(self.model, ChatSage) else {}
-        text = self.model.invoke(self.prompt(question), stop=list(PLAN_STOP), **limit).text
-        return parse_plan(text, str(task.get("id", "task")))
+        # A ChatSage's default cap (256) is for chat; a plan needs PLAN_MAX_TOKENS at most,
+        # and a plan that loops ends where it starts repeating itself.
+        limit: dict[str, Any] = {}
+        if isinstance(self.model, ChatSage):
+            limit = {"max_tokens": PLAN_MAX_TOKENS, "stop_repeated_line": True}
+        first_error: DecompositionError | None = None
+        for prompt in (self.prompt, *self.retry_prompts):
+            text = self.model.invoke(prompt(question), stop=list(PLAN_STOP), **limit).text
+            try:
+                return parse_plan(text, str(task.get("id", "task")))
+            except DecompositionError as error:
+                first_error = first_error or error
+        assert first_error is not None
+        if self.retry_prompts:
+            tried = len(self.retry_prompts) + 1
+            raise DecompositionError(f"{first_error} (none of {tried} prompts gave a plan)")
+        raise first_error
+
+
+RETRY_PLAN_PROMPTS: tuple[Callable[[str], str], ...] = (functools.partial(plan_prompt, seed=8),)
+"""The default planner's second prompt: other generated example problems."""
 
 
 def substitute(step: AtomicStep, steps: list[AtomicStep], answers: dict[int, str]) -> str | None:

@@ -122,6 +122,36 @@ def test_llm_decomposer_works_with_any_chat_model() -> None:
         LLMDecomposer(model)({"id": "t"})
 
 
+def test_a_plan_that_does_not_parse_is_asked_for_again_with_other_examples() -> None:
+    plan = "1. Pens? | 4*6\n2. Left? | [1]-5"
+    asked: list[str] = []
+
+    class Recording(FakeListChatModel):
+        def _call(self, messages, stop=None, run_manager=None, **kwargs):  # type: ignore[no-untyped-def]
+            asked.append(messages[-1].text)
+            return super()._call(messages, stop, run_manager, **kwargs)
+
+    question = {"id": "t", "question": TASK["question"]}
+    steps = LLMDecomposer(Recording(responses=["1. 5 miles\n2. 8 miles", plan]))(question)
+    assert [s.reference for s in steps] == ["24", "19"]
+    # the second prompt is the same instruction and question with other example problems
+    assert len(asked) == 2 and asked[0] != asked[1]
+    assert asked[1] == plan_prompt(TASK["question"], seed=8)
+    assert asked[0] == plan_prompt(TASK["question"]) and asked[1].endswith(asked[0][-80:])
+    # none parses: the first plan's error, saying how many prompts were tried
+    failing = LLMDecomposer(FakeListChatModel(responses=["1. 5 miles", "2. 8 miles"]))
+    with pytest.raises(DecompositionError, match=r"5 miles.*none of 2 prompts"):
+        failing(question)
+    # a prompt of one's own gets no retries unless given
+    own = LLMDecomposer(FakeListChatModel(responses=["1. 5 miles", plan]), prompt=str)
+    with pytest.raises(DecompositionError, match=r"5 miles'$"):
+        own(question)
+    given = LLMDecomposer(
+        FakeListChatModel(responses=["1. 5 miles", plan]), prompt=str, retry_prompts=[str.upper]
+    )
+    assert len(given(question)) == 2
+
+
 def test_read_tasks_skips_malformed_lines_with_a_warning(tmp_path: Path, caplog) -> None:
     path = tmp_path / "tasks.jsonl"
     path.write_text(
