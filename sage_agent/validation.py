@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from langchain_core.messages import AIMessage
@@ -108,10 +109,14 @@ def generate(
     *,
     max_tokens: int | None = None,
     stop: Sequence[str] = (),
+    stop_repeated_line: bool = False,
 ) -> list[AIMessage]:
     """Greedy answers to ``prompts`` with ``adapter`` active (None: the base model), each
-    at most ``max_tokens`` long (None: ANSWER_MAX_TOKENS) and cut at the first of ``stop``."""
-    options = {"max_tokens": max_tokens or ANSWER_MAX_TOKENS}
+    at most ``max_tokens`` long (None: ANSWER_MAX_TOKENS) and cut at the first of ``stop``
+    (and, with ``stop_repeated_line``, before a line that repeats an earlier one)."""
+    options: dict[str, Any] = {"max_tokens": max_tokens or ANSWER_MAX_TOKENS}
+    if stop_repeated_line:
+        options["stop_repeated_line"] = True
     with chat.using_adapter(adapter):
         runnable = chat.bind(**options, stop=list(stop)) if stop else chat.bind(**options)
         return runnable.batch(list(prompts))

@@ -12,6 +12,8 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from sage_agent import AdapterError, ChatSage, EmbeddedModelMissing, UnknownModelError
+from sage_agent.chat.tokens import answer_end, repeated_line
+from tests.conftest import build_tiny_llama
 
 PROMPTS = ["Compute 16-3-4.", "What is 2+3? Reply with the number only.", "Hello", "How many pens?"]
 
@@ -105,6 +107,54 @@ def test_stop_sequence_cuts_invoke_and_stream(tiny_chat: ChatSage) -> None:
     assert cut.response_metadata["finish_reason"] == "stop"
     assert len(cut.response_metadata["logprobs"]["content"]) <= cut.usage_metadata["output_tokens"]
     assert "".join(c.content for c in tiny_chat.stream("Hello", stop=[stop])) == expected
+
+
+LOOP = "1. 4 * 6 = 24\n2. 24 - 5 = 19\n3. 4 * 6 = 24\n4. 24 - 5 = 19\n5. 4 * 6 = 24\n"
+
+
+def test_repeated_lines_are_found_list_markers_aside() -> None:
+    assert repeated_line(LOOP) == LOOP.index("3.")
+    assert repeated_line("1. a\n\n2. b\n\n- a\n") == len("1. a\n\n2. b\n\n")
+    assert repeated_line("1. a\n2. b\n3. a") is None  # a line repeats once its newline is out
+    assert answer_end(LOOP, ["19"], False) == LOOP.index("19")
+    assert answer_end(LOOP, ["19"], True) == LOOP.index("19")
+    assert answer_end(LOOP, ["\n\n"], True) == LOOP.index("3.")
+    assert answer_end(LOOP, [], False) is None
+
+
+@pytest.fixture(scope="module")
+def looping_chat(tmp_path_factory: pytest.TempPathFactory) -> ChatSage:
+    """A tiny llama trained to write LOOP (a plan that repeats itself) to "Plan"."""
+    chat = ChatSage(model=str(build_tiny_llama(tmp_path_factory.mktemp("loop"))), max_tokens=50)
+    prompt = chat.render_prompt([HumanMessage("Plan")])
+    ids = chat.tokenizer(prompt + LOOP, return_tensors="pt", add_special_tokens=False)
+    labels = ids["input_ids"].clone()
+    labels[:, : len(chat.tokenizer(prompt, add_special_tokens=False)["input_ids"])] = -100
+    model = chat.hf_model
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-2)
+    model.train()
+    for _ in range(80):
+        optimizer.zero_grad()
+        model(input_ids=ids["input_ids"], labels=labels).loss.backward()
+        optimizer.step()
+    model.eval()
+    return chat
+
+
+def test_generation_can_end_where_a_line_repeats(looping_chat: ChatSage) -> None:
+    looping = looping_chat.invoke("Plan")
+    assert looping.content.startswith(LOOP[:40]), "the fixture's model must loop"
+    assert looping.usage_metadata["output_tokens"] == 50  # to the token cap
+    cut = looping_chat.invoke("Plan", stop_repeated_line=True)
+    assert cut.content == LOOP[: LOOP.index("3.")]
+    assert cut.response_metadata["finish_reason"] == "stop"
+    assert cut.usage_metadata["output_tokens"] < 30
+    assert len(cut.response_metadata["logprobs"]["content"]) == cut.usage_metadata["output_tokens"]
+    streamed = list(looping_chat.stream("Plan", stop_repeated_line=True))
+    assert "".join(c.content for c in streamed) == cut.content
+    assert all("3." not in c.content for c in streamed)  # the repeat never reaches the stream
+    batched = looping_chat.batch(["Plan", "Plan"], stop_repeated_line=True)
+    assert [m.content for m in batched] == [cut.content] * 2
 
 
 def test_messages_render_with_roles(tiny_chat: ChatSage) -> None:

@@ -177,4 +177,8 @@ def test_a_plan_cluster_trains_on_its_plans_and_their_variants() -> None:
 
     model = GoesOn()
     assert recipe.answers_right(model, None, [pair]) == (True,)
-    assert model.options == {"max_tokens": PLAN_MAX_TOKENS, "stop": list(PLAN_STOP)}
+    assert model.options == {
+        "max_tokens": PLAN_MAX_TOKENS,
+        "stop_repeated_line": True,  # and where a plan starts looping
+        "stop": list(PLAN_STOP),
+    }

@@ -13,7 +13,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import torch
@@ -29,7 +29,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from sage_agent.chat.adapters import AdapterSlots
 from sage_agent.chat.loading import load_causal_lm
-from sage_agent.chat.tokens import TokenStat, eos_ids, first_stop, token_stats
+from sage_agent.chat.tokens import TokenStat, answer_end, eos_ids, repeated_line_stop, token_stats
 from sage_agent.embedded import EMBEDDED_CHAT_MODEL
 from sage_agent.errors import InvalidInput, NotFoundError
 
@@ -51,6 +51,8 @@ class _CallParams:
     top_logprobs: int
     adapter: str | None
     """The adapter this call answers with (None: the base model)."""
+    stop_repeated_line: bool = False
+    """End the answer before its first line that repeats an earlier one (a plan's loop)."""
 
 
 class ChatSage(AdapterSlots, BaseChatModel):
@@ -178,6 +180,7 @@ class ChatSage(AdapterSlots, BaseChatModel):
             stop=stops,
             top_logprobs=int(kwargs.get("top_logprobs", self.top_logprobs)),
             adapter=adapter,
+            stop_repeated_line=bool(kwargs.get("stop_repeated_line", False)),
         )
 
     def render_prompt(self, messages: Sequence[BaseMessage]) -> str:
@@ -206,7 +209,7 @@ class ChatSage(AdapterSlots, BaseChatModel):
             )
         return encoded.to(self.device)
 
-    def _generate_kwargs(self, params: _CallParams) -> dict[str, Any]:
+    def _generate_kwargs(self, params: _CallParams, prompt_length: int) -> dict[str, Any]:
         tokenizer = self._tokenizer
         kwargs: dict[str, Any] = {
             "max_new_tokens": params.max_tokens,
@@ -223,6 +226,8 @@ class ChatSage(AdapterSlots, BaseChatModel):
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=tokenizer)
+        if params.stop_repeated_line:
+            kwargs["stopping_criteria"] = repeated_line_stop(tokenizer, prompt_length)
         return kwargs
 
     def _generate_many(
@@ -237,7 +242,8 @@ class ChatSage(AdapterSlots, BaseChatModel):
             ]
             encoded = self._encode(prompts, params.max_tokens)
             with self._lock, self._answering_with(params.adapter), torch.inference_mode():
-                output = self._model.generate(**encoded, **self._generate_kwargs(params))
+                width = encoded["input_ids"].shape[1]
+                output = self._model.generate(**encoded, **self._generate_kwargs(params, width))
             results.extend(self._results(encoded, output, params))
         return results
 
@@ -274,7 +280,7 @@ class ChatSage(AdapterSlots, BaseChatModel):
                 break
         pieces = [tokenizer.decode([t], skip_special_tokens=True) for t in tokens]
         text = tokenizer.decode(tokens, skip_special_tokens=True)
-        cut = first_stop(text, params.stop)
+        cut = answer_end(text, params.stop, params.stop_repeated_line)
         if cut is not None:
             finish_reason, text = "stop", text[:cut]
             kept, length = 0, 0
@@ -398,7 +404,9 @@ class ChatSage(AdapterSlots, BaseChatModel):
             try:
                 with self._lock, self._answering_with(params.adapter), torch.inference_mode():
                     outcome["output"] = self._model.generate(
-                        **encoded, streamer=streamer, **self._generate_kwargs(params)
+                        **encoded,
+                        streamer=streamer,
+                        **self._generate_kwargs(params, encoded["input_ids"].shape[1]),
                     )
             except BaseException as error:  # re-raised in the caller's thread below
                 outcome["error"] = error
@@ -412,13 +420,14 @@ class ChatSage(AdapterSlots, BaseChatModel):
             text = ""
             for piece in streamer:
                 text += piece
-                if first_stop(text, params.stop) is not None:
+                if answer_end(text, params.stop, params.stop_repeated_line) is not None:
                     break
-                if len(text) - hold > emitted:
-                    yield ChatGenerationChunk(
-                        message=AIMessageChunk(content=text[emitted : len(text) - hold])
-                    )
-                    emitted = len(text) - hold
+                # an unfinished line may yet repeat an earlier one: it waits for its newline
+                line_end = text.rfind("\n") + 1 if params.stop_repeated_line else len(text)
+                ready = min(len(text) - hold, line_end)
+                if ready > emitted:
+                    yield ChatGenerationChunk(message=AIMessageChunk(content=text[emitted:ready]))
+                    emitted = ready
         finally:
             worker.join()
         if "error" in outcome:
@@ -437,4 +446,5 @@ class ChatSage(AdapterSlots, BaseChatModel):
 
 
 _GENERATE_ONLY_KWARGS = {"tags", "metadata", "run_name", "run_id"}
-_CALL_KWARGS = {"temperature", "max_tokens", "top_p", "top_logprobs", "model", "stream", "adapter"}
+# A call's keyword arguments: its _CallParams' (stop comes apart) and LangChain's two.
+_CALL_KWARGS = {f.name for f in fields(_CallParams)} - {"stop"} | {"model", "stream"}

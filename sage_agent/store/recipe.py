@@ -50,12 +50,22 @@ class Recipe:
     stop: tuple[str, ...] = ()
     """Where a generated answer ends besides the end of the turn (a plan's: its first
     blank line, as the decomposer generates it)."""
+    stop_repeated_line: bool = False
+    """End a generated answer before a line that repeats an earlier one (a plan's loop, as
+    the decomposer generates it)."""
 
     def generate(
         self, chat: ChatSage, adapter: str | None, prompts: Sequence[str]
     ) -> list[AIMessage]:
         """``validation.generate`` with this recipe's answer length and stop."""
-        return generate(chat, adapter, prompts, max_tokens=self.max_tokens, stop=self.stop)
+        return generate(
+            chat,
+            adapter,
+            prompts,
+            max_tokens=self.max_tokens,
+            stop=self.stop,
+            stop_repeated_line=self.stop_repeated_line,
+        )
 
     def answers_right(
         self, chat: ChatSage, adapter: str | None, pairs: Sequence[TrainingPair]
@@ -128,7 +138,9 @@ def build_recipe(
     validation = written(val, answer) + [p for p in extra if p.prompt not in seen]
     gate_written = written(gate, answer)
     if cluster.tag == PLAN_TAG:
-        return Recipe(training, validation, PLAN_MAX_TOKENS, plan_matches, gate_written, PLAN_STOP)
+        return Recipe(
+            training, validation, PLAN_MAX_TOKENS, plan_matches, gate_written, PLAN_STOP, True
+        )
     return Recipe(training, validation, gate=gate_written)
 
 
