@@ -139,7 +139,13 @@ def build_recipe(
     gate_written = written(gate, answer)
     if cluster.tag == PLAN_TAG:
         return Recipe(
-            training, validation, PLAN_MAX_TOKENS, plan_matches, gate_written, PLAN_STOP, True
+            training,
+            validation,
+            PLAN_MAX_TOKENS,
+            plan_matches,
+            gate_written,
+            PLAN_STOP,
+            stop_repeated_line=True,
         )
     return Recipe(training, validation, gate=gate_written)
 
