@@ -30,14 +30,13 @@ from common import results_header
 
 from sage_agent import ChatSage
 from sage_agent.decompose import RETRY_PLAN_PROMPTS
-from sage_agent.errors import DecompositionError
 from sage_agent.plans import (
     PLAN_MAX_TOKENS,
     PLAN_STOP,
     gold_plan,
-    parse_plan,
     plan_matches,
     plan_prompt,
+    plan_result,
 )
 
 
@@ -56,11 +55,7 @@ def write_plan(chat: ChatSage, prompt: str, gold: str | None, repeated: bool) ->
         prompt, stop=list(PLAN_STOP), max_tokens=PLAN_MAX_TOKENS, stop_repeated_line=repeated
     )
     seconds = time.perf_counter() - started
-    try:
-        parse_plan(message.text, "plan")
-        parsed = True
-    except DecompositionError:
-        parsed = False
+    parsed = plan_result(message.text) is not None
     return Plan(
         parsed=parsed,
         right=parsed and gold is not None and plan_matches(message.text, gold),
@@ -84,14 +79,14 @@ def main() -> None:
     chat.invoke("Hello", max_tokens=1)  # the weights load before any plan is timed
     ways: dict[str, list[Plan]] = {"to the cap or a blank line": [], "stop_repeated_line": []}
     retried: list[Plan] = []
-    for number, task in enumerate(tasks, start=1):
-        gold = gold_plan({**task, "id": "plan"})
+    golds = [gold_plan({**task, "id": "plan"}) for task in tasks]
+    for number, (task, gold) in enumerate(zip(tasks, golds, strict=True), start=1):
         for way, repeated in zip(ways, (False, True), strict=True):
             ways[way].append(write_plan(chat, plan_prompt(task["question"]), gold, repeated))
         if not ways["stop_repeated_line"][-1].parsed:
             retried.append(write_plan(chat, RETRY_PLAN_PROMPTS[0](task["question"]), gold, True))
         print(f"{number}/{len(tasks)}: " + ", ".join(f"{w}: {p[-1]}" for w, p in ways.items()))
-    graded = sum(gold_plan({**t, "id": "plan"}) is not None for t in tasks)
+    graded = sum(gold is not None for gold in golds)
     rows = [
         "| plans written | parsed | right (of those with a gold plan) | at the token cap "
         "| tokens, mean | seconds, mean |",
