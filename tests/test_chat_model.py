@@ -249,6 +249,28 @@ def test_adapter_lifecycle(tiny_model_dir: Path, lora_dirs: list[Path]) -> None:
     assert model.adapters == {} and _margins(model) == base
 
 
+def test_asking_for_the_active_adapter_leaves_the_model_untouched(
+    tiny_model_dir: Path, lora_dirs: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A routed step asks for its adapter around every answer; when it is already active,
+    peft's set_adapter (a walk over every module) is not called again."""
+    model = ChatSage(model=str(tiny_model_dir), max_tokens=6)
+    model.load_adapter(lora_dirs[0], "a")
+    model.set_adapter("a")
+    with_a = _margins(model)
+    calls: list[str] = []
+    hf = model.hf_model
+    monkeypatch.setattr(hf, "set_adapter", lambda name: calls.append(name))
+    monkeypatch.setattr(hf, "disable_adapters", lambda: calls.append("off"))
+    model.set_adapter("a")
+    with model.using_adapter("a"):
+        assert _margins(model) == with_a
+    assert calls == [] and model.active_adapter == "a"
+    with model.using_adapter(None):
+        pass
+    assert calls == ["off", "a"]  # a real switch still goes to peft, and back
+
+
 def test_a_per_call_adapter_leaves_the_model_as_it_was(
     tiny_model_dir: Path, lora_dirs: list[Path]
 ) -> None:
