@@ -33,6 +33,7 @@ import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from sage_agent.answer_batches import answer_loss, collate, encode_pairs
 from sage_agent.chat import ChatSage
@@ -76,6 +77,13 @@ class LoRATrainConfig:
     )
     bf16: bool | None = field(
         default=None, metadata={"help": "bf16 autocast; None: when the CPU supports it."}
+    )
+    group_by_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Batches of pairs of similar length (transformers' length-grouped "
+            "order, as Trainer's group_by_length), so less of each batch is padding."
+        },
     )
     seed: int = field(default=0, metadata={"help": "Seed of initialisation and shuffling."})
 
@@ -235,11 +243,8 @@ class LoRARun:
         self.optimizer = torch.optim.AdamW(
             self.trainable, lr=config.learning_rate, weight_decay=0.0
         )
-        order = random.Random(config.seed)
         self.batches: list[list[int]] = []
-        for _ in range(config.epochs):
-            indices = list(range(len(self.encoded)))
-            order.shuffle(indices)
+        for indices in _epoch_orders(self.encoded, config):
             self.batches += [
                 indices[start : start + config.batch_size]
                 for start in range(0, len(indices), config.batch_size)
@@ -299,6 +304,27 @@ class LoRARun:
             steps=len(self.losses),
             losses=tuple(self.losses),
         )
+
+
+def _epoch_orders(
+    encoded: Sequence[tuple[list[int], list[int]]], config: LoRATrainConfig
+) -> list[list[int]]:
+    """The order of the pairs in each epoch, drawn from the seed: shuffled, or with
+    ``group_by_length`` shuffled in groups of similar length (transformers' helper, which
+    puts the longest batch first so that running out of memory happens at once)."""
+    if config.group_by_length:
+        lengths = [len(ids) for ids, _ in encoded]
+        generator = torch.Generator().manual_seed(config.seed)
+        return [
+            get_length_grouped_indices(lengths, config.batch_size, generator=generator)
+            for _ in range(config.epochs)
+        ]
+    order, orders = random.Random(config.seed), []
+    for _ in range(config.epochs):
+        indices = list(range(len(encoded)))
+        order.shuffle(indices)
+        orders.append(indices)
+    return orders
 
 
 def train_lora(

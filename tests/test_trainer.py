@@ -142,6 +142,27 @@ def test_a_run_trained_in_pieces_is_the_run_trained_at_once(chat: ChatSage) -> N
             assert torch.allclose(param, weights[name.replace(".whole.", ".pieces.")])
 
 
+def test_length_grouped_batches_pad_less_and_cover_every_pair(chat: ChatSage) -> None:
+    # Pairs of very different lengths: grouped, each batch holds similar ones, so the
+    # padded width summed over batches shrinks; every epoch still uses every pair once,
+    # and the same seed draws the same batches.
+    pairs = [TrainingPair("Compute " + "1+" * (i % 8) * 6 + "1.", str(i)) for i in range(64)]
+    config = LoRATrainConfig(**{**FAST.__dict__, "epochs": 2})
+    grouped = LoRATrainConfig(**{**config.__dict__, "group_by_length": True})
+    shuffled_run = LoRARun(chat, "shuffled", pairs, config)
+    grouped_run = LoRARun(chat, "grouped", pairs, grouped)
+
+    def padded(run: LoRARun) -> int:
+        return sum(max(len(run.encoded[i][0]) for i in batch) * len(batch) for batch in run.batches)
+
+    assert padded(grouped_run) < 0.9 * padded(shuffled_run)
+    per_epoch = grouped_run.steps_per_epoch
+    for epoch in (grouped_run.batches[:per_epoch], grouped_run.batches[per_epoch:]):
+        assert sorted(i for batch in epoch for i in batch) == list(range(64))
+    assert LoRARun(chat, "again", pairs, grouped).batches == grouped_run.batches
+    assert grouped_run.train(2).steps == 2
+
+
 def test_teacher_forced_exact_match_is_what_greedy_decoding_writes(chat: ChatSage) -> None:
     # An adapter that learned to answer "9": the teacher-forced verdict must say which
     # pairs greedy decoding writes exactly (those whose answer is 9, not the others), and
