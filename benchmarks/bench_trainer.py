@@ -10,8 +10,9 @@ epochs, and are scored on the same held-out atoms (greedy answers, numbers compa
   loss over the whole sequence, float32;
 * sage-agent: ``train_lora`` on ChatSage's model: loss and output head on answer tokens
   only, the tokens every row of a batch shares (the system turn) run once per batch, bf16
-  autocast where the CPU has it; all layers (batch 16 and 32, and once without the shared
-  prefix), and LoRA on the last 10 layers only.
+  autocast where the CPU has it; all layers (batch 16 and 32, once without the shared
+  prefix, once with batches of pairs of similar length: ``group_by_length``), and LoRA on
+  the last 10 layers only.
 
 Both use the chat template's default system prompt, as the product does.
 
@@ -219,14 +220,19 @@ def main() -> None:
         model = chat.hf_model
         layers = model.config.num_hidden_layers
         minimum = answer_batches.MIN_SHARED_PREFIX
-        for name, last_layers, batch, share in (
-            ("all layers", None, 16, True),
-            ("all layers, no shared prefix", None, 16, False),
-            ("all layers, batch 32", None, 32, True),
-            ("last 10 layers", 10, 16, True),
+        for name, last_layers, batch, share, grouped in (
+            ("all layers", None, 16, True, False),
+            ("all layers, no shared prefix", None, 16, False, False),
+            ("all layers, batches grouped by length", None, 16, True, True),
+            ("all layers, batch 32", None, 32, True, False),
+            ("last 10 layers", 10, 16, True, False),
         ):
             run = LoRATrainConfig(
-                epochs=args.epochs, seed=args.seed, last_layers=last_layers, batch_size=batch
+                epochs=args.epochs,
+                seed=args.seed,
+                last_layers=last_layers,
+                batch_size=batch,
+                group_by_length=grouped,
             )
             # A minimum beyond any prompt's length turns the shared prefix off.
             answer_batches.MIN_SHARED_PREFIX = minimum if share else 10**9
