@@ -24,6 +24,7 @@ from sage_agent.trainer import (
     LoRARun,
     LoRATrainConfig,
     _with_hidden,
+    frozen_base_in_bf16,
     save_adapter,
     train_lora,
 )
@@ -113,6 +114,35 @@ def test_training_changes_only_the_adapter_and_lowers_the_loss(chat: ChatSage) -
     assert not any(p.requires_grad for p in model.parameters())
     assert chat.active_adapter is None  # training does not leave the adapter active
     assert evaluate(chat, None, PAIRS).loss == pytest.approx(before)
+
+
+def test_bf16_training_holds_the_frozen_base_in_bf16_and_gives_it_back(chat: ChatSage) -> None:
+    model = chat.hf_model
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    bf16 = LoRATrainConfig(**{**FAST.__dict__, "bf16": True})
+    run = LoRARun(chat, "b", PAIRS, bf16)
+    linear = model.get_decoder().layers[0].self_attn.q_proj.base_layer.weight
+    with frozen_base_in_bf16(model):
+        assert linear.dtype == torch.bfloat16
+        assert model.get_decoder().layers[0].self_attn.q_proj.lora_A["b"].weight.dtype == (
+            torch.float32
+        )  # the trained weights stay float32 for the optimiser
+        assert model.get_input_embeddings().weight.dtype == torch.float32
+    result = run.train()
+    assert linear.dtype == torch.float32
+    for name, param in model.named_parameters():
+        if name.replace(".base_layer", "") in base:  # the very float32 values are back
+            assert torch.equal(param, base[name.replace(".base_layer", "")]), name
+        else:
+            assert param.dtype == torch.float32
+    # The same run under autocast alone: bf16 rounding differs only in where casts fall.
+    autocast = LoRARun(chat, "c", PAIRS, bf16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first = answer_loss(
+            model, collate([autocast.encoded[i] for i in autocast.batches[0]], chat)
+        )
+    assert result.losses[0] == pytest.approx(first[0].item(), rel=0.02)
+    assert result.losses[-1] < result.losses[0]
 
 
 def test_same_seed_same_adapter(chat: ChatSage, tmp_path: Path) -> None:
