@@ -14,6 +14,7 @@ from langchain_core.messages import AIMessage
 
 from sage_agent import ChatSage, ConfigError, CorruptAdapter, NotFoundError, StoreError
 from sage_agent.buffer import Cluster, Sample
+from sage_agent.database import transaction
 from sage_agent.records import TrainingPair
 from sage_agent.store import LoRAStore, RouterConfig, StoreConfig, affordable_loss
 from sage_agent.store import recipe as recipe_module
@@ -241,11 +242,35 @@ def test_registry_survives_a_new_store(
     assert again.get(kept[0].id).checksum == kept[0].checksum
 
 
+def _set_lift(store: LoRAStore, adapters, val_em: float, base_val_em: float) -> None:
+    with transaction(store.registry.db):
+        for adapter in adapters:
+            store.registry.db["adapters"].update(
+                adapter.id, {"val_em": val_em, "base_val_em": base_val_em}
+            )
+
+
 def test_reoptimizing_a_cluster_retires_its_old_adapters(store, bow_embeddings) -> None:
     first = store.optimize(make_cluster(bow_embeddings, version=1))
+    _set_lift(store, first, 0.1, 0.1)  # no lift over the base: any kept trial replaces them
     second = store.optimize(make_cluster(bow_embeddings, version=2))
+    assert second
     assert [a.id for a in store.adapters(1)] == [a.id for a in second]
     assert not any(Path(a.path).exists() for a in first)
+
+
+def test_a_retrain_that_lifts_less_keeps_the_old_adapters(store, bow_embeddings) -> None:
+    first = store.optimize(make_cluster(bow_embeddings, version=1))
+    _set_lift(store, first, 1.0, -0.5)  # a lift of 1.5: more than any trial can reach
+    assert store.optimize(make_cluster(bow_embeddings, version=2)) == []
+    assert [a.id for a in store.adapters(1)] == [a.id for a in first]
+    assert all(Path(a.path).exists() for a in first)
+    outcomes = [t.outcome for t in store.registry.trials(1) if t.cluster_version == 2]
+    assert outcomes and all(
+        "below the 1.500 of the adapters it would replace" in o or "does not beat the base" in o
+        for o in outcomes
+    )
+    assert any("it would replace" in o for o in outcomes)
 
 
 def test_route_finds_the_nearest_cluster(store: LoRAStore, bow_embeddings) -> None:

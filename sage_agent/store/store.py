@@ -215,8 +215,14 @@ class LoRAStore:
                 adapter_id=None,
             )
         previous = self.registry.adapters(cluster.id)
+        # A retrain replaces the cluster's adapters only with a lift over the base model
+        # at least theirs, each measured on its own validation split: the grown cluster's
+        # split differs (comparing the old adapters on it would favour them, which may
+        # have trained on its older members), and a short search can do worse than the
+        # one before it.
+        replaced_lift = max((a.val_em - a.base_val_em for a in previous), default=0.0)
         try:
-            kept = self._keep(cluster, trials, recipe, base, emit)
+            kept = self._keep(cluster, trials, recipe, base, emit, replaced_lift)
         finally:
             for trial in trials:
                 if trial.name in self.model.adapters:
@@ -276,9 +282,17 @@ class LoRAStore:
         return messages, judge_answers(messages, pairs, recipe.judge)
 
     def _keep(
-        self, cluster: Cluster, trials: list[Trial], recipe: Recipe, base: Baseline, emit: Emit
+        self,
+        cluster: Cluster,
+        trials: list[Trial],
+        recipe: Recipe,
+        base: Baseline,
+        emit: Emit,
+        replaced_lift: float = 0.0,
     ) -> list[AdapterRecord]:
-        """Register the best trials that beat the base model and pass the gate; log all.
+        """Register the best trials that beat the base model (by at least
+        ``replaced_lift``, the lift of the adapters they would replace) and pass the gate;
+        log all.
 
         A trial's teacher-forced exact match is a lower bound of its generated one (an
         answer right teacher-forced is what greedy decoding writes; one cut short or
@@ -296,7 +310,7 @@ class LoRAStore:
                 outcome = f"ranked below the {keep} kept"
             else:
                 right, em = trial.exact, trial.val_em
-                if em <= base.em or self.config.search.confirm_all:
+                if em <= base.em or em - base.em < replaced_lift or self.config.search.confirm_all:
                     right = recipe.answers_right(self.model, trial.name, recipe.validation)
                     em = generated = sum(right) / len(right)
                     agreement = sum(a == b for a, b in zip(trial.exact, right, strict=True)) / len(
@@ -305,6 +319,11 @@ class LoRAStore:
                 if em <= base.em:
                     outcome = (
                         f"generated validation EM {em:.3f} does not beat the base {base.em:.3f}"
+                    )
+                elif em - base.em < replaced_lift:
+                    outcome = (
+                        f"its lift of {em - base.em:.3f} over the base is below the "
+                        f"{replaced_lift:.3f} of the adapters it would replace"
                     )
                 elif base.canary_em is not None:
                     margin = self.canaries.margin(base.tag_accuracy, em - base.em)
