@@ -171,16 +171,14 @@ def frozen_base_in_bf16(model: torch.nn.Module, enabled: bool = True) -> Iterato
     kept: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
     try:
         for name, module in model.get_decoder().layers.named_modules():
-            weight = getattr(module, "weight", None)
             if (
                 isinstance(module, torch.nn.Linear)
                 and "lora_" not in name
-                and weight is not None
-                and not weight.requires_grad
-                and weight.dtype == torch.float32
+                and not module.weight.requires_grad
+                and module.weight.dtype == torch.float32
             ):
-                kept.append((weight, weight.data))
-                weight.data = weight.data.to(torch.bfloat16)
+                kept.append((module.weight, module.weight.data))
+                module.weight.data = module.weight.data.to(torch.bfloat16)
         yield
     finally:
         for weight, original in kept:

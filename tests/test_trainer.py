@@ -135,12 +135,10 @@ def test_bf16_training_holds_the_frozen_base_in_bf16_and_gives_it_back(chat: Cha
             assert torch.equal(param, base[name.replace(".base_layer", "")]), name
         else:
             assert param.dtype == torch.float32
-    # The same run under autocast alone: bf16 rounding differs only in where casts fall.
-    autocast = LoRARun(chat, "c", PAIRS, bf16)
+    # The first batch under autocast alone (LoRA starts at zero, so the base model's
+    # loss): bf16 rounding differs only in where the casts fall.
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        first = answer_loss(
-            model, collate([autocast.encoded[i] for i in autocast.batches[0]], chat)
-        )
+        first = answer_loss(model, collate([run.encoded[i] for i in run.batches[0]], chat))
     assert result.losses[0] == pytest.approx(first[0].item(), rel=0.02)
     assert result.losses[-1] < result.losses[0]
 
