@@ -17,7 +17,6 @@ decomposer's second prompt (``decompose.RETRY_PLAN_PROMPTS``, other example prob
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -26,14 +25,13 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common import results_header
+from common import PLANS_HELD_OUT, gold_plans, results_header
 
 from sage_agent import ChatSage
 from sage_agent.decompose import RETRY_PLAN_PROMPTS
 from sage_agent.plans import (
     PLAN_MAX_TOKENS,
     PLAN_STOP,
-    gold_plan,
     plan_matches,
     plan_prompt,
     plan_result,
@@ -68,18 +66,19 @@ def write_plan(chat: ChatSage, prompt: str, gold: str | None, repeated: bool) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--start", type=int, default=7200, help="first line of the file used")
-    parser.add_argument("--problems", type=int, default=40)
+    parser.add_argument(
+        "--start", type=int, default=PLANS_HELD_OUT.start, help="first line of the file used"
+    )
+    parser.add_argument("--problems", type=int, default=PLANS_HELD_OUT.stop - PLANS_HELD_OUT.start)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/plan_stops.md"))
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file at once
     lines = args.data.read_text().splitlines()[args.start : args.start + args.problems]
-    tasks = [json.loads(line) for line in lines]
+    tasks, golds = zip(*gold_plans(lines), strict=True)
     chat = ChatSage()
     chat.invoke("Hello", max_tokens=1)  # the weights load before any plan is timed
     ways: dict[str, list[Plan]] = {"to the cap or a blank line": [], "stop_repeated_line": []}
     retried: list[Plan] = []
-    golds = [gold_plan({**task, "id": "plan"}) for task in tasks]
     for number, (task, gold) in enumerate(zip(tasks, golds, strict=True), start=1):
         for way, repeated in zip(ways, (False, True), strict=True):
             ways[way].append(write_plan(chat, plan_prompt(task["question"]), gold, repeated))

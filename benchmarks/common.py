@@ -15,6 +15,10 @@ import numpy as np
 
 from sage_agent import AtomicStep, MalformedTask, steps_from_gsm8k
 from sage_agent.buffer import Cluster, Sample
+from sage_agent.plans import gold_plan
+
+PLANS_HELD_OUT = slice(7200, 7240)
+"""The GSM8K lines the plan benchmarks write plans for (none of them trains a planner)."""
 
 
 def gsm8k_steps(path: Path, seed: int) -> Iterator[AtomicStep]:
@@ -49,6 +53,13 @@ def cluster_of(
             for i, (prompt, expression, reference) in enumerate(members)
         ],
     )
+
+
+def gold_plans(lines: Sequence[str]) -> list[tuple[dict, str | None]]:
+    """Each GSM8K line's task and its gold plan (``plans.gold_plan``; None where the
+    annotations do not compute the answer)."""
+    tasks = [json.loads(line) for line in lines]
+    return [(task, gold_plan({**task, "id": "plan"})) for task in tasks]
 
 
 def results_header(title: str, setting: str) -> list[str]:
