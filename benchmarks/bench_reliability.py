@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import sqlite3
 import sys
 import tempfile
@@ -117,7 +118,9 @@ def bad_inputs(folder: Path, tasks: Path, model: Path) -> list[tuple[str, bool]]
             and time.perf_counter() - started < 1.0
             and _stored(db) == before
         )
-        outcomes.append((" ".join(argv[:3]), clean))
+        # the whole command, with the temporary folder left out of its paths
+        shown = " ".join(a.replace(f"{folder}{os.sep}", "") for a in argv)
+        outcomes.append((shown, clean))
     return outcomes
 
 
