@@ -9,11 +9,12 @@ on the gold plans (``plans.gold_plan``: GSM8K's calculator annotations, as the s
 plan recipe writes them) of the first ``--train`` problems of the file, each a distinct
 question in the planner's own prompt (``plans.plan_prompt``), where a stream's plan
 cluster has a few dozen failures topped up with variants of them. After each epoch, and
-for the base model first, the embedded SmolLM2-135M plans 40 held-out problems (lines
-7201-7240, the ones bench_plan_stops reads) as the decomposer does (``PLAN_STOP``,
-``stop_repeated_line``): plans parsed, plan accuracy (the plan's last step, computed by
-the verifier, is the gold answer) and the teacher-forced loss of the gold plans. Training
-seconds and samples per second say what a planner search can afford in its budget.
+for the base model first, the embedded SmolLM2-135M plans the held-out problems with a
+gold plan (37 of lines 7201-7240, the ones bench_plan_stops reads) as the decomposer
+does (``PLAN_STOP``, ``stop_repeated_line``): plans parsed, plan accuracy (the plan's
+last step, computed by the verifier, is the gold answer) and the teacher-forced loss of
+the gold plans. Training seconds and samples per second say what a planner search can
+afford in its budget.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from sage_agent.buffer import Cluster, Sample
 from sage_agent.plans import gold_plan
 
 PLANS_HELD_OUT = slice(7200, 7240)
-"""The GSM8K lines the plan benchmarks write plans for (none of them trains a planner)."""
+"""The GSM8K lines the plan benchmarks write plans for; no benchmark trains on them."""
 
 
 def gsm8k_steps(path: Path, seed: int) -> Iterator[AtomicStep]:
