@@ -18,7 +18,8 @@ from sage_agent.buffer import Cluster, Sample
 from sage_agent.plans import gold_plan
 
 PLANS_HELD_OUT = slice(7200, 7240)
-"""The GSM8K lines the plan benchmarks write plans for; no benchmark trains on them."""
+"""The GSM8K lines bench_plan_stops and bench_planner_training write plans for (the
+planner training benchmark trains on lines before them)."""
 
 
 def gsm8k_steps(path: Path, seed: int) -> Iterator[AtomicStep]:
