@@ -3,6 +3,7 @@
     python benchmarks/bench_adapt.py --data ../shared/data/gsm8k/train.jsonl
         [--seeds 0,1,2] [--stream 100] [--heldout 40] [--search-seconds 120]
         [--adapt-seconds 720] [--max-clusters N] [--buffer-size 25] [--min-cluster 12] [--quick]
+        [--report-only]
 
 Per seed, the GSM8K problems are shuffled with the seed; the first ``--stream`` are the
 stream the methods adapt on, the next ``--heldout`` (disjoint) are scored afterwards with
@@ -50,8 +51,10 @@ for every method over all held-out steps.
 
 Each seed's results are saved to docs/results/seeds/seed-N.json, and the tables are made
 from every saved seed run with the same settings: ``--seeds 0``, then ``--seeds 1`` and
-``--seeds 2`` (one at a time, in the background) make one 3-seed report. Writes
-docs/results.md and its plots (docs/results/).
+``--seeds 2`` (one at a time, in the background) make one 3-seed report, and
+``--report-only`` remakes it from the saved seeds without running one. Writes
+docs/results.md and its plots (docs/results/); the report counts each method's right
+held-out steps per operator too (the steps rebuilt from ``--data``).
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ METHODS = (
     "SAGE",
 )
 MIXED_TAG = "mixed"  # the canary tag of the baselines' clusters, which mix operators
+OPERATORS = ("*", "+", "-", "/")
 
 
 @dataclass(frozen=True)
@@ -620,6 +624,42 @@ def atomic_table(results: Sequence[SeedResult]) -> list[str]:
     return lines
 
 
+def heldout_tags(path: Path, result: SeedResult, settings: Settings) -> list[str] | None:
+    """The operator signature of each held-out step of ``result``'s seed, rebuilt from the
+    data (the same seeded split); None when the data gives other steps than the run had."""
+    _, heldout = split_problems(path, result.seed, settings.stream, settings.heldout)
+    atoms = atoms_of(heldout)
+    if [a.reference for a in atoms] != result.references:
+        return None
+    return [a.tag for a in atoms]
+
+
+def operator_table(results: Sequence[SeedResult], tags: Sequence[Sequence[str]]) -> list[str]:
+    """Right held-out steps per operator signature, summed over the seeds: where each
+    method's exact match comes from (one-operator signatures; the rest pooled)."""
+    names = [n for n in METHODS if all(n in r.methods for r in results)]
+    pooled = [[t if t in OPERATORS else "other" for t in seed_tags] for seed_tags in tags]
+    lines = [
+        "| operator | steps | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 2) + "|",
+    ]
+    for operator in (*OPERATORS, "other"):
+        steps = sum(t.count(operator) for t in pooled)
+        if not steps:
+            continue
+        right = [
+            sum(
+                ok
+                for r, seed_tags in zip(results, pooled, strict=True)
+                for ok, t in zip(r.methods[name].right, seed_tags, strict=True)
+                if t == operator
+            )
+            for name in names
+        ]
+        lines.append(f"| `{operator}` | {steps} | " + " | ".join(map(str, right)) + " |")
+    return lines
+
+
 def wilcoxon_line(results: Sequence[SeedResult]) -> str:
     """Signed-rank test on the held-out steps, SAGE against the base model, all seeds
     pooled (per step: right = 1, wrong = 0; steps where both agree drop out)."""
@@ -672,7 +712,12 @@ def plots(results: Sequence[SeedResult], folder: Path) -> list[str]:
     return made
 
 
-def report(results: Sequence[SeedResult], settings: Settings, out: Path) -> str:
+def report(
+    results: Sequence[SeedResult],
+    settings: Settings,
+    out: Path,
+    tags: Sequence[Sequence[str]] | None = None,
+) -> str:
     seeds = ", ".join(str(r.seed) for r in results)
     commands = sorted({r.command for r in results})
     seconds = sum(r.seconds for r in results)
@@ -703,6 +748,17 @@ def report(results: Sequence[SeedResult], settings: Settings, out: Path) -> str:
         "",
         "![held-out step EM](results/atomic_em.png)",
         "",
+        *(
+            [
+                "Right held-out steps per operator, all seeds (a step's operator signature "
+                "from its calculator annotation; `other`: two operators or none):",
+                "",
+                *operator_table(results, tags),
+                "",
+            ]
+            if tags is not None
+            else []
+        ),
         "## Problems (the model's own earlier answers, at most three steps)",
         "",
         "| method | final-answer EM | problems |",
@@ -820,6 +876,11 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=DOCS / "results.md", help="plots go to results/ beside it"
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run no seed: remake the report from the seeds saved with these settings",
+    )
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file at once
     store = StoreConfig().replace(max_seconds=args.search_seconds)
@@ -855,17 +916,24 @@ def main() -> None:
         args.adapt_seconds,
         max_clusters,
     )
-    chat, embeddings = ChatSage(), default_embeddings()
     seeds_folder = args.out.parent / "results" / "seeds"
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    with tempfile.TemporaryDirectory() as work:
-        for seed in seeds:
-            started = time.perf_counter()
-            result = run_seed(args.data, seed, settings, chat, embeddings, Path(work))
-            result.seconds, result.command = time.perf_counter() - started, command
-            save_seed(seeds_folder, result, settings)
+    if not args.report_only:
+        chat, embeddings = ChatSage(), default_embeddings()
+        command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+        with tempfile.TemporaryDirectory() as work:
+            for seed in seeds:
+                started = time.perf_counter()
+                result = run_seed(args.data, seed, settings, chat, embeddings, Path(work))
+                result.seconds, result.command = time.perf_counter() - started, command
+                save_seed(seeds_folder, result, settings)
     results = load_seeds(seeds_folder, settings)
-    text = report(results, settings, args.out)
+    if not results:
+        raise SystemExit(f"no seed saved in {seeds_folder} with these settings")
+    tags = [heldout_tags(args.data, r, settings) for r in results]
+    complete = [t for t in tags if t is not None]
+    if len(complete) < len(tags):
+        print(f"{args.data} gives other held-out steps than the saved seeds: no operator table")
+    text = report(results, settings, args.out, complete if len(complete) == len(tags) else None)
     print("\n".join(atomic_table(results)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
