@@ -2,20 +2,22 @@
 
     python benchmarks/bench_store.py --data ../shared/data/gsm8k/train.jsonl
         [--tag +] [--size 48] [--canaries 48] [--seed 0] [--max-trials 10] [--max-seconds 900]
-        [--confirm-all] [--heldout 96]
+        [--confirm-all] [--heldout 96] [--n-random 6] [--out benchmarks/results/store.md]
 
 The embedded model answers GSM8K atoms of one operator signature; the first ``--size`` it
 gets wrong become the cluster (text = the atomic prompt, payload = expression and
 reference), and the ones it gets right become the tag's canaries (the regression gate).
-Then one optimize() with the default StoreConfig (but ``--max-trials`` and
-``--max-seconds``): successive halving, trials ranked teacher-forced, the kept ones
-confirmed by generation where their teacher-forced bound does not decide (``--confirm-all``:
-every trial considered for keeping, which measures how often the two verdicts agree).
+Then one optimize() with the default StoreConfig (but ``--max-trials``, ``--max-seconds``
+and ``--n-random``, the configurations of the first bracket): successive halving, trials
+ranked teacher-forced, the kept ones confirmed by generation where their teacher-forced
+bound does not decide (``--confirm-all``: every trial considered for keeping, which
+measures how often the two verdicts agree).
 Prints every trial (its rung, teacher-forced and generated validation EM, how often the
 two verdicts agree) and the kept adapters (generated validation EM against the base
 model's on the same split), the configurations evaluated and where the seconds went (each
 phase's own seconds, the phases it calls taken out), the best kept adapter on the next
-``--heldout`` atoms of the tag as the graph routes it, and writes benchmarks/results/store.md.
+``--heldout`` atoms of the tag as the graph routes it, and writes benchmarks/results/store.md
+(or ``--out``).
 """
 
 from __future__ import annotations
@@ -106,6 +108,13 @@ def main() -> None:
     parser.add_argument(
         "--heldout", type=int, default=96, help="later atoms of the tag the best adapter answers"
     )
+    parser.add_argument(
+        "--n-random",
+        type=int,
+        default=StoreConfig().search.n_random,
+        help="SearchConfig.n_random: configurations in the first bracket",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "store.md", help="the results file")
     args = parser.parse_args()
 
     chat = ChatSage(max_tokens=ANSWER_MAX_TOKENS)
@@ -137,6 +146,7 @@ def main() -> None:
         max_trials=args.max_trials,
         max_seconds=args.max_seconds,
         confirm_all=args.confirm_all,
+        n_random=args.n_random,
     )
     with tempfile.TemporaryDirectory() as tmp:
         store = LoRAStore(Path(tmp) / "db.sqlite", Path(tmp) / "adapters", chat, config, embeddings)
@@ -189,14 +199,14 @@ def main() -> None:
     print(summary)
     print(held)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "store.md").write_text(
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
         f"# LoRA Store benchmark\n\nCommand: `{command}`\n\nMachine: {os.cpu_count()} CPU "
         f"cores. Cluster: the first {len(failures)} GSM8K atoms with operator signature "
         f'`{args.tag}` that the embedded SmolLM2-135M answers wrong ("{ATOMIC_PROMPT}"); '
         f"canaries: {len(canaries)} it answers right. Default StoreConfig with "
         f"max_trials {args.max_trials}, max_seconds {args.max_seconds:.0f}, confirm_all "
-        f"{args.confirm_all}, rungs "
+        f"{args.confirm_all}, n_random {args.n_random}, rungs "
         f"{config.search.rungs} (validation: the held-out quarter of the cluster plus "
         "verifier-labelled variants of it).\n\n"
         f"{summary}.\n\n{held}\n\n"
@@ -206,7 +216,7 @@ def main() -> None:
         "Where the seconds of optimize() went (each phase's own seconds):\n\n"
         "| phase | seconds | share |\n|---|---|---|\n" + "\n".join(phases) + "\n"
     )
-    print(f"written to {RESULTS / 'store.md'}")
+    print(f"written to {args.out}")
 
 
 def held_out_figures(store: LoRAStore, best: AdapterRecord | None, atoms: list) -> str:
