@@ -335,16 +335,21 @@ def routed_answers(
     when there is one and (``gate``) the base model is unsure of its answer or the
     adapter takes every step routed to it (``route_all``, as the graph routes), otherwise
     by the base model (whose answers are reused)."""
-    routes = []
+    routes: list[str | None] = []
     for atom, base in zip(atoms, base_answers, strict=True):
         found = store.route(atom.prompt, tag=atom.tag if by_tag else None)
         use = found and (not gate or found[0].route_all or store.unsure(base))
-        routes.append(store.load(found[0].id) if use else None)
-    routed = [i for i, r in enumerate(routes) if r is not None]
+        routes.append(found[0].id if use else None)
     answers = list(base_answers)
-    adapted = answer_all(store.model, [atoms[i] for i in routed], [routes[i] for i in routed])
-    for i, message in zip(routed, adapted, strict=True):
-        answers[i] = message
+    for adapter_id in sorted({r for r in routes if r is not None}):
+        # One adapter at a time: the store keeps at most max_loaded in memory, and a
+        # method may route to more (loading them all first evicted the earliest).
+        chosen = [i for i, r in enumerate(routes) if r == adapter_id]
+        name = store.load(adapter_id)
+        adapted = answer_all(store.model, [atoms[i] for i in chosen], [name] * len(chosen))
+        for i, message in zip(chosen, adapted, strict=True):
+            answers[i] = message
+    routed = [r for r in routes if r is not None]
     result = MethodResult(
         name,
         correct(answers, atoms),
