@@ -345,8 +345,8 @@ def routed_answers(
         # One adapter at a time: the store keeps at most max_loaded in memory, and a
         # method may route to more (loading them all first evicted the earliest).
         chosen = [i for i, r in enumerate(routes) if r == adapter_id]
-        name = store.load(adapter_id)
-        adapted = answer_all(store.model, [atoms[i] for i in chosen], [name] * len(chosen))
+        loaded = store.load(adapter_id)
+        adapted = answer_all(store.model, [atoms[i] for i in chosen], [loaded] * len(chosen))
         for i, message in zip(chosen, adapted, strict=True):
             answers[i] = message
     routed = [r for r in routes if r is not None]

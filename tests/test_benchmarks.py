@@ -48,3 +48,68 @@ def test_bench_adapt_counts_right_steps_per_operator(monkeypatch: pytest.MonkeyP
     assert "| `+` | 1 | 0 | 1 |" in table
     assert "| `other` | 2 | 1 | 1 |" in table  # "*/" and no operator pooled
     assert not any(row.startswith("| `-`") for row in table)  # no such step
+
+
+def test_bench_adapt_routes_to_more_adapters_than_stay_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A method routing to more adapters than the store keeps loaded answers every step
+    with its own adapter, and the result keeps the method's name."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from langchain_core.messages import AIMessage
+
+    monkeypatch.syspath_prepend(str(FOLDER))
+    spec = importlib.util.spec_from_file_location("_bench_adapt_route", FOLDER / "bench_adapt.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)
+    spec.loader.exec_module(bench)
+
+    class Model:  # answers with the name of the adapter in use; one adapter loaded at most
+        loaded: list[str] = []
+        active: str | None = None
+
+        def bind(self, **_: object) -> "Model":
+            return self
+
+        @contextlib.contextmanager
+        def using_adapter(self, name: str | None):  # type: ignore[no-untyped-def]
+            assert name is None or name in self.loaded, f"{name} was evicted"
+            self.active = name
+            yield
+
+        def batch(self, prompts: list[str]) -> list[AIMessage]:
+            return [AIMessage(str(self.active)) for _ in prompts]
+
+    model = Model()
+
+    class Store:
+        def __init__(self) -> None:
+            self.model = model
+            self.registry = SimpleNamespace(trials=lambda: [])
+
+        def route(self, prompt: str, tag: str | None = None) -> list[object]:
+            return [SimpleNamespace(id=prompt, route_all=True)]
+
+        def load(self, adapter_id: str) -> str:
+            model.loaded = [f"loaded-{adapter_id}"]  # loading one evicts the others
+            return model.loaded[0]
+
+        def unsure(self, _: AIMessage) -> bool:
+            return True
+
+        def adapters(self) -> list[str]:
+            return ["a", "b", "c"]
+
+        def unload(self) -> None:
+            model.loaded = []
+
+    atoms = [bench.Atom(p, "1+1", f"loaded-{p}", "+") for p in ("a", "b", "c", "a")]
+    result = bench.routed_answers(
+        "method", Store(), atoms, [AIMessage("0")] * 4, by_tag=True, gate=True
+    )
+    assert result.name == "method"
+    assert result.answers == ["loaded-a", "loaded-b", "loaded-c", "loaded-a"]
+    assert result.routed == 4
