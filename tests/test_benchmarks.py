@@ -68,10 +68,11 @@ def test_bench_adapt_routes_to_more_adapters_than_stay_loaded(
     spec.loader.exec_module(bench)
 
     class Model:  # answers with the name of the adapter in use; one adapter loaded at most
-        loaded: list[str] = []
-        active: str | None = None
+        def __init__(self) -> None:
+            self.loaded: list[str] = []
+            self.active: str | None = None
 
-        def bind(self, **_: object) -> "Model":
+        def bind(self, **_: object) -> Model:
             return self
 
         @contextlib.contextmanager
