@@ -1,34 +1,37 @@
-"""Every benchmark script imports: its names are those of the library today."""
+"""Every benchmark script imports: its names are those of the library today; and the
+parts of bench_adapt that make its tables."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
 import pytest
+from langchain_core.messages import AIMessage
 
 FOLDER = Path(__file__).parent.parent / "benchmarks"
 
 
-@pytest.mark.parametrize("script", sorted(FOLDER.glob("bench_*.py")), ids=lambda p: p.stem)
-def test_benchmark_imports(script: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def load_script(script: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.syspath_prepend(str(FOLDER))  # the scripts import their common.py
     spec = importlib.util.spec_from_file_location(f"_bench_{script.stem}", script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)  # main() runs only under __main__
-    assert callable(module.main)
+    return module
+
+
+@pytest.mark.parametrize("script", sorted(FOLDER.glob("bench_*.py")), ids=lambda p: p.stem)
+def test_benchmark_imports(script: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert callable(load_script(script, monkeypatch).main)
 
 
 def test_bench_adapt_counts_right_steps_per_operator(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(FOLDER))
-    spec = importlib.util.spec_from_file_location("_bench_adapt_table", FOLDER / "bench_adapt.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)
-    spec.loader.exec_module(bench)
+    bench = load_script(FOLDER / "bench_adapt.py", monkeypatch)
 
     def seed(number: int, base: list[bool], sage: list[bool]) -> object:
         methods = {
@@ -55,17 +58,7 @@ def test_bench_adapt_routes_to_more_adapters_than_stay_loaded(
 ) -> None:
     """A method routing to more adapters than the store keeps loaded answers every step
     with its own adapter, and the result keeps the method's name."""
-    import contextlib
-    from types import SimpleNamespace
-
-    from langchain_core.messages import AIMessage
-
-    monkeypatch.syspath_prepend(str(FOLDER))
-    spec = importlib.util.spec_from_file_location("_bench_adapt_route", FOLDER / "bench_adapt.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, bench)
-    spec.loader.exec_module(bench)
+    bench = load_script(FOLDER / "bench_adapt.py", monkeypatch)
 
     class Model:  # answers with the name of the adapter in use; one adapter loaded at most
         def __init__(self) -> None:
