@@ -19,7 +19,7 @@ from sage_agent.records import TrainingPair
 from sage_agent.store import LoRAStore, RouterConfig, StoreConfig, affordable_loss
 from sage_agent.store import recipe as recipe_module
 from sage_agent.store.recipe import Recipe, build_recipe
-from sage_agent.store.search import Trial, expected_seconds
+from sage_agent.store.search import Trial, bracket_seconds, expected_seconds
 from sage_agent.store.store import Baseline
 from sage_agent.trainer import ANSWER_MAX_TOKENS
 from sage_agent.validation import generate
@@ -605,15 +605,26 @@ def _training_clock(monkeypatch) -> list[float]:
 
 
 @pytest.mark.parametrize(
-    ("budget", "trials", "promoted"), [(30.0, 1, 0), (105.0, 3, 1), (1000.0, 5, 3)]
+    ("budget", "sized", "trials", "promoted"),
+    [
+        (30.0, True, 1, 0),
+        (105.0, True, 2, 1),
+        (105.0, False, 3, 1),
+        (145.0, True, 3, 2),
+        (1000.0, True, 5, 3),
+    ],
 )
 def test_no_trial_starts_that_the_budget_cannot_finish(
-    store: LoRAStore, bow_embeddings, monkeypatch, budget: float, trials: int, promoted: int
+    chat, tmp_path, bow_embeddings, monkeypatch, budget, sized, trials, promoted
 ) -> None:
+    store = _store_with(chat, tmp_path, bow_embeddings, sized_brackets=sized)
     clock = _training_clock(monkeypatch)
     store.optimize(make_cluster(bow_embeddings), max_seconds=budget)
-    # 30 s: the first trial (20 s); a second would end at 40 s, its second rung at 60 s.
-    # 105 s: three first rungs (60 s) and one second rung (100 s); nothing else fits.
+    # 30 s: the first trial (20 s); its second rung would end at 60 s.
+    # 105 s, sized: a bracket of 2 (two first rungs, one second: 80 s); of 3 it would
+    # take 140 s. The neighbours' bracket of one would take 60 s more: not started.
+    # 105 s, not sized: three first rungs (60 s) and one second rung (100 s).
+    # 145 s: the bracket of 3 (140 s): two promoted.
     logged = store.registry.trials()
     assert (len(logged), sum(t.rung == 1 for t in logged)) == (trials, promoted)
     assert clock[0] <= budget
@@ -631,10 +642,11 @@ def test_the_search_budget_counts_the_base_model_evaluation(
 
     monkeypatch.setattr(store, "_baseline", slow_baseline)
     store.optimize(make_cluster(bow_embeddings), max_seconds=100.0)
-    # 50 s left after the base model: two first rungs (40 s) and no third (the trials so
-    # far say about 15 s more). Counted from the search's start, three would run.
+    # 50 s left after the base model: the first trial's first rung (20 s), and nothing
+    # more, since its second rung (40 s) does not fit. Counted from the search's start
+    # (100 s) it would be trained to the end.
     logged = store.registry.trials()
-    assert (len(logged), sum(t.rung == 1 for t in logged)) == (2, 0)
+    assert (len(logged), sum(t.rung == 1 for t in logged)) == (1, 0)
 
 
 def test_expected_trial_seconds_scale_with_samples_and_layers() -> None:
@@ -652,6 +664,32 @@ def test_expected_trial_seconds_scale_with_samples_and_layers() -> None:
     assert expected_seconds([], LoRATrainConfig(), 400, 30) == 0.0
     assert expected_seconds([done], LoRATrainConfig(), 400, 30) == 85.0
     assert expected_seconds([done], LoRATrainConfig(last_layers=15), 200, 30) == 25.0
+
+
+def test_a_bracket_costs_its_first_rungs_and_the_better_halfs_promotions() -> None:
+    from sage_agent.trainer import LoRATrainConfig
+
+    # 0.1 s a sample and 2 s a ranking; 160 pairs x 2 epochs = 20 steps of 16.
+    done = Trial(1, LoRATrainConfig(), "t", seconds=10.0, samples=100, evaluations=1)
+    done.validation_seconds = 2.0
+    candidate = LoRATrainConfig(epochs=2, batch_size=16)
+
+    def cost(size: int, begun: int = 0) -> float:
+        return bracket_seconds(
+            [done],
+            candidate,
+            size=size,
+            begun=begun,
+            train_size=160,
+            rungs=(0.25, 1.0),
+            layers=30,
+        )
+
+    # A first rung is 5 steps (80 samples: 8 s + 2 s), the rest 15 steps (24 s + 2 s).
+    assert cost(1) == pytest.approx(10 + 26)
+    assert cost(4) == pytest.approx(4 * 10 + 2 * 26)
+    assert cost(4, begun=1) == pytest.approx(3 * 10 + 2 * 26)
+    assert cost(3) == pytest.approx(3 * 10 + 2 * 26)  # the better half rounds up
 
 
 def test_bad_input(store: LoRAStore, chat: ChatSage, bow_embeddings, tmp_path: Path) -> None:

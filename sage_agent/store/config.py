@@ -53,7 +53,22 @@ class SearchConfig:
             "fully."
         },
     )
-    n_random: int = field(default=6, metadata={"help": "n: random configurations first."})
+    n_random: int = field(
+        default=6,
+        metadata={"help": "n: random configurations first (at most; see sized_brackets)."},
+    )
+    sized_brackets: bool = field(
+        default=True,
+        metadata={
+            "help": "Start only as many of a bracket's candidates as leave the budget for "
+            "its better half to reach the second rung, from the pace of the trials so far "
+            "(Hyperband sizes its brackets to a budget likewise). On a 50-failure GSM8K "
+            "'+' cluster a 120 s search with 6 candidates ranked 5 at the first rung and "
+            "promoted none (held-out '+' EM 34.4% -> 38.5%); with 2 it promoted one "
+            "(63.5%), docs/benchmarks.md. False: start candidates while their first "
+            "rung fits."
+        },
+    )
     top_k: int = field(
         default=2, metadata={"help": "k: configurations whose neighbourhood is searched."}
     )

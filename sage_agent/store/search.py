@@ -168,8 +168,40 @@ def run_search(
         bar.set_postfix(best_em=max(t.val_em for t in trials))
         return trial
 
+    def bracket_size(candidate: LoRATrainConfig, offered: int, begun: int) -> int:
+        """How many of ``offered`` candidates like ``candidate`` the bracket can start
+        (``begun`` of them already ranked at the first rung) and still promote its better
+        half to the second rung inside the budget left: at least ``begun``. (A bracket
+        that promotes none is a random search at the first rung's share of training; one
+        sized to finish every rung affords a single configuration in a 120 s search.)"""
+        if not config.sized_brackets or not any(t.samples for t in trials):
+            return offered  # nothing has run yet to say; the first trial always runs
+        left = max_seconds - (time.perf_counter() - started)
+        fitting = [
+            size
+            for size in range(max(begun, 1), offered + 1)
+            if bracket_seconds(
+                trials,
+                candidate,
+                size=size,
+                begun=begun,
+                train_size=len(recipe.train),
+                rungs=config.rungs[:2],
+                layers=layers,
+            )
+            <= left
+        ]
+        return max(fitting, default=begun)
+
     def bracket(candidates: Sequence[LoRATrainConfig], bar: tqdm) -> None:
-        live = [t for t in (start(c, bar) for c in candidates) if t is not None]
+        candidates = candidates[: max(0, config.max_trials - len(trials) - len(failed))]
+        live: list[Trial] = []
+        for candidate in candidates:
+            if len(live) >= bracket_size(candidate, len(candidates), len(live)):
+                break
+            trial = start(candidate, bar)
+            if trial is not None:
+                live.append(trial)
         for rung in range(1, len(config.rungs)):
             live = sorted(live, key=ranking)[: math.ceil(len(live) / 2)]
             promoted = []
@@ -265,6 +297,31 @@ def expected_seconds(
     per_sample = sum(t.seconds for t in ran) / sum(t.samples * share(t.config) for t in ran)
     ranking_seconds = sum(t.validation_seconds for t in ran) / sum(t.evaluations for t in ran)
     return per_sample * samples * share(config) + ranking_seconds
+
+
+def bracket_seconds(
+    trials: Sequence[Trial],
+    candidate: LoRATrainConfig,
+    *,
+    size: int,
+    begun: int,
+    train_size: int,
+    rungs: Sequence[float],
+    layers: int,
+) -> float:
+    """Expected seconds to finish a successive-halving bracket of ``size`` candidates
+    like ``candidate``, ``begun`` of which are already trained and ranked at the first
+    rung: each rung trains and ranks the better half of the rung before it."""
+    total_steps = candidate.epochs * math.ceil(train_size / candidate.batch_size)
+    samples_per_step = candidate.epochs * train_size / total_steps
+    seconds, count, trained = 0.0, size, 0
+    for rung, share in enumerate(rungs):
+        steps = rung_steps(share, total_steps)
+        more = round((steps - trained) * samples_per_step)
+        runs = count - begun if rung == 0 else count
+        seconds += runs * expected_seconds(trials, candidate, more, layers)
+        trained, count = steps, math.ceil(count / 2)
+    return seconds
 
 
 def ranking(trial: Trial) -> tuple[float, float]:
