@@ -140,8 +140,6 @@ def run_search(
         emit({"event": "trial_failed", "trial": trial.number, "error": error})
 
     def start(candidate: LoRATrainConfig, bar: tqdm) -> Trial | None:
-        if len(trials) + len(failed) >= config.max_trials:
-            return None
         first_samples = config.rungs[0] * candidate.epochs * len(recipe.train)
         if not affordable(candidate, round(first_samples)):
             return None
@@ -194,6 +192,7 @@ def run_search(
         return max(fitting, default=begun)
 
     def bracket(candidates: Sequence[LoRATrainConfig], bar: tqdm) -> None:
+        # The trial budget: what is left of max_trials is all a bracket may start.
         candidates = candidates[: max(0, config.max_trials - len(trials) - len(failed))]
         live: list[Trial] = []
         for candidate in candidates:
