@@ -665,6 +665,37 @@ def operator_table(results: Sequence[SeedResult], tags: Sequence[Sequence[str]])
     return lines
 
 
+def change_table(results: Sequence[SeedResult]) -> list[str]:
+    """What each method did with the held-out steps, summed over the seeds: of the steps
+    the base model answers wrong, how many it left with the base answer (no adapter
+    routed, or the gate kept it), changed to another wrong answer, or fixed; of those it
+    answers right, how many it lost. Separates reach (routing) from what adapters fix."""
+    names = [n for n in METHODS if n != "Base" and all(n in r.methods for r in results)]
+    lines = [
+        "| method | base wrong | left as the base answered | changed, still wrong | fixed "
+        "| base right | lost |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        wrong = left = fixed = right = lost = 0
+        for r in results:
+            base, method = r.methods["Base"], r.methods[name]
+            for ok, answer, base_ok, base_answer in zip(
+                method.right, method.answers, base.right, base.answers, strict=True
+            ):
+                if base_ok:
+                    right += 1
+                    lost += not ok
+                else:
+                    wrong += 1
+                    fixed += ok
+                    left += answer == base_answer
+        lines.append(
+            f"| {name} | {wrong} | {left} | {wrong - left - fixed} | {fixed} | {right} | {lost} |"
+        )
+    return lines
+
+
 def wilcoxon_line(results: Sequence[SeedResult]) -> str:
     """Signed-rank test on the held-out steps, SAGE against the base model, all seeds
     pooled (per step: right = 1, wrong = 0; steps where both agree drop out)."""
@@ -753,6 +784,11 @@ def report(
         "",
         "![held-out step EM](results/atomic_em.png)",
         "",
+        "Held-out steps each method changed, all seeds (an answer the same as the base "
+        "model's was not routed to an adapter, kept by the gate, or answered alike):",
+        "",
+        *change_table(results),
+        "",
         *(
             [
                 "Right held-out steps per operator, all seeds (a step's operator signature "
@@ -836,7 +872,10 @@ SUMMARY_KEYS = (
 
 
 def _cell(value: object) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    """Rates to three decimals, seconds as whole numbers (not 1.07e+03)."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.0f}" if abs(value) >= 10 else f"{value:.3f}"
 
 
 def main() -> None:

@@ -107,3 +107,30 @@ def test_bench_adapt_routes_to_more_adapters_than_stay_loaded(
     assert result.name == "method"
     assert result.answers == ["loaded-a", "loaded-b", "loaded-c", "loaded-a"]
     assert result.routed == 4
+
+
+def test_bench_adapt_writes_seconds_whole_and_rates_to_three_decimals(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bench = load_script(FOLDER / "bench_adapt.py", monkeypatch)
+    assert [bench._cell(v) for v in (1070.4, 445.07, 0.48348, 7, None)] == [
+        "1070",
+        "445",
+        "0.483",
+        "7",
+        "None",
+    ]
+
+
+def test_bench_adapt_counts_what_each_method_did_with_the_base_models_wrong_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bench = load_script(FOLDER / "bench_adapt.py", monkeypatch)
+    base = bench.MethodResult("Base", [True, True, False, False, False], ["1", "2", "9", "9", "9"])
+    # keeps step 0, loses step 1, leaves step 2 as the base answered, changes step 3 to
+    # another wrong answer and fixes step 4
+    sage = bench.MethodResult("SAGE", [True, False, False, False, True], ["1", "5", "9", "8", "3"])
+    result = bench.SeedResult(0, 0, 0, [""] * 5, methods={"Base": base, "SAGE": sage})
+    table = bench.change_table([result, result])
+    assert table[2] == "| SAGE | 6 | 2 | 2 | 2 | 4 | 2 |"
+    assert len(table) == 3  # one row per method besides the base model
