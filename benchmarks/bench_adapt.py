@@ -639,10 +639,15 @@ def heldout_tags(path: Path, result: SeedResult, settings: Settings) -> list[str
     return [a.tag for a in atoms]
 
 
+def methods_in_every_seed(results: Sequence[SeedResult]) -> list[str]:
+    """The methods every seed ran, in the tables' order (a seed may stop after some)."""
+    return [n for n in METHODS if all(n in r.methods for r in results)]
+
+
 def operator_table(results: Sequence[SeedResult], tags: Sequence[Sequence[str]]) -> list[str]:
     """Right held-out steps per operator signature, summed over the seeds: where each
     method's exact match comes from (one-operator signatures; the rest pooled)."""
-    names = [n for n in METHODS if all(n in r.methods for r in results)]
+    names = methods_in_every_seed(results)
     pooled = [[t if t in OPERATORS else "other" for t in seed_tags] for seed_tags in tags]
     lines = [
         "| operator | steps | " + " | ".join(names) + " |",
@@ -670,7 +675,7 @@ def change_table(results: Sequence[SeedResult]) -> list[str]:
     the base model answers wrong, how many it left with the base answer (no adapter
     routed, or the gate kept it), changed to another wrong answer, or fixed; of those it
     answers right, how many it lost. Separates reach (routing) from what adapters fix."""
-    names = [n for n in METHODS if n != "Base" and all(n in r.methods for r in results)]
+    names = [n for n in methods_in_every_seed(results) if n != "Base"]
     lines = [
         "| method | base wrong | left as the base answered | changed, still wrong | fixed "
         "| base right | lost |",
@@ -716,7 +721,7 @@ def wilcoxon_line(results: Sequence[SeedResult]) -> str:
 
 def plots(results: Sequence[SeedResult], folder: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
-    names = [n for n in METHODS if all(n in r.methods for r in results)]
+    names = methods_in_every_seed(results)
     ems = [[np.mean(r.methods[n].right) for r in results] for n in names]
     figure, axis = plt.subplots(figsize=(8, 3.5))
     axis.bar(range(len(names)), [np.mean(e) for e in ems], yerr=[np.std(e) for e in ems])
