@@ -45,7 +45,7 @@ from sklearn.metrics import (
 
 from sage_agent import default_embeddings
 from sage_agent.buffer import BufferConfig, TriggerBuffer
-from sage_agent.steps import ATOMIC_PROMPT
+from sage_agent.tasks.steps import ATOMIC_PROMPT
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

@@ -27,12 +27,12 @@ import numpy as np
 from common import cluster_of, gsm8k_steps, results_header
 
 from sage_agent import ChatSage, default_embeddings
-from sage_agent.numeric import numbers_match, parse_number
-from sage_agent.steps import ATOMIC_PROMPT
+from sage_agent.scoring.numeric import numbers_match, parse_number
 from sage_agent.store.config import RecipeConfig
 from sage_agent.store.recipe import build_recipe
-from sage_agent.trainer import ANSWER_MAX_TOKENS, LoRARun, LoRATrainConfig
-from sage_agent.validation import evaluate
+from sage_agent.tasks.steps import ANSWER_MAX_TOKENS, ATOMIC_PROMPT
+from sage_agent.training.trainer import LoRARun, LoRATrainConfig
+from sage_agent.training.validation import evaluate
 
 RESULTS = Path(__file__).parent / "results"
 

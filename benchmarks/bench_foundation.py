@@ -21,8 +21,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from sage_agent import ChatSage, Trigger, arithmetic_verifier, default_embeddings
-from sage_agent.problems import generate_steps
-from sage_agent.steps import ATOMIC_PROMPT
+from sage_agent.tasks.problems import generate_steps
+from sage_agent.tasks.steps import ATOMIC_PROMPT
 
 
 def _timed(fn):

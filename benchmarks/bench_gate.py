@@ -26,7 +26,7 @@ from common import results_header
 from sklearn.metrics import roc_auc_score
 
 from sage_agent import ChatSage
-from sage_agent.numeric import number_logprob
+from sage_agent.scoring.numeric import number_logprob
 
 THRESHOLDS = (-0.5, -1.0, -1.5, -2.0)
 NO_NUMBER = -1e9  # an answer without a number is as unsure as it gets

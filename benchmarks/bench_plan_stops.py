@@ -28,8 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from common import PLANS_HELD_OUT, gold_plans, results_header
 
 from sage_agent import ChatSage
-from sage_agent.decompose import RETRY_PLAN_PROMPTS
-from sage_agent.plans import (
+from sage_agent.tasks.decompose import RETRY_PLAN_PROMPTS
+from sage_agent.tasks.plans import (
     PLAN_MAX_TOKENS,
     PLAN_STOP,
     plan_matches,

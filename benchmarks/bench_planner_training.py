@@ -31,16 +31,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from common import PLANS_HELD_OUT, gold_plans, results_header
 
 from sage_agent import ChatSage
-from sage_agent.plans import (
+from sage_agent.records import TrainingPair
+from sage_agent.tasks.plans import (
     PLAN_MAX_TOKENS,
     PLAN_STOP,
     plan_matches,
     plan_prompt,
     plan_result,
 )
-from sage_agent.records import TrainingPair
-from sage_agent.trainer import LoRARun, LoRATrainConfig
-from sage_agent.validation import generate, teacher_forced
+from sage_agent.training.trainer import LoRARun, LoRATrainConfig
+from sage_agent.training.validation import generate, teacher_forced
 
 
 @dataclass(frozen=True)

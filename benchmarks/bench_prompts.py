@@ -23,9 +23,8 @@ from common import results_header
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from sage_agent import ChatSage
-from sage_agent.numeric import math_metrics
-from sage_agent.steps import ATOMIC_PROMPT
-from sage_agent.trainer import ANSWER_MAX_TOKENS
+from sage_agent.scoring.numeric import math_metrics
+from sage_agent.tasks.steps import ANSWER_MAX_TOKENS, ATOMIC_PROMPT
 
 
 def atomic(atom: Atom) -> list[BaseMessage]:

@@ -90,7 +90,7 @@ def load(folder: Path, tasks: Path, model: Path, seconds: float) -> dict:
 
 def bad_inputs(folder: Path, tasks: Path, model: Path) -> list[tuple[str, bool]]:
     from sage_agent import ChatSage, SageAgent
-    from sage_agent.cli import main
+    from sage_agent.app.cli import main
 
     db = folder / "bad.db"
     agent = SageAgent(

@@ -39,15 +39,15 @@ import numpy as np
 from common import cluster_of, gsm8k_steps
 
 from sage_agent import ChatSage, default_embeddings
-from sage_agent.numeric import numbers_match, parse_number
 from sage_agent.records import TrainingPair
-from sage_agent.steps import ATOMIC_PROMPT
+from sage_agent.scoring.numeric import numbers_match, parse_number
 from sage_agent.store import LoRAStore, StoreConfig
 from sage_agent.store import store as store_module
 from sage_agent.store.recipe import Recipe
 from sage_agent.store.registry import AdapterRecord, AdapterRegistry
-from sage_agent.trainer import ANSWER_MAX_TOKENS, FrozenPrefix, LoRARun
-from sage_agent.validation import generate
+from sage_agent.tasks.steps import ANSWER_MAX_TOKENS, ATOMIC_PROMPT
+from sage_agent.training.trainer import FrozenPrefix, LoRARun
+from sage_agent.training.validation import generate
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -220,8 +220,8 @@ def main() -> None:
 
 
 def held_out_figures(store: LoRAStore, best: AdapterRecord | None, atoms: list) -> str:
-    """The best kept adapter on later atoms of the tag, as the graph routes it (every
-    atom when it routes all, else those whose base answer is unsure), against the base
+    """The best kept adapter on later atoms of the tag, as the adaptation policy routes it
+    (every atom when it routes all, else those whose base answer is unsure), against the base
     model: a figure of the adapter's quality less noisy than its validation split's."""
     prompts = [ATOMIC_PROMPT.format(expression=a.expression) for a in atoms]
     base = generate(store.model, None, prompts)
@@ -229,7 +229,7 @@ def held_out_figures(store: LoRAStore, best: AdapterRecord | None, atoms: list) 
     line = f"Held out: {len(atoms)} later atoms of the tag, base model {np.mean(base_right):.1%}"
     if best is None:
         return line + " (no adapter kept)."
-    routed = [i for i, m in enumerate(base) if best.route_all or store.unsure(m)]
+    routed = store.policy.answered_by_adapter(best.route_all, base)
     name = store.load(best.id)
     answers = generate(store.model, name, [prompts[i] for i in routed])
     right = list(base_right)

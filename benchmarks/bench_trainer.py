@@ -53,17 +53,17 @@ from peft import LoraConfig, get_peft_model
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
 from sage_agent import ChatSage, answer_batches, trainer
-from sage_agent.answer_batches import collate, encode_pairs, shared_prefix
 from sage_agent.embedded import smollm2_gguf
 from sage_agent.records import TrainingPair
-from sage_agent.steps import ATOMIC_PROMPT
-from sage_agent.trainer import (
+from sage_agent.tasks.steps import ATOMIC_PROMPT
+from sage_agent.training.batches import collate, encode_pairs, shared_prefix
+from sage_agent.training.trainer import (
     DEFAULT_TARGET_MODULES,
     LoRATrainConfig,
     supports_bf16,
     train_lora,
 )
-from sage_agent.validation import evaluate
+from sage_agent.training.validation import evaluate
 
 RESULTS = Path(__file__).parent / "results"
 

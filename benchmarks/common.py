@@ -15,7 +15,7 @@ import numpy as np
 
 from sage_agent import AtomicStep, MalformedTask, steps_from_gsm8k
 from sage_agent.buffer import Cluster, Sample
-from sage_agent.plans import gold_plan
+from sage_agent.tasks.plans import gold_plan
 
 PLANS_HELD_OUT = slice(7200, 7240)
 """The GSM8K lines bench_plan_stops and bench_planner_training write plans for (the

@@ -10,7 +10,7 @@ thread then ends with the decomposer's error, which the trace shows).
 import argparse
 
 from sage_agent import ChatSage, SageAgent
-from sage_agent.decompose import LLMDecomposer
+from sage_agent.tasks.decompose import LLMDecomposer
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--db", default="plan.db")

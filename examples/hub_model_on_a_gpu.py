@@ -8,7 +8,7 @@ python examples/hub_model_on_a_gpu.py --model Qwen/Qwen2.5-1.5B-Instruct --data 
 import argparse
 
 from sage_agent import ChatSage, SageAgent
-from sage_agent.data import read_tasks
+from sage_agent.tasks.data import read_tasks
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", required=True)

@@ -8,8 +8,8 @@ import argparse
 from pathlib import Path
 
 from sage_agent import SageAgent
-from sage_agent.problems import generate_problems
 from sage_agent.report import read_thread, render_table, write_run_report
+from sage_agent.tasks.problems import generate_problems
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--db", default="trace.db")

@@ -9,9 +9,9 @@ cluster of failures is ready, so short runs mostly show answering, scoring and b
 import sys
 
 from sage_agent import SageAgent
-from sage_agent.data import read_tasks
-from sage_agent.problems import generate_problems
 from sage_agent.report import read_thread, render_table
+from sage_agent.tasks.data import read_tasks
+from sage_agent.tasks.problems import generate_problems
 
 if len(sys.argv) > 1:
     tasks = read_tasks(sys.argv[1], limit=5)

@@ -1,8 +1,8 @@
 """SageAgent: the SAGE graph compiled on the project's database, and runs over task files.
 
 Every task is a LangGraph thread checkpointed (langgraph-checkpoint-sqlite) in the same
-SQLite file as the buffer and the store, so a run can be resumed and traced later. A run
-is a row of ``runs``; its tasks are rows of ``threads``.
+SQLite file as the buffer and the store, so a run can be resumed and traced later. Which
+threads make a run is kept by ``RunRegistry`` (``sage_agent.runs``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import sqlite_utils
 from langchain_core.embeddings import Embeddings
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from langgraph.checkpoint.sqlite import SqliteSaver
@@ -25,18 +24,16 @@ from pydantic import BaseModel, Field
 from sage_agent.buffer import BufferConfig, TriggerBuffer
 from sage_agent.chat import ChatSage
 from sage_agent.context import SageContext, build_context
-from sage_agent.database import open_database, owner_alive, this_owner, transaction
-from sage_agent.decompose import Decomposer, socratic_decomposer
-from sage_agent.errors import DatabaseLocked, DataError, NotFoundError, RunError
+from sage_agent.database import LOCK_TIMEOUT, this_owner
+from sage_agent.errors import DatabaseLocked, DataError
 from sage_agent.graphs import SageState, build_sage_graph
 from sage_agent.graphs.store_calls import adaptation_seconds
-from sage_agent.numeric import math_metrics
 from sage_agent.records import Task, TaskResult
+from sage_agent.runs import RunRegistry
+from sage_agent.scoring.numeric import math_metrics
+from sage_agent.scoring.trigger import Trigger
 from sage_agent.store import LoRAStore, StoreConfig
-from sage_agent.trigger import Trigger
-
-LOCK_TIMEOUT = 30.0
-"""Seconds a write waits for another process's lock (the components' and checkpoints')."""
+from sage_agent.tasks.decompose import Decomposer, socratic_decomposer
 
 Event = dict[str, Any]
 """A custom stream event of the graph: {"event": "step_done", ...}."""
@@ -102,8 +99,8 @@ class SageAgent:
         substitute: Literal["answers", "references"] = "references",
     ) -> None:
         self.db_path = Path(db).absolute()
-        self.db = open_database(self.db_path, timeout=LOCK_TIMEOUT)
-        self._ensure_tables()
+        self.runs = RunRegistry(self.db_path)
+        self.db = self.runs.db
         self._base = build_context(
             self.db_path,
             model,
@@ -212,20 +209,9 @@ class SageAgent:
         owner = this_owner()
         if run_id is None:
             run_id = uuid.uuid4().hex[:10]
-            with transaction(self.db):
-                self.db["runs"].insert(
-                    {
-                        "id": run_id,
-                        "mode": "run" if train else "eval",
-                        "options": json.dumps(options or {}),
-                        "started": time.time(),
-                        "finished": None,
-                        "summary": None,
-                        "owner": owner,
-                    }
-                )
+            self.runs.start(run_id, "run" if train else "eval", options or {}, owner)
         else:
-            self._lease(run_id, owner)
+            self.runs.lease(run_id, owner)
         context = self.context(train=train, route=route)
         if context.adaptation is not None:  # this run's own, resumed with what it spent
             states = [self.state(t["id"]) for t in self.threads(run_id)]
@@ -235,31 +221,15 @@ class SageAgent:
             context = replace(context, adaptation=budget)
         for position, task in enumerate(tasks):
             thread_id = f"{run_id}:{task['id']}"
-            with transaction(self.db):
-                self.db["threads"].insert(
-                    {
-                        "id": thread_id,
-                        "run_id": run_id,
-                        "task_id": task["id"],
-                        "position": position,
-                        "started": time.time(),
-                        "finished": None,
-                    },
-                    ignore=True,
-                )
+            self.runs.start_thread(thread_id, run_id, task["id"], position)
             result = self.solve(task, thread_id=thread_id, context=context, on_event=on_event)
-            with transaction(self.db):
-                self.db["threads"].update(thread_id, {"finished": time.time()})
+            self.runs.finish_thread(thread_id)
             if on_task is not None:
                 on_task(result)
             if stop_when is not None and stop_when(self.summarize(run_id)):
                 break
         summary = self.summarize(run_id, wall_s=time.perf_counter() - started)
-        with transaction(self.db):
-            self.db["runs"].update(
-                run_id,
-                {"finished": time.time(), "summary": json.dumps(summary.__dict__), "owner": None},
-            )
+        self.runs.finish(run_id, summary.__dict__)
         return summary
 
     def as_tool(self, name: str = "sage_solve", description: str | None = None) -> BaseTool:
@@ -288,34 +258,16 @@ class SageAgent:
             handle_tool_error=True,
         )
 
-    def _lease(self, run_id: str, owner: str) -> None:
-        """Take an unfinished run over: refused while the process that runs it is alive."""
-        with transaction(self.db):
-            run = next(self.db["runs"].rows_where("id = ?", [run_id]), None)
-            if run is None:
-                raise NotFoundError(f"no run {run_id!r} in {self.db_path}")
-            if run["finished"] is not None:
-                raise RunError(f"run {run_id} has finished; there is nothing to resume")
-            holder = run.get("owner")
-            if holder not in (None, owner) and owner_alive(holder):
-                raise RunError(
-                    f"run {run_id} is running in another process ({holder}); it cannot be "
-                    "resumed twice at once"
-                )
-            self.db["runs"].update(run_id, {"owner": owner})
-
     def unfinished_run(self) -> dict[str, Any] | None:
         """The latest run that did not finish (for --resume), or None."""
-        return unfinished_run(self.db)
+        return self.runs.unfinished()
 
     def summarize(self, run_id: str, *, wall_s: float | None = None) -> RunSummary:
         """The figures of a run, from its threads' final states."""
         summary = RunSummary(run_id)
-        run = next(self.db["runs"].rows_where("id = ?", [run_id]), None)
-        if run is None:
-            raise NotFoundError(f"no run {run_id!r} in {self.db_path}")
+        run = self.runs.get(run_id)
         finals, firsts, references, solved, problems = [], [], [], 0, 0
-        for row in self.db["threads"].rows_where("run_id = ?", [run_id], order_by="position"):
+        for row in self.runs.threads(run_id, order_by="position"):
             values = self.state(row["id"])
             if not values.get("result"):
                 continue
@@ -360,36 +312,7 @@ class SageAgent:
         return self.graph.get_state({"configurable": {"thread_id": thread_id}}).values or {}
 
     def threads(self, run_id: str | None = None) -> list[dict[str, Any]]:
-        where, args = ("run_id = ?", [run_id]) if run_id else (None, [])
-        return list(self.db["threads"].rows_where(where, args, order_by="started"))
-
-    def _ensure_tables(self) -> None:
-        with transaction(self.db):
-            self.db["runs"].create(
-                {
-                    "id": str,
-                    "mode": str,
-                    "options": str,
-                    "started": float,
-                    "finished": float,
-                    "summary": str,
-                    "owner": str,
-                },
-                pk="id",
-                if_not_exists=True,
-            )
-            self.db["threads"].create(
-                {
-                    "id": str,
-                    "run_id": str,
-                    "task_id": str,
-                    "position": int,
-                    "started": float,
-                    "finished": float,
-                },
-                pk="id",
-                if_not_exists=True,
-            )
+        return self.runs.threads(run_id)
 
 
 def _check_unique_ids(tasks: list[Task]) -> None:
@@ -401,10 +324,3 @@ def _check_unique_ids(tasks: list[Task]) -> None:
                 "id (it names the task's thread)"
             )
         seen.add(task["id"])
-
-
-def unfinished_run(db: sqlite_utils.Database) -> dict[str, Any] | None:
-    """The latest run of the project's database ``db`` that did not finish, or None."""
-    if "runs" not in db.table_names():
-        return None
-    return next(db["runs"].rows_where("finished IS NULL", order_by="started DESC", limit=1), None)

@@ -18,14 +18,13 @@ from langgraph.config import get_config
 
 from sage_agent.buffer import BufferConfig, TriggerBuffer
 from sage_agent.chat import ChatSage
-from sage_agent.decompose import Decomposer, LLMDecomposer, socratic_decomposer
 from sage_agent.embeddings import LazyDefaultEmbeddings
 from sage_agent.errors import ConfigError, ContextError
-from sage_agent.steps import ATOMIC_PROMPT
-from sage_agent.store import LoRAStore, StoreConfig, adapter_root
-from sage_agent.trainer import ANSWER_MAX_TOKENS
-from sage_agent.trigger import Trigger
-from sage_agent.verifier import arithmetic_verifier
+from sage_agent.scoring.trigger import Trigger
+from sage_agent.scoring.verifier import arithmetic_verifier
+from sage_agent.store import AdaptationPolicy, LoRAStore, StoreConfig, adapter_root
+from sage_agent.tasks.decompose import Decomposer, LLMDecomposer, socratic_decomposer
+from sage_agent.tasks.steps import ANSWER_MAX_TOKENS, ATOMIC_PROMPT
 
 MIN_SEARCH_SECONDS = 60.0
 """A run with less adaptation time left than this starts no search: the base model's
@@ -109,6 +108,12 @@ class SageContext:
     """Answer length limit (an atomic step's answer is a number, often after its equation)."""
 
     @property
+    def policy(self) -> AdaptationPolicy:
+        """The adaptation policy over the store, routing and learning as this context
+        says (``route``, ``train``)."""
+        return AdaptationPolicy(self.store, route=self.route, learn=self.train)
+
+    @property
     def planner(self) -> LLMDecomposer | None:
         """The decomposer, when it is a planner that adapters of the graph's model can
         help (an ``LLMDecomposer`` on ``model``)."""
@@ -150,7 +155,7 @@ def build_context(
 @runtime_checkable
 class ContextSource(Protocol):
     """A context given as data (Studio, the HTTP API) that knows how to become a
-    SageContext; see ``sage_agent.studio.StudioContext``."""
+    SageContext; see ``sage_agent.graphs.studio.StudioContext``."""
 
     def resolve(self) -> SageContext: ...
 
@@ -167,7 +172,7 @@ def context_of(runtime: Any) -> SageContext:
     raise ContextError(
         f"the SAGE graph needs a SageContext and got {given}: call it with "
         "context=SageAgent(...).context() or context=build_context(db), or serve "
-        "sage_agent/studio.py with langgraph dev"
+        "graphs/studio.py with langgraph dev"
     )
 
 

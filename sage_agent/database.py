@@ -29,7 +29,12 @@ ranked teacher-forced and confirmed by generation).
 5: adapters.route_all (an adapter that answers sure base answers too)."""
 
 
-def open_database(path: str | Path, *, timeout: float = 10.0) -> sqlite_utils.Database:
+LOCK_TIMEOUT = 30.0
+"""Seconds a write waits for another process's lock: the components', the runs' and the
+checkpointer's connections all wait this long by default."""
+
+
+def open_database(path: str | Path, *, timeout: float = LOCK_TIMEOUT) -> sqlite_utils.Database:
     """Open (or create) the project's database file and check its schema version.
 
     ``timeout`` is how long a write waits for another process's lock before

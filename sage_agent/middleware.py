@@ -1,12 +1,13 @@
 """SageMiddleware: SAGE inside any ``langchain.agents.create_agent`` agent.
 
-Around every model call it routes the prompt to an adapter when the store has one and the
-base answer is unsure (the graph's confidence gate), scores the answer with the Trigger
-when a reference is known (a callable of yours, or the arithmetic verifier on an
-expression in the prompt), buffers failures, and keeps one ``SageRecord`` per call in the
-agent's state. Training never runs inside a model call: clusters that became ready during
-a turn are trained after it (``after_agent``), or after an ``interrupt()`` that asks for
-approval when ``train="approve"``.
+Around every model call it answers as the store's adaptation policy decides, the graph's
+own rule (``sage_agent.store.policy``: a routed adapter answers when it routes all or the
+base answer is unsure), scores the answer with the Trigger when a reference is known (a
+callable of yours, or the arithmetic verifier on an expression in the prompt), buffers
+failures, and keeps one ``SageRecord`` per call in the agent's state. Training never runs
+inside a model call: clusters that became ready during a turn are trained after it
+(``after_agent``), or after an ``interrupt()`` that asks for approval when
+``train="approve"``.
 
 With a chat model other than the context's ChatSage, failures are recorded and buffered
 but nothing is routed or trained (a warning says so, once).
@@ -36,15 +37,12 @@ from sage_agent.buffer import default_tag, first_expression
 from sage_agent.chat import ChatSage
 from sage_agent.context import SageContext, current_thread_id
 from sage_agent.errors import (
-    AdapterError,
     ConfigError,
     ExpressionError,
-    NotFoundError,
     StoreError,
 )
-from sage_agent.records import TrainingPair
-from sage_agent.store import AdapterRecord, needs_training, train_cluster
-from sage_agent.verifier import arithmetic_verifier
+from sage_agent.scoring.verifier import arithmetic_verifier
+from sage_agent.store import AdaptationPolicy, Route, needs_training, train_cluster
 
 Reference = Callable[[ModelRequest, AIMessage], "str | None"]
 """The reference answer of a model call (a gold answer, a checked tool result), or None
@@ -126,55 +124,46 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
 
     # around the model call
 
+    @property
+    def policy(self) -> AdaptationPolicy:
+        return self.context.policy
+
     def wrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
     ) -> ExtendedModelResponse:
-        routed = self._route(request)
-        # The base model answers first unless the routed adapter takes every step.
-        response = None if routed is not None and routed.route_all else handler(request)
-        adapter, note = self._routed_adapter(routed, response)
+        route = self._route(request)
+        base = handler(request) if self.policy.base_first(route) else None
+        adapter, note = self._adapter(route, base)
         if adapter is not None:
             response = handler(_with_adapter(request, adapter))
-        elif response is None:  # a route_all adapter that could not be loaded
-            response = handler(request)
+        else:  # the base answer is kept, or the adapter could not be loaded
+            response = base if base is not None else handler(request)
         return self._scored(request, response, adapter, note)
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> ExtendedModelResponse:
-        routed = await asyncio.to_thread(self._route, request)
-        response = None if routed is not None and routed.route_all else await handler(request)
-        adapter, note = await asyncio.to_thread(self._routed_adapter, routed, response)
+        route = await asyncio.to_thread(self._route, request)
+        base = await handler(request) if self.policy.base_first(route) else None
+        adapter, note = await asyncio.to_thread(self._adapter, route, base)
         if adapter is not None:
             response = await handler(_with_adapter(request, adapter))
-        elif response is None:
-            response = await handler(request)
+        else:
+            response = base if base is not None else await handler(request)
         return await asyncio.to_thread(self._scored, request, response, adapter, note)
 
-    def _route(self, request: ModelRequest) -> AdapterRecord | None:
-        """The adapter routed to the prompt, if any."""
-        store, prompt = self.context.store, _prompt(request.messages)
-        if not self._adapts(request.model) or store is None or not prompt or not self.context.route:
-            return None
-        routes = store.route(prompt, tag=default_tag(prompt))
-        return routes[0] if routes else None
+    def _route(self, request: ModelRequest) -> Route:
+        """The adapters routed to the prompt (none unless the agent's model is ours)."""
+        prompt = _prompt(request.messages)
+        if not prompt or not self._adapts(request.model):
+            return Route()
+        return self.policy.route(prompt, tag=default_tag(prompt), limit=1)
 
-    def _routed_adapter(
-        self, routed: AdapterRecord | None, base: ModelResponse | None
-    ) -> tuple[str | None, str | None]:
-        """The routed adapter, loaded, when it should answer: the base answer is unsure
-        (the graph's gate), or there is none because the adapter takes every step
-        (``route_all``); loaded only then, as the graph's answer node does. Returns
-        (adapter, note)."""
-        store = self.context.store
-        if routed is None or store is None:
-            return None, None
-        if base is not None and not store.unsure(_message(base)):
-            return None, None
-        try:
-            return store.load(routed.id), None
-        except (AdapterError, NotFoundError) as error:
-            return None, f"adapter {routed.id} not used: {error}"
+    def _adapter(self, route: Route, base: ModelResponse | None) -> tuple[str | None, str | None]:
+        """(the adapter that answers, loaded; or None, and why not when it failed to load),
+        as the policy chooses on the base answer."""
+        chosen = self.policy.choose(route, _message(base) if base is not None else None)
+        return (None, None) if chosen is None else self.policy.load(chosen)
 
     def _scored(
         self,
@@ -205,31 +194,40 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
             margin = message.response_metadata.get("logits_margin_mean")
             result = self.context.trigger.score(message.text, reference, logits_margin=margin)
             record.update(failed=result.failed, anomaly_score=result.anomaly_score)
-            ready += self._learn(request, record, adapter is not None)
+            ready += self._learn(request, record)
         update = {"sage_records": [record], "sage_ready": ready}
         return ExtendedModelResponse(model_response=response, command=Command(update=update))
 
-    def _learn(self, request: ModelRequest, record: SageRecord, routed: bool) -> list[int]:
-        """Count the adapter's use; buffer a base failure (returning its cluster if it is
-        now ready), or keep a base success as a canary."""
-        store, buffer, tag = self.context.store, self.context.buffer, default_tag(record["prompt"])
-        if routed and store is not None:
-            try:
-                store.record_use(record["adapter"], won=not record["failed"])
-            except NotFoundError:
-                record["note"] = f"adapter {record['adapter']} was removed after answering"
-            return []
-        if not record["failed"]:
-            if store is not None and self.context.train:
-                store.add_canary([TrainingPair(record["prompt"], record["reference"])], tag)
-            return []
-        if buffer is None:
+    def _learn(self, request: ModelRequest, record: SageRecord) -> list[int]:
+        """What the policy makes of the outcome: an adapter's use counted, a passing base
+        answer kept as a canary, a failure buffered. Returns the failure's cluster when it
+        is now ready for training."""
+        prompt, tag = record["prompt"], default_tag(record["prompt"])
+        # The canary's expression is the prompt's only when the reference was computed
+        # from it (the default reference); a reference of the user's may not be.
+        expression = first_expression(prompt) if self.reference is expression_reference else None
+        observed = self.policy.observe(
+            prompt,
+            tag,
+            adapter=record["adapter"],
+            failed=bool(record["failed"]),
+            reference=record["reference"],
+            expression=expression,
+        )
+        if observed.note is not None:
+            record["note"] = observed.note
+        store, buffer = self.context.store, self.context.buffer
+        if not observed.buffer or buffer is None:
             return []
         thread = current_thread_id()
         assignment = buffer.add(
-            record["prompt"],
+            prompt,
             tag=tag,
-            payload={"reference": record["reference"], "answer": record["answer"]},
+            payload={
+                "reference": record["reference"],
+                "answer": record["answer"],
+                "adapter": record["adapter"],
+            },
             key=f"{thread}:{len(request.messages)}" if thread else None,
         )
         record["cluster_id"] = assignment.cluster_id

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from sage_agent.cli import main
+from sage_agent.app.cli import main
 from tests.crash_run import use_the_tiny_setup
 
 NOT_YET = ("no database at", "holds no threads yet")

@@ -8,12 +8,12 @@ import re
 import pytest
 
 from sage_agent import evaluate_expression, parse_number
-from sage_agent.answer_formats import MAX_WORKED_CHARACTERS, equation_answer, worked_answer
-from sage_agent.augment import augment_pairs, expression_variant, plan_pairs, plan_variant
-from sage_agent.plans import plan_result
-from sage_agent.steps import operator_signature, spaced_expression
-from sage_agent.trainer import TrainingPair
-from sage_agent.verifier import arithmetic_verifier
+from sage_agent.scoring.verifier import arithmetic_verifier
+from sage_agent.tasks.plans import plan_result
+from sage_agent.tasks.steps import operator_signature, spaced_expression
+from sage_agent.training.augment import augment_pairs, expression_variant, plan_pairs, plan_variant
+from sage_agent.training.formats import MAX_WORKED_CHARACTERS, equation_answer, worked_answer
+from sage_agent.training.trainer import TrainingPair
 
 
 def test_variants_keep_the_shape() -> None:

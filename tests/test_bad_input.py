@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sage_agent.tools import LoRAStoreTool
 
 from sage_agent import (
     AdapterError,
@@ -29,9 +30,8 @@ from sage_agent import (
     arithmetic_verifier,
     parse_number,
 )
-from sage_agent.cli import main
+from sage_agent.app.cli import main
 from sage_agent.store import LoRAStore
-from sage_agent.tools import LoRAStoreTool
 from tests.test_graph import nine_task, nines_agent
 from tests.test_store import LEARNABLE, make_cluster
 

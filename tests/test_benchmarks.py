@@ -12,6 +12,8 @@ from types import ModuleType, SimpleNamespace
 import pytest
 from langchain_core.messages import AIMessage
 
+from sage_agent.store import AdaptationPolicy
+
 FOLDER = Path(__file__).parent.parent / "benchmarks"
 
 
@@ -83,8 +85,10 @@ def test_bench_adapt_routes_to_more_adapters_than_stay_loaded(
         def __init__(self) -> None:
             self.model = model
             self.registry = SimpleNamespace(trials=lambda: [])
+            self.config = SimpleNamespace(router=SimpleNamespace(route_below=-1.0))
+            self.policy = AdaptationPolicy(self)  # type: ignore[arg-type]
 
-        def route(self, prompt: str, tag: str | None = None) -> list[object]:
+        def route(self, prompt: str, tag: str | None = None, **_: object) -> list[object]:
             return [SimpleNamespace(id=prompt, route_all=True)]
 
         def load(self, adapter_id: str) -> str:

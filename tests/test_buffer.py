@@ -15,7 +15,7 @@ from langchain_core.embeddings import Embeddings
 
 from sage_agent.buffer import BufferConfig, TriggerBuffer, default_tag, keywords
 from sage_agent.database import DatabaseError, DatabaseLocked, SchemaVersionError
-from sage_agent.steps import operator_signature, operators_within
+from sage_agent.tasks.steps import operator_signature, operators_within
 
 DIM = 32
 _BASES = np.linalg.qr(np.random.default_rng(0).normal(size=(DIM, DIM)))[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import sage_agent.context
-from sage_agent.cli import main
+from sage_agent.app.cli import main
 from sage_agent.database import SCHEMA_VERSION, open_database
 
 DESIGN_KEYS = {
@@ -157,7 +157,7 @@ def test_run_resume_continues_the_unfinished_run(data, tmp_path, tiny_model_dir,
 def test_buffer_size_and_min_cluster_apply_and_resume_with_the_run(
     data, tmp_path, tiny_model_dir, capsys
 ) -> None:
-    from sage_agent.cli import _apply_sizes
+    from sage_agent.app.cli import _apply_sizes
 
     agent = sage_agent.agent.SageAgent(tmp_path / "sizes.db", str(tiny_model_dir))
     _apply_sizes(agent, 7, 6)
@@ -221,7 +221,7 @@ def test_an_eval_run_resumes_as_an_eval_run(data, tmp_path, tiny_model_dir, caps
 
 
 def test_the_demo_starts_afresh_deleting_only_what_it_made(tmp_path, tiny_model_dir) -> None:
-    from sage_agent.demo import _start_afresh
+    from sage_agent.app.demo import _start_afresh
     from sage_agent.store import adapter_root
 
     db = tmp_path / "sage-demo.db"
@@ -239,7 +239,7 @@ def test_the_demo_starts_afresh_deleting_only_what_it_made(tmp_path, tiny_model_
 
 
 def test_the_demo_replaces_a_demo_database_of_an_earlier_version(tmp_path, tiny_model_dir) -> None:
-    from sage_agent.demo import _start_afresh
+    from sage_agent.app.demo import _start_afresh
 
     db = tmp_path / "sage-demo.db"  # no marker, but only runs of generated problems
     sage_agent.agent.SageAgent(db, str(tiny_model_dir)).db["runs"].insert(

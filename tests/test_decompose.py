@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from sage_agent.data import DataError, read_tasks
-from sage_agent.decompose import (
+from sage_agent.tasks.data import DataError, read_tasks
+from sage_agent.tasks.decompose import (
     DecompositionError,
     LLMDecomposer,
     annotation_decomposer,
     socratic_decomposer,
     substitute,
 )
-from sage_agent.plans import parse_plan, plan_prompt
+from sage_agent.tasks.plans import parse_plan, plan_prompt
 
 TASK = {
     "id": "pens",

@@ -9,8 +9,8 @@ import pytest
 from langchain_core.messages import AIMessage
 
 from sage_agent import ChatSage, Trigger, arithmetic_verifier
-from sage_agent.cli import main
-from sage_agent.steps import ATOMIC_PROMPT
+from sage_agent.app.cli import main
+from sage_agent.tasks.steps import ATOMIC_PROMPT
 
 pytestmark = pytest.mark.embedded
 
@@ -79,7 +79,7 @@ def test_plain_questions_run_end_to_end_with_the_llm_decomposer(
 ) -> None:
     """Generated problems given as questions only: the embedded model plans, each plan's
     steps are answered and scored by the verifier, and each problem reports an answer."""
-    from sage_agent.problems import generate_problems
+    from sage_agent.tasks.problems import generate_problems
 
     data = tmp_path / "questions.jsonl"
     problems = generate_problems(3, seed=21)
@@ -103,7 +103,7 @@ def test_buffer_on_600_atoms_is_homogeneous_and_persistent(embedded_embeddings, 
     from sklearn.metrics import homogeneity_score
 
     from sage_agent.buffer import TriggerBuffer
-    from sage_agent.problems import generate_steps
+    from sage_agent.tasks.problems import generate_steps
 
     steps = generate_steps(300, seed=11)[:600]
     assert len(steps) == 600

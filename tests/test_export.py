@@ -9,7 +9,7 @@ import torch
 from langchain_core.messages import HumanMessage
 
 from sage_agent import ChatSage, SageAgent
-from sage_agent.cli import main
+from sage_agent.app.cli import main
 from tests.test_graph import NINES, SMALL_BUFFER, nine_task
 
 

@@ -29,7 +29,7 @@ def _store(chat, tmp_path: Path, embeddings, **changes) -> LoRAStore:
 def test_a_full_disk_while_saving_an_adapter_registers_nothing(
     chat, tmp_path, bow_embeddings, monkeypatch
 ) -> None:
-    import sage_agent.trainer as trainer
+    import sage_agent.training.trainer as trainer
 
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -8,15 +8,15 @@ import json
 from pathlib import Path
 
 import pytest
+from sage_agent.graphs import build_sage_graph
 
 from sage_agent import ChatSage, SageAgent
 from sage_agent.buffer import BufferConfig
 from sage_agent.context import SageContext
-from sage_agent.decompose import socratic_decomposer
-from sage_agent.graphs import build_sage_graph
-from sage_agent.plans import PLAN_TAG
 from sage_agent.report import read_thread, render_table
 from sage_agent.store import StoreConfig
+from sage_agent.tasks.decompose import socratic_decomposer
+from sage_agent.tasks.plans import PLAN_TAG
 
 # The tiny random model learns "every answer is 9" in seconds (see test_store.py); no
 # prompt holds a 9, so its random first answers fail.
@@ -161,7 +161,7 @@ def test_answers_mode_substitutes_earlier_answers(agent: SageAgent) -> None:
     first, second = agent.state("chain")["records"]
     assert second["depends_on"] == [0]
     prompt = second["attempts"][0]["prompt"]
-    from sage_agent.numeric import parse_number
+    from sage_agent.scoring.numeric import parse_number
 
     value = parse_number(first["answer"])
     if value is None:  # the random model may answer without a number
@@ -210,7 +210,7 @@ def test_an_adapter_removed_mid_run_is_noted_and_the_base_model_answers(
     assert routed
     for record in agent.store.adapters():  # another process removes them ...
         agent.store.registry.remove(record.id)
-    agent.store.route = lambda text, tag=None: routed  # ... right after this step was routed
+    agent.store.route = lambda text, tag=None, **_: routed  # ... right after this step was routed
     agent.store.unsure = lambda _answer: True
     summary = agent.run([nine_task(5)], train=False)
     first = agent.state(summary.threads[0])["records"][0]["attempts"][0]
@@ -221,8 +221,9 @@ def test_an_adapter_removed_mid_run_is_noted_and_the_base_model_answers(
 def test_a_search_gets_what_is_left_of_the_run_adaptation_budget() -> None:
     from types import SimpleNamespace
 
-    from sage_agent.context import MIN_SEARCH_SECONDS, AdaptationBudget
     from sage_agent.graphs.store_calls import store_call
+
+    from sage_agent.context import MIN_SEARCH_SECONDS, AdaptationBudget
 
     ready = SimpleNamespace(size=20, trained_version=None, tag="+")
     context = SimpleNamespace(
@@ -249,8 +250,9 @@ def test_a_search_gets_what_is_left_of_the_run_adaptation_budget() -> None:
 def test_with_a_planner_the_step_clusters_leave_the_plan_clusters_share() -> None:
     from types import SimpleNamespace
 
-    from sage_agent.context import PLANNER_SHARE, AdaptationBudget
     from sage_agent.graphs.store_calls import store_call
+
+    from sage_agent.context import PLANNER_SHARE, AdaptationBudget
 
     clusters = {1: SimpleNamespace(size=20, trained_version=None, tag="+")}
     clusters[2] = SimpleNamespace(size=20, trained_version=None, tag=PLAN_TAG)

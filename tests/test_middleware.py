@@ -14,7 +14,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
-from sage_agent import ChatSage, build_context
+from sage_agent import AdaptationPolicy, ChatSage, build_context
 from sage_agent.middleware import SageMiddleware, expression_reference
 from tests.test_graph import NINES, SMALL_BUFFER
 
@@ -112,25 +112,38 @@ def test_a_reference_that_raises_leaves_the_answer_unscored(context) -> None:
     assert context.buffer.buffered() == []  # nothing written half
 
 
-def test_a_route_all_adapter_answers_without_the_base_model() -> None:
+def test_the_middleware_answers_as_the_policy_decides(tiny_chat, bow_embeddings) -> None:
+    """The base model answers first and its sure answer is kept; an adapter that routes
+    all answers at once, without a base call."""
     from types import SimpleNamespace
 
     from langchain.agents.middleware.types import ModelRequest, ModelResponse
 
-    loaded, calls = [], []
-    store = SimpleNamespace(unsure=lambda _message: False, load=lambda i: loaded.append(i) or i)
-    middleware = SageMiddleware(SimpleNamespace(store=store))  # type: ignore[arg-type]
-    middleware._scored = lambda _request, response, adapter, _note: (response, adapter)
+    from sage_agent import Trigger, arithmetic_verifier
+    from tests.support.stores import FakeStore
 
-    def handler(request: ModelRequest) -> ModelResponse:
-        calls.append(request.model_settings.get("adapter"))
-        return ModelResponse(result=[AIMessage("9")])
-
-    request = ModelRequest(model=None, messages=[HumanMessage("Compute 4+5.")])
+    calls: list[str | None] = []
     for route_all in (False, True):
-        middleware._route = lambda _request, r=route_all: SimpleNamespace(id="a1", route_all=r)
-        _, adapter = middleware.wrap_model_call(request, handler)
-        assert adapter == ("a1" if route_all else None)
+        store = FakeStore(route_all=route_all, unsure=False)
+        context = SimpleNamespace(
+            model=tiny_chat,
+            store=store,
+            buffer=None,
+            train=False,
+            trigger=Trigger(embeddings=bow_embeddings, verifier=arithmetic_verifier),
+            policy=AdaptationPolicy(store),
+        )
+        middleware = SageMiddleware(context)  # type: ignore[arg-type]
+
+        def handler(request: ModelRequest) -> ModelResponse:
+            calls.append(request.model_settings.get("adapter"))
+            return ModelResponse(result=[AIMessage("9")])
+
+        request = ModelRequest(model=tiny_chat, messages=[HumanMessage("Compute 4+5.")])
+        answered = middleware.wrap_model_call(request, handler)
+        record = answered.command.update["sage_records"][0]
+        assert record["adapter"] == ("a1" if route_all else None)
+        assert store.uses == ([("a1", True)] if route_all else [])
     # the base model was sure, so the first call kept its answer; the second went
     # straight to the adapter
-    assert calls == [None, "a1"] and loaded == ["a1"]
+    assert calls == [None, "a1"]

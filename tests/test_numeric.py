@@ -15,7 +15,7 @@ from sage_agent import (
     math_metrics,
     parse_number,
 )
-from sage_agent.numeric import number_logprob
+from sage_agent.scoring.numeric import number_logprob
 
 
 def _tokens(*pieces: tuple[str, float]) -> list[dict]:

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 from langchain_core.messages import AIMessage
+from sage_agent.graphs.store_calls import adaptation_seconds
 
 from sage_agent.context import AdaptationBudget
-from sage_agent.decompose import LLMDecomposer
-from sage_agent.graphs.store_calls import adaptation_seconds
-from sage_agent.plans import (
+from sage_agent.report import read_thread
+from sage_agent.tasks.decompose import LLMDecomposer
+from sage_agent.tasks.plans import (
     PLAN_MAX_TOKENS,
     PLAN_STOP,
     PLAN_TAG,
@@ -24,7 +25,6 @@ from sage_agent.plans import (
     parse_plan,
     plan_matches,
 )
-from sage_agent.report import read_thread
 from tests.test_graph import NINES, nines_agent
 
 PLAN_STORE = NINES.replace(epochs=(30,), learning_rates=(1e-2, 3e-2), min_train_samples=6)
@@ -118,9 +118,9 @@ def test_a_plan_cluster_trains_on_its_plans_and_their_variants() -> None:
     import numpy as np
 
     from sage_agent.buffer import Cluster, Sample
-    from sage_agent.plans import plan_prompt, plan_result
     from sage_agent.store.config import RecipeConfig
     from sage_agent.store.recipe import build_recipe
+    from sage_agent.tasks.plans import plan_prompt, plan_result
 
     questions = [
         f"Tom has 4 boxes of {10 + i} pens and gives away 5. How many are left?" for i in range(20)

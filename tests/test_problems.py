@@ -7,7 +7,7 @@ import re
 import pytest
 
 from sage_agent import evaluate_expression, parse_number, steps_from_gsm8k
-from sage_agent.problems import generate_problems
+from sage_agent.tasks.problems import generate_problems
 
 
 def test_same_seed_same_problems() -> None:
@@ -35,8 +35,8 @@ def test_negative_count_is_refused() -> None:
 
 
 def test_generate_steps_flattens_the_problems_in_order() -> None:
-    from sage_agent.problems import generate_steps
-    from sage_agent.steps import steps_from_gsm8k
+    from sage_agent.tasks.problems import generate_steps
+    from sage_agent.tasks.steps import steps_from_gsm8k
 
     records = generate_problems(10, seed=4)
     expected = [s.expression for i, r in enumerate(records) for s in steps_from_gsm8k(r, str(i))]
@@ -44,7 +44,7 @@ def test_generate_steps_flattens_the_problems_in_order() -> None:
 
 
 def test_operators_pick_the_templates() -> None:
-    from sage_agent.problems import generate_steps
+    from sage_agent.tasks.problems import generate_steps
 
     records = generate_problems(30, seed=1, operators="+*")
     steps = [s for i, r in enumerate(records) for s in steps_from_gsm8k(r, str(i))]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sage_agent.problems import generate_problems
-from sage_agent.steps import MalformedTask, final_answer, steps_from_gsm8k
+from sage_agent.tasks.problems import generate_problems
+from sage_agent.tasks.steps import MalformedTask, final_answer, steps_from_gsm8k
 
 SOCRATIC = {
     "question": "Tom has 4 boxes of 6 pens and gives away 5 pens. How many pens are left?",

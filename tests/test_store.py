@@ -18,11 +18,11 @@ from sage_agent.database import transaction
 from sage_agent.records import TrainingPair
 from sage_agent.store import LoRAStore, RouterConfig, StoreConfig, affordable_loss
 from sage_agent.store import recipe as recipe_module
+from sage_agent.store.judging import Baseline
 from sage_agent.store.recipe import Recipe, build_recipe
 from sage_agent.store.search import Trial, bracket_seconds, expected_seconds
-from sage_agent.store.store import Baseline
-from sage_agent.trainer import ANSWER_MAX_TOKENS
-from sage_agent.validation import generate
+from sage_agent.tasks.steps import ANSWER_MAX_TOKENS
+from sage_agent.training.validation import generate
 
 # A task the tiny random model can learn in seconds: every answer is "9". (Untrained, its
 # babble ends in "7% pens" whatever the prompt, so "7" would count as right already.)
@@ -650,7 +650,7 @@ def test_the_search_budget_counts_the_base_model_evaluation(
 
 
 def test_expected_trial_seconds_scale_with_samples_and_layers() -> None:
-    from sage_agent.trainer import LoRATrainConfig
+    from sage_agent.training.trainer import LoRATrainConfig
 
     done = Trial(
         1,
@@ -667,7 +667,7 @@ def test_expected_trial_seconds_scale_with_samples_and_layers() -> None:
 
 
 def test_a_bracket_costs_its_first_rungs_and_the_better_halfs_promotions() -> None:
-    from sage_agent.trainer import LoRATrainConfig
+    from sage_agent.training.trainer import LoRATrainConfig
 
     # 0.1 s a sample and 2 s a ranking; 160 pairs x 2 epochs = 20 steps of 16.
     done = Trial(1, LoRATrainConfig(), "t", seconds=10.0, samples=100, evaluations=1)

@@ -34,7 +34,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("studio")
     for name in ("langgraph.json", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, work / name)
-    (work / "sage_agent").symlink_to(ROOT / "sage_agent")
+    for folder in ("sage_agent", "graphs", "tools"):
+        (work / folder).symlink_to(ROOT / folder)
     port = _free_port()
     process = subprocess.Popen(
         [

@@ -11,15 +11,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from sage_agent import ChatSage
-from sage_agent.answer_batches import (
+from sage_agent.records import TrainingPair
+from sage_agent.training.batches import (
     MIN_SHARED_PREFIX,
     answer_loss,
     collate,
     encode_pairs,
     shared_prefix,
 )
-from sage_agent.records import TrainingPair
-from sage_agent.trainer import (
+from sage_agent.training.trainer import (
     FrozenPrefix,
     LoRARun,
     LoRATrainConfig,
@@ -28,7 +28,7 @@ from sage_agent.trainer import (
     save_adapter,
     train_lora,
 )
-from sage_agent.validation import evaluate, teacher_forced
+from sage_agent.training.validation import evaluate, teacher_forced
 
 PAIRS = [TrainingPair(f"Compute {a}+{b}.", str(a + b)) for a in range(6) for b in range(4)]
 FAST = LoRATrainConfig(rank=4, epochs=3, learning_rate=1e-2, batch_size=8, bf16=False)

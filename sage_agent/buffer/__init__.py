@@ -4,20 +4,25 @@ config (thresholds), tags (structure tags and keywords), clustering (HDBSCAN and
 stability check, pure functions), schema (its tables) and buffer (``TriggerBuffer``).
 """
 
-from sage_agent.buffer.buffer import TriggerBuffer
-from sage_agent.buffer.config import BufferConfig
-from sage_agent.buffer.records import Assignment, Cluster, FailurePoint, Sample
-from sage_agent.buffer.tags import Tagger, default_tag, first_expression, keywords
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "Assignment",
-    "BufferConfig",
-    "Cluster",
-    "FailurePoint",
-    "Sample",
-    "Tagger",
-    "TriggerBuffer",
-    "default_tag",
-    "first_expression",
-    "keywords",
-]
+from sage_agent import lazy_exports
+
+if TYPE_CHECKING:
+    from sage_agent.buffer.buffer import TriggerBuffer
+    from sage_agent.buffer.config import BufferConfig
+    from sage_agent.buffer.records import Assignment, Cluster, FailurePoint, Sample
+    from sage_agent.buffer.tags import Tagger, default_tag, first_expression, keywords
+
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(["TriggerBuffer"], "sage_agent.buffer.buffer"),
+    **dict.fromkeys(["BufferConfig"], "sage_agent.buffer.config"),
+    **dict.fromkeys(
+        ["Assignment", "Cluster", "FailurePoint", "Sample"], "sage_agent.buffer.records"
+    ),
+    **dict.fromkeys(
+        ["Tagger", "default_tag", "first_expression", "keywords"], "sage_agent.buffer.tags"
+    ),
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -41,7 +41,7 @@ from sage_agent.buffer.tags import Tagger, cluster_keywords, default_tag, jaccar
 from sage_agent.database import open_database, transaction
 from sage_agent.embeddings import LazyEmbeddings
 from sage_agent.errors import InvalidInput, NotFoundError
-from sage_agent.plans import PLAN_TAG
+from sage_agent.tasks.plans import PLAN_TAG
 
 
 class TriggerBuffer(LazyEmbeddings):

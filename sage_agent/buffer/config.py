@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sage_agent.database import LOCK_TIMEOUT
 from sage_agent.errors import ConfigError
 
 
@@ -34,8 +35,8 @@ class BufferConfig:
     min_samples: int = field(
         default=1,
         metadata={
-            "help": "HDBSCAN min_samples. On buffers of 25 atomic-step prompts, 1 leaves about "
-            "40% as noise where HDBSCAN's default (min_cluster_size) leaves about 80%."
+            "help": "HDBSCAN min_samples: lower leaves fewer samples as noise (HDBSCAN's "
+            "own default is min_cluster_size)."
         },
     )
     ari_threshold: float = field(
@@ -68,7 +69,8 @@ class BufferConfig:
     )
     seed: int = field(default=0, metadata={"help": "Seed of the subsample check."})
     lock_timeout: float = field(
-        default=10.0, metadata={"help": "Seconds to wait for another process's database lock."}
+        default=LOCK_TIMEOUT,
+        metadata={"help": "Seconds to wait for another process's database lock."},
     )
 
     def __post_init__(self) -> None:

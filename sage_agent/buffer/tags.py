@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from sage_agent.steps import operator_signature
+from sage_agent.tasks.steps import operator_signature
 
 Tagger = Callable[[str, dict[str, Any] | None], str]
 """Maps a sample's text and payload to its structure tag."""

@@ -13,8 +13,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from sage_agent.answer_formats import ANSWER_FORMATS
+from sage_agent.database import LOCK_TIMEOUT
 from sage_agent.errors import ConfigError
+from sage_agent.training.formats import ANSWER_FORMATS
 
 
 @dataclass
@@ -31,9 +32,7 @@ class SearchConfig:
     dropouts: tuple[float, ...] = field(
         default=(0.0,),
         metadata={
-            "help": "LoRA dropouts. On 50 GSM8K '+' failures, 0.05 ranked each rank and "
-            "learning rate exactly as 0 did (the same teacher-forced EM), so the default "
-            "leaves the random draws to rank and learning rate."
+            "help": "LoRA dropouts; one value leaves the random draws to rank and learning rate."
         },
     )
     epochs: tuple[int, ...] = field(default=(3,), metadata={"help": "Epoch counts."})
@@ -62,11 +61,8 @@ class SearchConfig:
         metadata={
             "help": "Start only as many of a bracket's candidates as leave the budget for "
             "its better half to reach the second rung, from the pace of the trials so far "
-            "(Hyperband sizes its brackets to a budget likewise). On a 50-failure GSM8K "
-            "'+' cluster a 120 s search with 6 candidates ranked 5 at the first rung and "
-            "promoted none (held-out '+' EM 34.4% -> 38.5%); with 2 it promoted one "
-            "(63.5%), docs/benchmarks.md. False: start candidates while their first "
-            "rung fits."
+            "(Hyperband sizes its brackets to a budget likewise). False: start candidates "
+            "while their first rung fits."
         },
     )
     top_k: int = field(
@@ -78,10 +74,8 @@ class SearchConfig:
         metadata={
             "help": "Generate the validation answers of every trial considered for keeping. "
             "By default a trial whose teacher-forced exact match (a lower bound of the "
-            "generated one) already beats the base model is kept without generating: "
-            "confirming by generation was 18% of a 300 s search's wall time, and its "
-            "verdicts agreed with the teacher-forced ones on every validation answer "
-            "measured (benchmarks/results/store.md). True measures that agreement."
+            "generated one) already beats the base model is kept without generating. True "
+            "measures how often the two verdicts agree."
         },
     )
     max_trials: int = field(
@@ -91,9 +85,7 @@ class SearchConfig:
         default=300.0,
         metadata={
             "help": "Time budget of one search: a trial starts only if the trials so far "
-            "say it ends inside the budget (the first trial always runs). In a run on "
-            "100 GSM8K problems, 300 s searches ranked 6-8 configurations each "
-            "(docs/benchmarks.md)."
+            "say it ends inside the budget (the first trial always runs)."
         },
     )
     batch_size: int = field(default=16, metadata={"help": "Training batch size."})
@@ -130,7 +122,7 @@ class RecipeConfig:
         metadata={
             "help": "Training pairs per search: the cluster's training split topped up to "
             "this many with verifier-labelled variants of its samples (same expression "
-            "shape, new numbers; see sage_agent.augment). 0: the cluster's samples alone."
+            "shape, new numbers; see sage_agent.training.augment). 0: the cluster's samples alone."
         },
     )
     val_variants: int = field(
@@ -143,10 +135,7 @@ class RecipeConfig:
             "help": "How training answers are written: 'equation' repeats the expression "
             "before the result ('60 + 17 = 77', as SmolLM2 answers on its own), 'number' "
             "gives the result alone, 'worked' the computation in steps "
-            "('27*8=20*8+7*8=160+56=216'). On 48 GSM8K '+' failures, 'equation' reached "
-            "48% validation EM where 'number' reached 38% (base 15%); 'worked' stayed "
-            "below 'equation' on '+' and '*' after 1, 2 and 3 epochs "
-            "(benchmarks/results/formats.md)."
+            "('27*8=20*8+7*8=160+56=216')."
         },
     )
     failure_repeats: int = field(
@@ -225,9 +214,7 @@ class RouterConfig:
             "help": "Route a first attempt only when the base model is unsure: the "
             "log-probability of the number in its answer is below this (or it gave no "
             "number). A sure base answer is kept, so adapters are not handed the steps the "
-            "base model already gets right. On GSM8K steps, -1.0 sends 61-70% of the base "
-            "model's wrong answers and 20% of its right ones to adapters. None: route every "
-            "step."
+            "base model already gets right. None: route every step."
         },
     )
     route_by_operators: bool = field(
@@ -253,7 +240,10 @@ class RegistryConfig:
     """The adapters on disk and the database they are registered in."""
 
     max_on_disk: int = field(default=50, metadata={"help": "N: adapters kept on disk."})
-    lock_timeout: float = field(default=10.0, metadata={"help": "Database lock timeout (s)."})
+    lock_timeout: float = field(
+        default=LOCK_TIMEOUT,
+        metadata={"help": "Seconds to wait for another process's database lock."},
+    )
 
     def __post_init__(self) -> None:
         if self.max_on_disk < 1 or not self.lock_timeout > 0:

@@ -17,16 +17,22 @@ from dataclasses import dataclass, field
 
 from langchain_core.messages import AIMessage
 
-from sage_agent.answer_formats import ANSWER_FORMATS, AnswerFormat
-from sage_agent.augment import augment_pairs, plan_pairs
 from sage_agent.buffer import Cluster
 from sage_agent.chat import ChatSage
 from sage_agent.errors import StoreError
-from sage_agent.plans import PLAN_MAX_TOKENS, PLAN_STOP, PLAN_TAG, plan_matches
 from sage_agent.records import TrainingPair
 from sage_agent.store.config import RecipeConfig
 from sage_agent.store.gate import Canaries
-from sage_agent.validation import Judge, TeacherForced, generate, judge_answers, teacher_forced
+from sage_agent.tasks.plans import PLAN_MAX_TOKENS, PLAN_STOP, PLAN_TAG, plan_matches
+from sage_agent.training.augment import augment_pairs, plan_pairs
+from sage_agent.training.formats import ANSWER_FORMATS, AnswerFormat
+from sage_agent.training.validation import (
+    Judge,
+    TeacherForced,
+    generate,
+    judge_answers,
+    teacher_forced,
+)
 
 Example = tuple[TrainingPair, str | None]
 """A pair and the expression its prompt asks for (None: no variants can be made)."""

@@ -88,11 +88,10 @@ class AdapterRecord(TrainedAdapter):
     wins: int
 
 
-@dataclass(frozen=True)
-class TrialRecord:
-    """One trial of a search (a row of the ``trials`` table), kept or not."""
+@dataclass(frozen=True, kw_only=True)
+class TrialLog:
+    """One trial of a search as it is logged, kept or not."""
 
-    id: int
     cluster_id: int
     cluster_version: int
     number: int
@@ -104,7 +103,6 @@ class TrialRecord:
     outcome: str
     """"kept", or why it was not."""
     adapter_id: str | None
-    created: float
     curve: list[float] = field(default_factory=list)
     """Training loss per optimiser step."""
     rung: int | None = None
@@ -114,6 +112,14 @@ class TrialRecord:
     ``val_em`` is teacher-forced)."""
     agreement: float | None = None
     """Share of validation pairs where the teacher-forced and generated verdicts agree."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialRecord(TrialLog):
+    """A logged trial (a row of the ``trials`` table)."""
+
+    id: int
+    created: float
 
 
 class AdapterRegistry:
@@ -202,12 +208,12 @@ class AdapterRegistry:
         row = self.db.execute("SELECT 1 FROM adapters WHERE id = ?", [adapter_id]).fetchone()
         return row is not None
 
-    def log_trial(self, **fields: Any) -> None:
-        """One row of the trial log (the columns of ``TrialRecord`` but ``id``)."""
-        fields["config"] = json.dumps(fields["config"])
-        fields["curve"] = json.dumps(fields.get("curve") or [])
+    def log_trial(self, trial: TrialLog) -> None:
+        """One row of the trial log."""
+        row = asdict(trial)
+        row.update(config=json.dumps(trial.config), curve=json.dumps(list(trial.curve)))
         with transaction(self.db):
-            self.db["trials"].insert({**fields, "created": time.time()})
+            self.db["trials"].insert({**row, "created": time.time()})
 
     def record_use(self, adapter_id: str, *, won: bool) -> None:
         """Count a use of an adapter, and a win when its answer passed the Trigger."""

@@ -13,10 +13,10 @@ from langchain_core.messages import AIMessage
 from sage_agent.chat import ChatSage
 from sage_agent.embeddings import LazyEmbeddings
 from sage_agent.errors import CorruptAdapter
-from sage_agent.numeric import number_logprob
-from sage_agent.steps import operators_within
+from sage_agent.scoring.numeric import number_logprob
 from sage_agent.store.config import RouterConfig
 from sage_agent.store.registry import AdapterRecord, AdapterRegistry
+from sage_agent.tasks.steps import operators_within
 
 
 class Router(LazyEmbeddings):

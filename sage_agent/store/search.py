@@ -29,7 +29,7 @@ from sage_agent.chat import ChatSage
 from sage_agent.errors import StoreError
 from sage_agent.store.config import SearchConfig
 from sage_agent.store.recipe import Recipe
-from sage_agent.trainer import FrozenPrefix, LoRARun, LoRATrainConfig
+from sage_agent.training.trainer import FrozenPrefix, LoRARun, LoRATrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -82,123 +82,72 @@ def run_search(
     ones. A trial that runs out of memory is dropped, reported as a ``trial_failed``
     event, and the search goes on; StoreError if every trial fails. ``rng`` draws the
     configurations; every trial trains with ``train_seed``."""
-    started = time.perf_counter()
-    run_id = uuid.uuid4().hex[:8]
-    # Trials on the last N layers share the frozen layers' output (computed once).
-    prefix = FrozenPrefix(model, recipe.train, config.batch_size)
-    layers = model.hf_model.config.num_hidden_layers
-    trials: list[Trial] = []
-    failed: list[FailedTrial] = []
+    search = Search(model, recipe, config, cluster_id, max_seconds, emit)
+    description = f"LoRA search, cluster {cluster_id}"
+    with tqdm(total=config.max_trials, desc=description, unit="trial", leave=False) as bar:
+        search.bracket(
+            [sample_config(config, rng, seed=train_seed) for _ in range(config.n_random)], bar
+        )
+        search.bracket(search.neighbourhood(), bar)
+    if search.failed and not search.trials:
+        raise StoreError(f"every trial failed: {'; '.join(f.error for f in search.failed)}")
+    for trial in search.trials:
+        trial.run = None  # the optimiser state is not needed any more; the adapter stays
+    return sorted(search.trials, key=ranking), search.failed
 
-    def affordable(candidate: LoRATrainConfig, samples: int) -> bool:
-        if not trials and not failed:
+
+class Search:
+    """One search's trials under way: successive-halving brackets inside a time budget."""
+
+    def __init__(
+        self,
+        model: ChatSage,
+        recipe: Recipe,
+        config: SearchConfig,
+        cluster_id: int,
+        max_seconds: float,
+        emit: Emit,
+    ) -> None:
+        self.model, self.recipe, self.config = model, recipe, config
+        self.cluster_id, self.max_seconds, self.emit = cluster_id, max_seconds, emit
+        self.started = time.perf_counter()
+        self.run_id = uuid.uuid4().hex[:8]
+        # Trials on the last N layers share the frozen layers' output (computed once).
+        self.prefix = FrozenPrefix(model, recipe.train, config.batch_size)
+        self.layers = model.hf_model.config.num_hidden_layers
+        self.trials: list[Trial] = []
+        self.failed: list[FailedTrial] = []
+
+    def left(self) -> float:
+        return self.max_seconds - (time.perf_counter() - self.started)
+
+    def affordable(self, candidate: LoRATrainConfig, samples: int) -> bool:
+        if not self.trials and not self.failed:
             return True  # the first trial always runs
-        spent = time.perf_counter() - started
-        return spent + expected_seconds(trials, candidate, samples, layers) <= max_seconds
+        return expected_seconds(self.trials, candidate, samples, self.layers) <= self.left()
 
-    def train_to(trial: Trial, rung: int) -> bool:
-        """Train ``trial`` to ``rung`` and rank it there; False when it failed."""
-        assert trial.run is not None
-        steps = rung_steps(config.rungs[rung], len(trial.run.batches))
-        try:
-            result = trial.run.train(steps - len(trial.run.losses))
-            trained = time.perf_counter()
-            scores = recipe.rank(model, trial.name)
-        except (MemoryError, OSError) as error:
-            # Out of memory (or a failing device) in one configuration: drop the trial,
-            # keep searching; a smaller rank may still fit.
-            drop(trial, f"{type(error).__name__}: {error}")
-            return False
-        trial.rung, trial.val_em, trial.val_loss, trial.exact = (
-            rung,
-            scores.exact_match,
-            scores.loss,
-            scores.exact,
-        )
-        trial.seconds, trial.curve, trial.samples = result.seconds, result.losses, trial.run.samples
-        trial.validation_seconds += time.perf_counter() - trained
-        trial.evaluations += 1
-        emit(
-            {
-                "event": "trial_done",
-                "trial": trial.number,
-                "rung": rung,
-                "cluster_id": cluster_id,
-                "val_em": trial.val_em,
-                "val_loss": trial.val_loss,
-                "seconds": result.seconds,
-            }
-        )
-        return True
+    def neighbourhood(self) -> list[LoRATrainConfig]:
+        """The untried neighbours of the ``top_k`` best trials so far."""
+        seen = {_key(t.config) for t in self.trials}
+        around = []
+        for leader in sorted(self.trials, key=ranking)[: self.config.top_k]:
+            for neighbour in neighbours(self.config, leader.config):
+                if _key(neighbour) not in seen:
+                    seen.add(_key(neighbour))
+                    around.append(neighbour)
+        return around
 
-    def drop(trial: Trial, error: str) -> None:
-        trials.remove(trial)
-        if trial.name in model.adapters:
-            model.delete_adapter(trial.name)
-        failed.append(FailedTrial(trial.number, trial.config, error))
-        log.warning("cluster %s, trial %s failed: %s", cluster_id, trial.number, error)
-        emit({"event": "trial_failed", "trial": trial.number, "error": error})
-
-    def start(candidate: LoRATrainConfig, bar: tqdm) -> Trial | None:
-        first_samples = config.rungs[0] * candidate.epochs * len(recipe.train)
-        if not affordable(candidate, round(first_samples)):
-            return None
-        number = len(trials) + len(failed) + 1
-        trial = Trial(number, candidate, f"trial-{run_id}-{number}")
-        trials.append(trial)
-        emit(
-            {
-                "event": "trial_started",
-                "trial": trial.number,
-                "of": config.max_trials,
-                "cluster_id": cluster_id,
-                "config": config_dict(candidate),
-            }
-        )
-        try:
-            trial.run = LoRARun(model, trial.name, recipe.train, candidate, prefix)
-        except (MemoryError, OSError) as error:
-            drop(trial, f"{type(error).__name__}: {error}")
-            return None
-        if not train_to(trial, 0):
-            return None
-        bar.update(1)
-        bar.set_postfix(best_em=max(t.val_em for t in trials))
-        return trial
-
-    def bracket_size(candidate: LoRATrainConfig, offered: int, begun: int) -> int:
-        """How many of ``offered`` candidates like ``candidate`` the bracket can start
-        (``begun`` of them already ranked at the first rung) and still promote its better
-        half to the second rung inside the budget left: at least ``begun``. (A bracket
-        that promotes none is a random search at the first rung's share of training; one
-        sized to finish every rung affords a single configuration in a 120 s search.)"""
-        if not config.sized_brackets or not any(t.samples for t in trials):
-            return offered  # nothing has run yet to say; the first trial always runs
-        left = max_seconds - (time.perf_counter() - started)
-        fitting = [
-            size
-            for size in range(max(begun, 1), offered + 1)
-            if bracket_seconds(
-                trials,
-                candidate,
-                size=size,
-                begun=begun,
-                train_size=len(recipe.train),
-                rungs=config.rungs[:2],
-                layers=layers,
-            )
-            <= left
-        ]
-        return max(fitting, default=begun)
-
-    def bracket(candidates: Sequence[LoRATrainConfig], bar: tqdm) -> None:
+    def bracket(self, candidates: Sequence[LoRATrainConfig], bar: tqdm) -> None:
+        """Start the candidates the budget affords, then promote the better half of each
+        rung to the next while the budget lasts."""
+        config = self.config
         # The trial budget: what is left of max_trials is all a bracket may start.
-        candidates = candidates[: max(0, config.max_trials - len(trials) - len(failed))]
+        candidates = candidates[: max(0, config.max_trials - len(self.trials) - len(self.failed))]
         live: list[Trial] = []
         for candidate in candidates:
-            if len(live) >= bracket_size(candidate, len(candidates), len(live)):
+            if len(live) >= self.bracket_size(candidate, len(candidates), len(live)):
                 break
-            trial = start(candidate, bar)
+            trial = self.start(candidate, bar)
             if trial is not None:
                 live.append(trial)
         for rung in range(1, len(config.rungs)):
@@ -209,26 +158,106 @@ def run_search(
                 assert run is not None
                 more = rung_steps(config.rungs[rung], len(run.batches)) - len(run.losses)
                 more_samples = round(more * run.samples / len(run.losses))
-                if affordable(trial.config, more_samples) and train_to(trial, rung):
+                if self.affordable(trial.config, more_samples) and self.train_to(trial, rung):
                     promoted.append(trial)
             live = promoted
 
-    description = f"LoRA search, cluster {cluster_id}"
-    with tqdm(total=config.max_trials, desc=description, unit="trial", leave=False) as bar:
-        bracket([sample_config(config, rng, seed=train_seed) for _ in range(config.n_random)], bar)
-        seen = {_key(t.config) for t in trials}
-        around = []
-        for leader in sorted(trials, key=ranking)[: config.top_k]:
-            for neighbour in neighbours(config, leader.config):
-                if _key(neighbour) not in seen:
-                    seen.add(_key(neighbour))
-                    around.append(neighbour)
-        bracket(around, bar)
-    if failed and not trials:
-        raise StoreError(f"every trial failed: {'; '.join(f.error for f in failed)}")
-    for trial in trials:
-        trial.run = None  # the optimiser state is not needed any more; the adapter stays
-    return sorted(trials, key=ranking), failed
+    def bracket_size(self, candidate: LoRATrainConfig, offered: int, begun: int) -> int:
+        """How many of ``offered`` candidates like ``candidate`` the bracket can start
+        (``begun`` of them already ranked at the first rung) and still promote its better
+        half to the second rung inside the budget left: at least ``begun``. (A bracket
+        that promotes none is a random search at the first rung's share of training; one
+        sized to finish every rung affords a single configuration in a 120 s search.)"""
+        if not self.config.sized_brackets or not any(t.samples for t in self.trials):
+            return offered  # nothing has run yet to say; the first trial always runs
+        left = self.left()
+        fitting = [
+            size
+            for size in range(max(begun, 1), offered + 1)
+            if bracket_seconds(
+                self.trials,
+                candidate,
+                size=size,
+                begun=begun,
+                train_size=len(self.recipe.train),
+                rungs=self.config.rungs[:2],
+                layers=self.layers,
+            )
+            <= left
+        ]
+        return max(fitting, default=begun)
+
+    def start(self, candidate: LoRATrainConfig, bar: tqdm) -> Trial | None:
+        """A new trial trained to the first rung, or None when the budget does not afford
+        it or it failed."""
+        first_samples = self.config.rungs[0] * candidate.epochs * len(self.recipe.train)
+        if not self.affordable(candidate, round(first_samples)):
+            return None
+        number = len(self.trials) + len(self.failed) + 1
+        trial = Trial(number, candidate, f"trial-{self.run_id}-{number}")
+        self.trials.append(trial)
+        self.emit(
+            {
+                "event": "trial_started",
+                "trial": trial.number,
+                "of": self.config.max_trials,
+                "cluster_id": self.cluster_id,
+                "config": config_dict(candidate),
+            }
+        )
+        try:
+            trial.run = LoRARun(self.model, trial.name, self.recipe.train, candidate, self.prefix)
+        except (MemoryError, OSError) as error:
+            self.drop(trial, f"{type(error).__name__}: {error}")
+            return None
+        if not self.train_to(trial, 0):
+            return None
+        bar.update(1)
+        bar.set_postfix(best_em=max(t.val_em for t in self.trials))
+        return trial
+
+    def train_to(self, trial: Trial, rung: int) -> bool:
+        """Train ``trial`` to ``rung`` and rank it there; False when it failed."""
+        assert trial.run is not None
+        steps = rung_steps(self.config.rungs[rung], len(trial.run.batches))
+        try:
+            result = trial.run.train(steps - len(trial.run.losses))
+            trained = time.perf_counter()
+            scores = self.recipe.rank(self.model, trial.name)
+        except (MemoryError, OSError) as error:
+            # Out of memory (or a failing device) in one configuration: drop the trial,
+            # keep searching; a smaller rank may still fit.
+            self.drop(trial, f"{type(error).__name__}: {error}")
+            return False
+        trial.rung, trial.val_em, trial.val_loss, trial.exact = (
+            rung,
+            scores.exact_match,
+            scores.loss,
+            scores.exact,
+        )
+        trial.seconds, trial.curve, trial.samples = result.seconds, result.losses, trial.run.samples
+        trial.validation_seconds += time.perf_counter() - trained
+        trial.evaluations += 1
+        self.emit(
+            {
+                "event": "trial_done",
+                "trial": trial.number,
+                "rung": rung,
+                "cluster_id": self.cluster_id,
+                "val_em": trial.val_em,
+                "val_loss": trial.val_loss,
+                "seconds": result.seconds,
+            }
+        )
+        return True
+
+    def drop(self, trial: Trial, error: str) -> None:
+        self.trials.remove(trial)
+        if trial.name in self.model.adapters:
+            self.model.delete_adapter(trial.name)
+        self.failed.append(FailedTrial(trial.number, trial.config, error))
+        log.warning("cluster %s, trial %s failed: %s", self.cluster_id, trial.number, error)
+        self.emit({"event": "trial_failed", "trial": trial.number, "error": error})
 
 
 def rung_steps(share: float, total: int) -> int:

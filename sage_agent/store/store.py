@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from langchain_core.embeddings import Embeddings
@@ -22,65 +22,23 @@ from langchain_core.messages import AIMessage
 from sage_agent.buffer import Cluster
 from sage_agent.chat import ChatSage
 from sage_agent.errors import StoreError
-from sage_agent.plans import PLAN_TAG
 from sage_agent.records import TrainingPair
 from sage_agent.store.config import StoreConfig
 from sage_agent.store.gate import CanarySet, expected_accuracy
+from sage_agent.store.judging import Baseline, Verdict
+from sage_agent.store.policy import AdaptationPolicy
 from sage_agent.store.recipe import Recipe, build_recipe
-from sage_agent.store.registry import AdapterRecord, AdapterRegistry, NewAdapter
+from sage_agent.store.registry import AdapterRecord, AdapterRegistry, NewAdapter, TrialLog
 from sage_agent.store.router import Router
 from sage_agent.store.search import Emit, Trial, config_dict, run_search
-from sage_agent.trainer import save_adapter
-from sage_agent.validation import judge_answers
+from sage_agent.tasks.plans import PLAN_TAG
+from sage_agent.training.trainer import save_adapter
+from sage_agent.training.validation import judge_answers
 
 BASE_ANSWERS_KEPT = 20_000
 """Base-model answers a store keeps (the oldest leave first): a few megabytes."""
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """The base model on a search's validation pairs and gate: what a trial must beat."""
-
-    em: float
-    """Generated validation exact match."""
-    canaries: list[TrainingPair]
-    """The gate's canaries (empty: no gate)."""
-    canary_right: tuple[bool, ...]
-    """Per canary: the base model's generated answer is right."""
-    routed: tuple[int, ...]
-    """The canaries whose base answer is unsure (``Router.unsure``): the only ones a
-    routed adapter answers; the others keep the base model's answer."""
-    val_right: tuple[bool, ...] = ()
-    """Per validation pair: the base model's generated answer is right."""
-    val_unsure: tuple[int, ...] = ()
-    """The validation pairs whose base answer is unsure."""
-    tag_accuracy: float = 0.0
-    """The base model's share of right answers on the cluster's tag
-    (``CanarySet.tag_accuracy``): how much its canaries weigh against its failures."""
-
-    @property
-    def canary_em(self) -> float | None:
-        """The base model's generated exact match on the canaries (None: no gate)."""
-        return sum(self.canary_right) / len(self.canary_right) if self.canaries else None
-
-    def canary_em_as_routed(self, adapter_right: Sequence[bool]) -> float:
-        """Canary exact match when the adapter answers the routed canaries
-        (``adapter_right``, in ``routed`` order) and the base model the others."""
-        return _em_as_routed(self.canary_right, dict(zip(self.routed, adapter_right, strict=True)))
-
-    def val_em_as_routed(self, adapter_right: Sequence[bool]) -> float:
-        """Validation exact match when the adapter (``adapter_right``, per pair) answers
-        the pairs whose base answer is unsure and the base model the others."""
-        return _em_as_routed(self.val_right, {i: adapter_right[i] for i in self.val_unsure})
-
-
-def _em_as_routed(base_right: Sequence[bool], adapter_right: dict[int, bool]) -> float:
-    """Exact match when the adapter answers the items in ``adapter_right`` (by index) and
-    the base model the others."""
-    right = [adapter_right.get(i, r) for i, r in enumerate(base_right)]
-    return sum(right) / len(right)
 
 
 class LoRAStore:
@@ -109,6 +67,8 @@ class LoRAStore:
             db, self.config.gate, seed=self.config.seed, timeout=self.config.registry.lock_timeout
         )
         self.router = Router(self.registry, model, self.config.router, embeddings)
+        self.policy = AdaptationPolicy(self)
+        """When a routed adapter answers: the rule a trial is evaluated by."""
         self._base_answers: dict[tuple[str, tuple[int | None, tuple[str, ...]]], AIMessage] = {}
 
     # what the graph calls
@@ -199,20 +159,18 @@ class LoRAStore:
             raise StoreError(f"time budget of {budget:g} s was used up before the first trial")
         for failure in failed:
             self.registry.log_trial(
-                cluster_id=cluster.id,
-                cluster_version=cluster.version,
-                number=failure.number,
-                config=config_dict(failure.config),
-                val_em=0.0,
-                val_loss=None,
-                canary_em=None,
-                rung=None,
-                generated_em=None,
-                agreement=None,
-                seconds=0.0,
-                curve=[],
-                outcome=f"failed: {failure.error}",
-                adapter_id=None,
+                TrialLog(
+                    cluster_id=cluster.id,
+                    cluster_version=cluster.version,
+                    number=failure.number,
+                    config=config_dict(failure.config),
+                    val_em=0.0,
+                    val_loss=None,
+                    canary_em=None,
+                    seconds=0.0,
+                    outcome=f"failed: {failure.error}",
+                    adapter_id=None,
+                )
             )
         previous = self.registry.adapters(cluster.id)
         # A retrain replaces the cluster's adapters only with a lift over the base model
@@ -245,11 +203,8 @@ class LoRAStore:
         canary_right: tuple[bool, ...] = ()
         if canaries:
             on_canaries, canary_right = self._base_answered(recipe, canaries)
-            routed = tuple(
-                i
-                for i, message in enumerate(on_canaries)
-                if cluster.tag == PLAN_TAG or self.router.unsure(message)
-            )
+            # A planner adapter gets every question: it routes all.
+            routed = tuple(self.policy.answered_by_adapter(cluster.tag == PLAN_TAG, on_canaries))
         on_validation, val_right = self._base_answered(recipe, recipe.validation)
         return Baseline(
             em=sum(val_right) / len(val_right),
@@ -257,7 +212,7 @@ class LoRAStore:
             canary_right=canary_right,
             routed=routed,
             val_right=val_right,
-            val_unsure=tuple(i for i, m in enumerate(on_validation) if self.router.unsure(m)),
+            val_unsure=tuple(self.policy.answered_by_adapter(False, on_validation)),
             tag_accuracy=self.canaries.tag_accuracy(cluster.tag, failures),
         )
 
@@ -291,97 +246,119 @@ class LoRAStore:
         replaced_lift: float = 0.0,
     ) -> list[AdapterRecord]:
         """Register the best trials that beat the base model (by at least
-        ``replaced_lift``, the lift of the adapters they would replace) and pass the gate;
-        log all.
-
-        A trial's teacher-forced exact match is a lower bound of its generated one (an
-        answer right teacher-forced is what greedy decoding writes; one cut short or
-        followed by more text can still be read right when generated), so a trial whose
-        bound already beats the base model is kept on it; generation runs only for a
-        trial the bound does not decide (or for every trial with ``confirm_all``). Trials
-        are taken in their ranked order until ``keep`` are kept. The gate reads the
-        canaries teacher-forced first, the same lower bound, and generates only when that
-        bound fails."""
+        ``replaced_lift``, the lift of the adapters they would replace) and pass the gate,
+        in their ranked order until ``keep`` are kept; log every trial."""
         kept: list[AdapterRecord] = []
         keep = self.config.search.keep
         for trial in trials:  # best first
-            outcome, canary_em, generated, agreement = "kept", None, None, None
             if len(kept) == keep:
-                outcome = f"ranked below the {keep} kept"
+                verdict = Verdict(f"ranked below the {keep} kept", trial.val_em, trial.exact)
             else:
-                right, em = trial.exact, trial.val_em
-                if em <= base.em or em - base.em < replaced_lift or self.config.search.confirm_all:
-                    right = recipe.answers_right(self.model, trial.name, recipe.validation)
-                    em = generated = sum(right) / len(right)
-                    agreement = sum(a == b for a, b in zip(trial.exact, right, strict=True)) / len(
-                        right
-                    )
-                if em <= base.em:
-                    outcome = (
-                        f"generated validation EM {em:.3f} does not beat the base {base.em:.3f}"
-                    )
-                elif em - base.em < replaced_lift:
-                    outcome = (
-                        f"its lift of {em - base.em:.3f} over the base is below the "
-                        f"{replaced_lift:.3f} of the adapters it would replace"
-                    )
-                elif base.canary_em is not None:
-                    margin = self.canaries.margin(base.tag_accuracy, em - base.em)
-                    canary_em = self._canary_em(trial, recipe, base, base.canary_em - margin)
-                    if canary_em < base.canary_em - margin:
-                        outcome = (
-                            f"canary EM {canary_em:.3f} is below the base {base.canary_em:.3f} "
-                            f"by more than {margin:.3f}"
-                        )
-            adapter_id = None
-            if outcome == "kept":
-                route_all = self._routes_all(cluster, trial, recipe, base, right, canary_em)
-                record = self.registry.register(
-                    NewAdapter(
-                        cluster_id=cluster.id,
-                        tag=cluster.tag,
-                        position=len(kept) + 1,
-                        config=config_dict(trial.config),
-                        val_em=em,
-                        val_loss=trial.val_loss,
-                        base_val_em=base.em,
-                        canary_em=canary_em,
-                        train_seconds=trial.seconds,
-                        samples=len(recipe.train),
-                        route_all=route_all,
-                        centroid=cluster.centroid,
-                    ),
-                    lambda folder, name=trial.name: save_adapter(self.model, name, folder),
-                )
+                verdict = self._judge(trial, recipe, base, replaced_lift)
+            record = None
+            if verdict.outcome == "kept":
+                record = self._register(cluster, trial, recipe, base, verdict, len(kept) + 1)
                 kept.append(record)
-                adapter_id = record.id
                 emit(
                     {
                         "event": "adapter_kept",
                         "cluster_id": cluster.id,
                         "adapter": record.id,
-                        "val_em": em,
+                        "val_em": verdict.em,
                     }
                 )
             else:
-                log.info("cluster %s, trial %s discarded: %s", cluster.id, trial.number, outcome)
+                log.info(
+                    "cluster %s, trial %s discarded: %s", cluster.id, trial.number, verdict.outcome
+                )
             self.registry.log_trial(
-                cluster_id=cluster.id,
-                cluster_version=cluster.version,
-                number=trial.number,
-                config=config_dict(trial.config),
-                val_em=trial.val_em,
-                val_loss=trial.val_loss,
-                canary_em=canary_em,
-                rung=trial.rung,
-                generated_em=generated,
-                agreement=agreement,
-                seconds=trial.seconds,
-                curve=list(trial.curve),
-                outcome=outcome,
-                adapter_id=adapter_id,
+                TrialLog(
+                    cluster_id=cluster.id,
+                    cluster_version=cluster.version,
+                    number=trial.number,
+                    config=config_dict(trial.config),
+                    val_em=trial.val_em,
+                    val_loss=trial.val_loss,
+                    canary_em=verdict.canary_em,
+                    rung=trial.rung,
+                    generated_em=verdict.generated_em,
+                    agreement=verdict.agreement,
+                    seconds=trial.seconds,
+                    curve=list(trial.curve),
+                    outcome=verdict.outcome,
+                    adapter_id=record.id if record is not None else None,
+                )
             )
         return kept
+
+    def _judge(self, trial: Trial, recipe: Recipe, base: Baseline, replaced_lift: float) -> Verdict:
+        """Whether a trial is kept: it beats the base model (by ``replaced_lift`` at least)
+        and passes the canary gate.
+
+        A trial's teacher-forced exact match is a lower bound of its generated one (an
+        answer right teacher-forced is what greedy decoding writes; one cut short or
+        followed by more text can still be read right when generated), so a trial whose
+        bound already beats the base model is kept on it; generation runs only for a
+        trial the bound does not decide (or for every trial with ``confirm_all``). The gate
+        reads the canaries teacher-forced first, the same lower bound, and generates only
+        when that bound fails."""
+        right, em = trial.exact, trial.val_em
+        generated = agreement = None
+        if em <= base.em or em - base.em < replaced_lift or self.config.search.confirm_all:
+            right = recipe.answers_right(self.model, trial.name, recipe.validation)
+            em = generated = sum(right) / len(right)
+            agreement = sum(a == b for a, b in zip(trial.exact, right, strict=True)) / len(right)
+        judged = Verdict("kept", em, right, generated_em=generated, agreement=agreement)
+        if em <= base.em:
+            why = f"generated validation EM {em:.3f} does not beat the base {base.em:.3f}"
+            return replace(judged, outcome=why)
+        if em - base.em < replaced_lift:
+            why = (
+                f"its lift of {em - base.em:.3f} over the base is below the "
+                f"{replaced_lift:.3f} of the adapters it would replace"
+            )
+            return replace(judged, outcome=why)
+        if base.canary_em is None:
+            return judged
+        margin = self.canaries.margin(base.tag_accuracy, em - base.em)
+        canary_em = self._canary_em(trial, recipe, base, base.canary_em - margin)
+        judged = replace(judged, canary_em=canary_em)
+        if canary_em < base.canary_em - margin:
+            why = (
+                f"canary EM {canary_em:.3f} is below the base {base.canary_em:.3f} by more "
+                f"than {margin:.3f}"
+            )
+            return replace(judged, outcome=why)
+        return judged
+
+    def _register(
+        self,
+        cluster: Cluster,
+        trial: Trial,
+        recipe: Recipe,
+        base: Baseline,
+        verdict: Verdict,
+        position: int,
+    ) -> AdapterRecord:
+        """Save a kept trial in peft's format and register it, with how it routes."""
+        route_all = self._routes_all(cluster, trial, recipe, base, verdict.right, verdict.canary_em)
+        return self.registry.register(
+            NewAdapter(
+                cluster_id=cluster.id,
+                tag=cluster.tag,
+                position=position,
+                config=config_dict(trial.config),
+                val_em=verdict.em,
+                val_loss=trial.val_loss,
+                base_val_em=base.em,
+                canary_em=verdict.canary_em,
+                train_seconds=trial.seconds,
+                samples=len(recipe.train),
+                route_all=route_all,
+                centroid=cluster.centroid,
+            ),
+            lambda folder: save_adapter(self.model, trial.name, folder),
+        )
 
     def _routes_all(
         self,

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from langchain_core.messages import AIMessage
 
-from sage_agent.answer_batches import answer_logits, collate, encode_pairs
 from sage_agent.chat import ChatSage
 from sage_agent.errors import InvalidInput
-from sage_agent.numeric import numbers_match, parse_number
 from sage_agent.records import TrainingPair
-from sage_agent.trainer import ANSWER_MAX_TOKENS
+from sage_agent.scoring.numeric import numbers_match, parse_number
+from sage_agent.tasks.steps import ANSWER_MAX_TOKENS
+from sage_agent.training.batches import answer_logits, collate, encode_pairs
 
 Judge = Callable[[str, str], bool]
 """(the model's answer, the reference) -> whether the answer is right."""

@@ -11,9 +11,9 @@ import functools
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
+from sage_agent.graphs.sage import build_sage_graph
 
 from sage_agent.context import SageContext, build_context
-from sage_agent.graphs.sage import build_sage_graph
 
 
 class StudioContext(BaseModel):

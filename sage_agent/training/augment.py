@@ -18,13 +18,18 @@ import random
 import re
 from collections.abc import Sequence
 
-from sage_agent.answer_formats import AnswerFormat, number_answer
 from sage_agent.errors import DecompositionError
-from sage_agent.numeric import format_number, numbers_match, parse_number
-from sage_agent.plans import parse_plan, plan_result
 from sage_agent.records import TrainingPair
-from sage_agent.steps import spaced_expression
-from sage_agent.verifier import ExpressionError, Verifier, arithmetic_verifier, evaluate_expression
+from sage_agent.scoring.numeric import format_number, numbers_match, parse_number
+from sage_agent.scoring.verifier import (
+    ExpressionError,
+    Verifier,
+    arithmetic_verifier,
+    evaluate_expression,
+)
+from sage_agent.tasks.plans import parse_plan, plan_result
+from sage_agent.tasks.steps import spaced_expression
+from sage_agent.training.formats import AnswerFormat, number_answer
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _QUESTION_NUMBER = re.compile(r"(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w]|\.\d)")

@@ -6,7 +6,7 @@ A task is a dict with "id", "question" and, for data tasks, the GSM8K "answer". 
   step's question) and ``annotation_decomposer`` (calculator annotations, the sentence
   around each is the question);
 * from a model: ``LLMDecomposer`` prompts any LangChain chat model for a plan, read by
-  ``sage_agent.plans``;
+  ``sage_agent.tasks.plans``;
 * any callable ``task -> list[AtomicStep]``.
 """
 
@@ -21,10 +21,10 @@ from langchain_core.language_models import BaseChatModel
 
 from sage_agent.chat import ChatSage
 from sage_agent.errors import DecompositionError, MalformedTask
-from sage_agent.numeric import format_number, numbers_match, parse_number
-from sage_agent.plans import PLAN_MAX_TOKENS, PLAN_STOP, parse_plan, plan_prompt
 from sage_agent.records import Task
-from sage_agent.steps import AtomicStep, steps_from_gsm8k
+from sage_agent.scoring.numeric import format_number, numbers_match, parse_number
+from sage_agent.tasks.plans import PLAN_MAX_TOKENS, PLAN_STOP, parse_plan, plan_prompt
+from sage_agent.tasks.steps import AtomicStep, steps_from_gsm8k
 
 Decomposer = Callable[[Task], list[AtomicStep]]
 
@@ -50,9 +50,9 @@ def _from_data(task: Task, *, socratic: bool) -> list[AtomicStep]:
 
 class LLMDecomposer:
     """Plans with any LangChain chat model: the embedded one (its few-shot prompt is
-    ``sage_agent.plans.plan_prompt``) or a bigger one.
+    ``sage_agent.tasks.plans.plan_prompt``) or a bigger one.
 
-    The model's plan is read by ``sage_agent.plans.parse_plan``: numbered or bulleted
+    The model's plan is read by ``sage_agent.tasks.plans.parse_plan``: numbered or bulleted
     lines, "sub-question | expression" or "expression = value", earlier results by step
     number or by value; every expression is checked with the verifier, the model's own
     results are dropped. A plan without one computable line raises DecompositionError

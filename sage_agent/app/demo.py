@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 from sage_agent.agent import RunSummary, SageAgent
+from sage_agent.app.progress import run_with_progress
 from sage_agent.buffer import BufferConfig
 from sage_agent.database import open_database, transaction
 from sage_agent.errors import DatabaseError, RunError
-from sage_agent.problems import generate_problems
-from sage_agent.progress import run_with_progress
 from sage_agent.report import write_run_report
 from sage_agent.store import GateConfig, RecipeConfig, SearchConfig, StoreConfig, adapter_root
+from sage_agent.tasks.problems import generate_problems
 
 DEMO_STORE = StoreConfig(
     search=SearchConfig(

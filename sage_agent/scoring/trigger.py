@@ -26,8 +26,8 @@ from sacrebleu.metrics import BLEU
 
 from sage_agent.embeddings import LazyEmbeddings
 from sage_agent.errors import ConfigError, InvalidInput
-from sage_agent.numeric import numbers_match, parse_number
-from sage_agent.verifier import Verifier
+from sage_agent.scoring.numeric import numbers_match, parse_number
+from sage_agent.scoring.verifier import Verifier
 
 METRICS = ("lm", "bleu", "rouge_l", "cosine")
 

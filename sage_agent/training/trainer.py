@@ -41,10 +41,10 @@ from safetensors.torch import save_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from sage_agent.answer_batches import answer_loss, collate, encode_pairs
 from sage_agent.chat import ChatSage
 from sage_agent.errors import ConfigError, InvalidInput, NotFoundError
 from sage_agent.records import TrainingPair
+from sage_agent.training.batches import answer_loss, collate, encode_pairs
 
 DEFAULT_TARGET_MODULES = (
     "q_proj",
@@ -55,10 +55,6 @@ DEFAULT_TARGET_MODULES = (
     "up_proj",
     "down_proj",
 )
-
-ANSWER_MAX_TOKENS = 32
-"""Token cap of an atomic step's answer: "1234 * 5678 = 7006652" takes 20 SmolLM2 tokens,
-and a cap of 12 cut such answers before their result."""
 
 Progress = Callable[[int, int, float], None]
 """Called after each optimiser step with (step, total steps, loss)."""

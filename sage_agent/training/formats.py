@@ -12,9 +12,9 @@ import ast
 import re
 from collections.abc import Callable
 
-from sage_agent.numeric import format_number
-from sage_agent.steps import spaced_expression
-from sage_agent.verifier import ExpressionError, evaluate_expression
+from sage_agent.scoring.numeric import format_number
+from sage_agent.scoring.verifier import ExpressionError, evaluate_expression
+from sage_agent.tasks.steps import spaced_expression
 
 AnswerFormat = Callable[[str, str], str]
 """(expression, result) -> the answer text a model is trained to write."""
@@ -23,7 +23,7 @@ _PLAIN = re.compile(r"[\d+\-*/%(). ]+")
 """Expressions the worked format rewrites (no "$", commas or other signs)."""
 MAX_WORKED_CHARACTERS = 30
 """Longer worked answers are written as the equation instead: every digit and sign is a
-token, and a generated answer must fit ``trainer.ANSWER_MAX_TOKENS`` (32). On GSM8K's
+token, and a generated answer must fit ``steps.ANSWER_MAX_TOKENS`` (32). On GSM8K's
 steps the cut applies to about 4% of them."""
 
 

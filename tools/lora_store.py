@@ -97,7 +97,8 @@ class RouteAdapterArgs(BaseModel):
 
 
 class RouteAdapterTool(BaseTool):
-    """The adapters routed to a text (nearest cluster centroid above the threshold)."""
+    """The adapters routed to a text (nearest cluster centroid above the threshold), and
+    how the adaptation policy would use them."""
 
     name: str = "route_adapter"
     description: str = "Find the LoRA adapters trained on failures like this step, best first."
@@ -109,11 +110,20 @@ class RouteAdapterTool(BaseTool):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     def _run(self, text: str, tag: str | None = None, **_: Any) -> tuple[str, list[dict[str, Any]]]:
-        routed = self.store.route(text, tag=tag)
-        if not routed:
+        policy = self.store.policy
+        route = policy.route(text, tag=tag)
+        if route.adapter is None:
             return "No adapter is close enough; answer with the base model.", []
+        routed = [self.store.get(adapter_id) for adapter_id in route.adapters]
+        how = (
+            "answer with the best adapter"
+            if not policy.base_first(route)
+            else "answer with the base model first, and with the best adapter if the base "
+            "model is unsure (the log-probability of its number)"
+        )
         return (
             f"{len(routed)} adapters of cluster {routed[0].cluster_id}: "
-            + ", ".join(f"{r.id} (EM {r.val_em:.2f})" for r in routed),
+            + ", ".join(f"{r.id} (EM {r.val_em:.2f})" for r in routed)
+            + f"; {how}.",
             [asdict(record) for record in routed],
         )

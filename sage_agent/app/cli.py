@@ -14,11 +14,9 @@ import math
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sage_agent.agent import RunSummary, SageAgent, unfinished_run
-from sage_agent.buffer import TriggerBuffer
-from sage_agent.context import AdaptationBudget
+from sage_agent.buffer.config import BufferConfig
 from sage_agent.errors import (
     ConfigError,
     DataError,
@@ -27,9 +25,12 @@ from sage_agent.errors import (
     RunError,
     SageError,
 )
-from sage_agent.progress import run_with_progress
-from sage_agent.store import AdapterRegistry, adapter_root
-from sage_agent.store.export import export_adapter
+from sage_agent.runs import unfinished_run
+from sage_agent.store.config import StoreConfig
+from sage_agent.store.registry import AdapterRegistry, adapter_root
+
+if TYPE_CHECKING:
+    from sage_agent.agent import RunSummary, SageAgent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,14 +113,14 @@ def _parser() -> argparse.ArgumentParser:
                 type=int,
                 default=None,
                 help="failures a tag collects before its first clustering (the paper's T; "
-                "default 25)",
+                f"default {BufferConfig().buffer_size}: BufferConfig.buffer_size)",
             )
             command.add_argument(
                 "--min-cluster",
                 type=int,
                 default=None,
-                help="smallest cluster the LoRA Store trains on (default 12: "
-                "StoreConfig.min_train_samples)",
+                help="smallest cluster the LoRA Store trains on (default "
+                f"{StoreConfig().min_train_samples}: StoreConfig.min_train_samples)",
             )
         else:
             command.add_argument(
@@ -189,8 +190,13 @@ RUN_OPTIONS = {
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sage_agent.data import read_tasks
-    from sage_agent.decompose import LLMDecomposer, annotation_decomposer, socratic_decomposer
+    # The heavy stack (torch, transformers, LangChain) loads only for the commands that
+    # answer or train, so `adapters list` and the like answer at once.
+    from sage_agent.agent import SageAgent
+    from sage_agent.app.progress import run_with_progress
+    from sage_agent.context import AdaptationBudget
+    from sage_agent.tasks.data import read_tasks
+    from sage_agent.tasks.decompose import LLMDecomposer, annotation_decomposer, socratic_decomposer
 
     given = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     given = {k: given.get(k) for k in RUN_OPTIONS}
@@ -296,6 +302,7 @@ def _print_summary(summary: RunSummary, as_json: bool) -> None:
 
 
 def _trace(args: argparse.Namespace) -> int:
+    from sage_agent.agent import SageAgent
     from sage_agent.report import (
         latest_thread,
         read_thread,
@@ -328,6 +335,7 @@ def _trace(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from sage_agent.agent import SageAgent
     from sage_agent.report import latest_run, write_run_report
 
     agent = SageAgent(_existing(args.db))
@@ -361,6 +369,8 @@ def _adapters(args: argparse.Namespace) -> int:
     elif args.action == "export":
         if args.to is None:
             raise InvalidInput("adapters export needs --to FOLDER")
+        from sage_agent.store.export import export_adapter
+
         folder = export_adapter(registry.get(args.id), args.to)
         config = json.loads((folder / "adapter_config.json").read_text())
         print(f"exported adapter {args.id} to {folder} (base {config['base_model_name_or_path']})")
@@ -371,6 +381,8 @@ def _adapters(args: argparse.Namespace) -> int:
 
 
 def _clusters(args: argparse.Namespace) -> int:
+    from sage_agent.buffer import TriggerBuffer
+
     buffer = TriggerBuffer(_existing(args.db))
     clusters = buffer.clusters(with_samples=False)
     rows = [
@@ -398,7 +410,7 @@ def _clusters(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from sage_agent.demo import run_demo
+    from sage_agent.app.demo import run_demo
 
     return run_demo(problems=args.problems, seed=args.seed, db=args.db)
 

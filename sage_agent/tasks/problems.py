@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sage_agent.errors import InvalidInput
-from sage_agent.numeric import format_number
-from sage_agent.steps import AtomicStep, steps_from_gsm8k
-from sage_agent.verifier import evaluate_expression
+from sage_agent.scoring.numeric import format_number
+from sage_agent.scoring.verifier import evaluate_expression
+from sage_agent.tasks.steps import AtomicStep, steps_from_gsm8k
 
 _NAMES = ["Tom", "Ana", "Ravi", "Mei", "Lena", "Omar", "Sofia", "Kofi", "Ines", "Jack"]
 _ITEMS = ["pens", "apples", "stickers", "marbles", "cards", "books", "shells", "coins"]

@@ -24,16 +24,16 @@ import re
 from dataclasses import dataclass
 
 from sage_agent.errors import DecompositionError, ExpressionError, MalformedTask
-from sage_agent.numeric import format_number, numbers_match, parse_number
-from sage_agent.problems import generate_problems
-from sage_agent.steps import (
+from sage_agent.scoring.numeric import format_number, numbers_match, parse_number
+from sage_agent.scoring.verifier import evaluate_expression
+from sage_agent.tasks.problems import generate_problems
+from sage_agent.tasks.steps import (
     AtomicStep,
     final_answer,
     operator_signature,
     spaced_expression,
     steps_from_gsm8k,
 )
-from sage_agent.verifier import evaluate_expression
 
 _MARKER = re.compile(r"^\s*(?:(?:step\s*)?(\d+)\s*[.):]|[-*•])\s+", re.IGNORECASE)
 _STEP_REFERENCE = re.compile(

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from sage_agent.decompose import substitute
 from sage_agent.errors import ExpressionError
-from sage_agent.numeric import format_number
 from sage_agent.records import StepRecord
-from sage_agent.steps import AtomicStep
-from sage_agent.verifier import arithmetic_verifier, evaluate_expression
+from sage_agent.scoring.numeric import format_number
+from sage_agent.scoring.verifier import arithmetic_verifier, evaluate_expression
+from sage_agent.tasks.decompose import substitute
+from sage_agent.tasks.steps import AtomicStep
 
 
 def step_prompt(

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 
 from sage_agent.errors import ExpressionError
-from sage_agent.numeric import format_number
+from sage_agent.scoring.numeric import format_number
 
 Verifier = Callable[[str], str]
 """A verifier maps a step's expression (or question) to its reference answer."""

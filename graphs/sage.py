@@ -30,26 +30,24 @@ from typing import Any, Literal
 
 from langchain_core.messages import AIMessage
 from langgraph.graph import END, START, StateGraph
-
-from sage_agent.context import SageContext, context_of, current_thread_id
-from sage_agent.errors import (
-    AdapterError,
-    DecompositionError,
-    MalformedTask,
-    NotFoundError,
-)
 from sage_agent.graphs.planning import judge_plan, route_planner
 from sage_agent.graphs.prompting import step_prompt
 from sage_agent.graphs.state import Ctx, SageInput, SageOutput, SageState, timed
 from sage_agent.graphs.store_calls import pending, run_store_call, store_call, training_note
-from sage_agent.numeric import numbers_match, parse_number
+
+from sage_agent.context import SageContext, context_of, current_thread_id
+from sage_agent.errors import (
+    DecompositionError,
+    MalformedTask,
+)
 from sage_agent.records import (
     Attempt,
     StepRecord,
     TaskResult,
-    TrainingPair,
 )
-from sage_agent.steps import AtomicStep, final_answer
+from sage_agent.scoring.numeric import numbers_match, parse_number
+from sage_agent.store.policy import Route
+from sage_agent.tasks.steps import AtomicStep, final_answer
 
 # nodes
 
@@ -88,10 +86,9 @@ def route(state: SageState, runtime: Ctx) -> SageState:
     )
     candidates = list(state.get("candidates") or [])
     routed = route_all = False
-    if not attempts and context.route and context.store is not None:
-        routes = context.store.route(prompt, tag=step.tag)
-        candidates = [a.id for a in routes][: context.max_retries]
-        routed, route_all = bool(candidates), bool(routes) and routes[0].route_all
+    if not attempts:
+        route = context.policy.route(prompt, tag=step.tag, limit=context.max_retries)
+        candidates, routed, route_all = list(route.adapters), bool(route.adapters), route.route_all
     attempt: Attempt = {
         "number": len(attempts) + 1,
         "kind": "answer" if not attempts else "retry",
@@ -113,28 +110,28 @@ def route(state: SageState, runtime: Ctx) -> SageState:
 
 @timed
 def answer(state: SageState, runtime: Ctx) -> SageState:
-    """Answer the attempt. A routed first attempt asks the base model first and keeps its
-    answer when it is sure (``RouterConfig.route_below``); the adapter then goes back to
-    the candidates, for a retry should the sure answer fail. An adapter whose gate chose
-    to answer sure steps too (``route_all``) answers at once."""
+    """Answer the attempt as the adaptation policy decides (``store.policy``): a routed
+    first attempt asks the base model first where a sure answer is kept, and the adapter
+    then goes back to the candidates, for a retry should the sure answer fail."""
     context, attempt = context_of(runtime), _current(state)
-    store = context.store
-    gated = attempt["routed"] and not attempt.get("route_all")
-    if gated and store is not None and store.config.router.route_below is not None:
-        with context.model.using_adapter(None):
-            base = context.model.invoke(attempt["prompt"], max_tokens=context.max_tokens)
-        if not store.unsure(base):
-            candidates = [attempt["adapter"], *(state.get("candidates") or [])]
-            attempt.update(adapter=None, routed=False, note="the base model is sure; not routed")
-            return {"attempt": _answered(attempt, base, runtime), "candidates": candidates}
-        attempt["base_answer"] = base.text
+    policy = context.policy
+    if attempt["routed"]:
+        route = Route((attempt["adapter"],), route_all=bool(attempt.get("route_all")))
+        if policy.base_first(route):
+            with context.model.using_adapter(None):
+                base = context.model.invoke(attempt["prompt"], max_tokens=context.max_tokens)
+            if policy.choose(route, base) is None:
+                candidates = [attempt["adapter"], *(state.get("candidates") or [])]
+                attempt.update(
+                    adapter=None, routed=False, note="the base model is sure; not routed"
+                )
+                return {"attempt": _answered(attempt, base, runtime), "candidates": candidates}
+            attempt["base_answer"] = base.text
     name = None
-    if attempt["adapter"] is not None and store is not None:
-        try:
-            name = store.load(attempt["adapter"])
-        except (AdapterError, NotFoundError) as error:
-            attempt["note"] = f"adapter {attempt['adapter']} not used: {error}"
-            attempt["adapter"] = None
+    if attempt["adapter"] is not None and context.store is not None:
+        name, failure = policy.load(attempt["adapter"])
+        if failure is not None:
+            attempt.update(note=failure, adapter=None)
     with context.model.using_adapter(name):
         message = context.model.invoke(attempt["prompt"], max_tokens=context.max_tokens)
     return {"attempt": _answered(attempt, message, runtime)}
@@ -173,19 +170,16 @@ def trigger(state: SageState, runtime: Ctx) -> SageState:
         numeric_match=result.numeric_match,
         reference=result.reference,
     )
-    step = state["steps"][state["index"]]
-    if attempt["adapter"] is not None and context.store is not None:
-        try:
-            context.store.record_use(attempt["adapter"], won=not result.failed)
-        except NotFoundError:  # removed since it answered (adapters rm, eviction)
-            attempt["note"] = f"adapter {attempt['adapter']} was removed after answering"
-    elif not result.failed and context.train and context.store is not None:
-        # What the base model answers right is what an adapter must not break.
-        context.store.add_canary(
-            [TrainingPair(attempt["prompt"], result.reference or "")],
-            step["tag"],
-            expressions=[attempt["expression"]],
-        )
+    observed = context.policy.observe(
+        attempt["prompt"],
+        state["steps"][state["index"]]["tag"],
+        adapter=attempt["adapter"],
+        failed=result.failed,
+        reference=result.reference,
+        expression=attempt["expression"],
+    )
+    if observed.note is not None:
+        attempt["note"] = observed.note
     runtime.stream_writer(
         {
             "event": "triggered",

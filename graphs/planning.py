@@ -4,20 +4,20 @@ node judges the plan on a task with a worked solution. A plan that did not parse
 whose result (computed by the verifier) is not the task's answer, goes to the Trigger
 Buffer under the tag "plan" with the solution's plan as its reference; once its cluster
 ``needs_training``, the same LoRA Store tool trains planner adapters on those corrected
-plans. A right plan becomes a canary of the tag, as a right answer does.
+plans. Plans follow the adaptation policy as answers do: a right plan of the base model
+becomes a canary of the tag, and a planner adapter's plans count toward its wins.
 """
 
 from __future__ import annotations
 
 from langchain_core.messages import AIMessage
-
-from sage_agent.context import SageContext, current_thread_id
-from sage_agent.errors import AdapterError, NotFoundError
 from sage_agent.graphs.state import SageState
 from sage_agent.graphs.store_calls import store_call
-from sage_agent.numeric import numbers_match, parse_number
-from sage_agent.plans import PLAN_TAG, gold_plan
-from sage_agent.records import PlanNote, TrainingPair
+
+from sage_agent.context import SageContext, current_thread_id
+from sage_agent.records import PlanNote
+from sage_agent.scoring.numeric import numbers_match, parse_number
+from sage_agent.tasks.plans import PLAN_TAG, gold_plan
 
 
 def route_planner(context: SageContext, question: str) -> tuple[str | None, PlanNote | None]:
@@ -26,18 +26,16 @@ def route_planner(context: SageContext, question: str) -> tuple[str | None, Plan
     if context.planner is None:
         return None, None
     note: PlanNote = {"adapter": None}
-    if not context.route or context.store is None:
-        return None, note
     # A planner adapter serves every question (its cluster is all the planner's failures)
-    for record in context.store.route(question, tag=PLAN_TAG, nearest=True)[:1]:
-        try:
-            name = context.store.load(record.id)
-        except (AdapterError, NotFoundError) as error:
-            note["failure"] = f"planner adapter {record.id} not used: {error}"
-            return None, note
-        note["adapter"] = record.id
-        return name, note
-    return None, note
+    route = context.policy.route(question, tag=PLAN_TAG, limit=1, nearest=True)
+    if route.adapter is None:
+        return None, note
+    name, failure = context.policy.load(route.adapter)
+    if failure is not None:
+        note["failure"] = f"planner {failure}"
+        return None, note
+    note["adapter"] = route.adapter
+    return name, note
 
 
 def judge_plan(
@@ -52,12 +50,13 @@ def judge_plan(
         return note, None
     prompt = planner.prompt(task["question"])
     failure = _why_failed(state, answer)
+    observed = context.policy.observe(
+        prompt, PLAN_TAG, adapter=note["adapter"], failed=failure is not None, reference=reference
+    )
     if failure is None:
-        if context.train and context.store is not None:
-            context.store.add_canary([TrainingPair(prompt, reference)], PLAN_TAG)
         return note, None
     note = {**note, "failure": failure}
-    if not context.train or context.buffer is None:
+    if not observed.buffer or not context.train or context.buffer is None:
         return note, None
     thread = current_thread_id()
     assignment = context.buffer.add(

@@ -1,0 +1,1 @@
+"""The command line (cli), the demo, and the progress bar over a run."""

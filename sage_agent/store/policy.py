@@ -1,0 +1,140 @@
+"""The adaptation policy: when a routed adapter answers, and what an answer teaches the store.
+
+One rule, used by the graph, the middleware, the route tool, the store's own evaluation of
+a trial and the benchmarks:
+
+- **decide**: a prompt is routed to the adapters of its nearest cluster (``route``). The
+  best of them answers when it routes all (its gate expected more right answers that
+  way), when the confidence gate is off (``RouterConfig.route_below`` None), or when the
+  base model's own answer is unsure; otherwise the base model's answer is kept. So the
+  base model answers first only where its answer can still decide (``base_first``).
+- **observe**: an adapter's answer counts toward its wins; a passing base answer becomes
+  a canary of its tag (what an adapter must not break); a failed answer is to be
+  buffered (``Observed.buffer``), which the caller does with its own payload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from langchain_core.messages import AIMessage
+
+from sage_agent.errors import AdapterError, NotFoundError
+from sage_agent.records import TrainingPair
+
+if TYPE_CHECKING:
+    from sage_agent.store.store import LoRAStore
+
+
+@dataclass(frozen=True)
+class Route:
+    """The adapters routed to a prompt, best first (none: the base model answers)."""
+
+    adapters: tuple[str, ...] = ()
+    route_all: bool = False
+    """The best adapter answers every prompt routed to it, sure base answers too."""
+
+    @property
+    def adapter(self) -> str | None:
+        return self.adapters[0] if self.adapters else None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What an answer's outcome asks of the caller."""
+
+    buffer: bool
+    """A failed answer: add it to the Trigger Buffer."""
+    note: str | None = None
+    """Why the outcome could not be counted (the adapter was removed meanwhile)."""
+
+
+class AdaptationPolicy:
+    """The policy over ``store`` (None: nothing is routed, nothing learned but the
+    failures to buffer). ``route`` False answers everything with the base model;
+    ``learn`` False keeps no canaries (an evaluation)."""
+
+    def __init__(self, store: LoRAStore | None, *, route: bool = True, learn: bool = True) -> None:
+        self.store, self.routes, self.learns = store, route, learn
+
+    # decide
+
+    def route(
+        self,
+        prompt: str,
+        tag: str | None = None,
+        *,
+        limit: int | None = None,
+        nearest: bool = False,
+    ) -> Route:
+        """The adapters routed to ``prompt`` (at most ``limit``), best first; ``nearest``:
+        the nearest cluster's, however far (a planner's one cluster)."""
+        if not self.routes or self.store is None or not prompt:
+            return Route()
+        found = self.store.route(prompt, tag=tag, nearest=nearest)
+        if not found:
+            return Route()
+        return Route(tuple(a.id for a in found[:limit]), route_all=found[0].route_all)
+
+    @property
+    def gated(self) -> bool:
+        """Whether the confidence gate is on: a sure base answer is kept."""
+        return self.store is not None and self.store.config.router.route_below is not None
+
+    def base_first(self, route: Route) -> bool:
+        """Whether the base model answers before the routed adapter: always when nothing is
+        routed; with an adapter, only when the gate can keep its answer."""
+        return route.adapter is None or (self.gated and not route.route_all)
+
+    def adapter_answers(self, route_all: bool, base: AIMessage | None) -> bool:
+        """The rule itself: an adapter answers when it routes all, when the base model was
+        not asked (``base_first`` was False), or when the base answer is unsure."""
+        return route_all or base is None or self.store is None or self.store.unsure(base)
+
+    def choose(self, route: Route, base: AIMessage | None) -> str | None:
+        """The adapter that answers (not yet loaded), or None to keep the base answer."""
+        if route.adapter is None or not self.adapter_answers(route.route_all, base):
+            return None
+        return route.adapter
+
+    def load(self, adapter_id: str) -> tuple[str | None, str | None]:
+        """(the name the adapter is loaded under, None), or (None, why not) when it cannot
+        be loaded (corrupt, removed): the base model answers then."""
+        assert self.store is not None  # only a routed adapter is loaded
+        try:
+            return self.store.load(adapter_id), None
+        except (AdapterError, NotFoundError) as error:
+            return None, f"adapter {adapter_id} not used: {error}"
+
+    # observe
+
+    def observe(
+        self,
+        prompt: str,
+        tag: str | None,
+        *,
+        adapter: str | None,
+        failed: bool,
+        reference: str | None,
+        expression: str | None = None,
+    ) -> Observed:
+        """Count an adapter's answer, or keep a passing base answer as a canary; a failed
+        answer, base or adapter's, is to be buffered (an adapter that fails its cluster's
+        steps is what a retrain is for)."""
+        if adapter is not None and self.store is not None:
+            try:
+                self.store.record_use(adapter, won=not failed)
+            except NotFoundError:  # removed since it answered (adapters rm, eviction)
+                return Observed(failed, f"adapter {adapter} was removed after answering")
+        elif not failed and self.learns and self.store is not None:
+            self.store.add_canary(
+                [TrainingPair(prompt, reference or "")], tag, expressions=[expression]
+            )
+        return Observed(buffer=failed)
+
+    def answered_by_adapter(self, route_all: bool, base: Sequence[AIMessage]) -> list[int]:
+        """Which of these base answers an adapter would take over (by index): how a trial
+        is evaluated as routing will use it."""
+        return [i for i, message in enumerate(base) if self.adapter_answers(route_all, message)]
