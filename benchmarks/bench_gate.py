@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-from bench_adapt import answer_all, atoms_of, correct, split_problems
+from adapt_methods import answer_all, atoms_of, correct, split_problems
 from common import results_header
 from sklearn.metrics import roc_auc_score
 

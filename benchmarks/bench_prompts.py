@@ -18,7 +18,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench_adapt import Atom, atoms_of, split_problems
+from adapt_methods import Atom, atoms_of, split_problems
 from common import results_header
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 

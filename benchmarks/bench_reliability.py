@@ -34,27 +34,32 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from common import results_header
 
-from tests.conftest import BagOfWordsEmbeddings, build_tiny_llama
 from tests.crash_run import KILL_POINTS
-from tests.test_bad_input import CLI_CASES, _bad_lines, _stored
-from tests.test_concurrency import run_load
-from tests.test_graph import NINES, SMALL_BUFFER, nine_task
-from tests.test_kills import _figures, _run, _start, _state
+from tests.support.bad_input import CLI_CASES, bad_lines, stored
+from tests.support.kills import figures, run_point, start_run, state_of
+from tests.support.load import run_load
+from tests.support.tiny import (
+    NINES,
+    SMALL_BUFFER,
+    BagOfWordsEmbeddings,
+    build_tiny_llama,
+    nine_task,
+)
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def kills(folder: Path, tasks: Path, model: Path) -> list[tuple[str, bool, str]]:
     whole = folder / "whole.db"
-    expected = (_figures(_start("none", whole, tasks, model)), _state(whole))
+    expected = (figures(start_run("none", whole, tasks, model)), state_of(whole))
     outcomes = []
     for point in sorted(KILL_POINTS):
         db = folder / f"{point}.db"
-        crashed = _start(point, db, tasks, model)
-        resumed = _run("none", "run", "--resume", "--db", str(db), "--json")
+        crashed = start_run(point, db, tasks, model)
+        resumed = run_point("none", "run", "--resume", "--db", str(db), "--json")
         try:
             assert crashed.returncode < 0, "the kill point was not reached"
-            same = (_figures(resumed), _state(db)) == expected
+            same = (figures(resumed), state_of(db)) == expected
             outcomes.append((point, same, "same figures" if same else "figures differ"))
         except AssertionError as error:
             outcomes.append((point, False, str(error)[:120]))
@@ -101,11 +106,11 @@ def bad_inputs(folder: Path, tasks: Path, model: Path) -> list[tuple[str, bool]]
         store_config=NINES,
     )
     agent.run([nine_task(i) for i in range(24)], stop_when=lambda s: s.adapters_trained > 0)
-    bad = _bad_lines(folder)
+    bad = bad_lines(folder)
     outcomes = []
     for argv, words in CLI_CASES:
         argv = [a.format(bad=bad, data=tasks, folder=folder) for a in argv]
-        before, err = _stored(db), io.StringIO()
+        before, err = stored(db), io.StringIO()
         started = time.perf_counter()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             code = main([*argv, "--db", str(db)])
@@ -116,7 +121,7 @@ def bad_inputs(folder: Path, tasks: Path, model: Path) -> list[tuple[str, bool]]
             and "Traceback" not in text
             and len(text.strip().splitlines()) == 1
             and time.perf_counter() - started < 1.0
-            and _stored(db) == before
+            and stored(db) == before
         )
         # the whole command, with the temporary folder left out of its paths
         shown = " ".join(a.replace(f"{folder}{os.sep}", "") for a in argv)

@@ -72,6 +72,35 @@ def results_header(title: str, setting: str) -> list[str]:
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {os.cpu_count()} CPU cores. {setting}",
+        f"Machine: {os.cpu_count()} CPU cores ({cpu_features()}). {setting}",
         "",
     ]
+
+
+def cpu_features() -> str:
+    """The CPU's model and the matmul features timings depend on (bf16 kernels, AMX):
+    timings are comparable only between runs on the same kind of CPU."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "CPU model unknown"
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in info.splitlines()
+            if line.startswith("model name")
+        ),
+        "CPU model unknown",
+    )
+    flags = set(
+        next(
+            (
+                line.split(":", 1)[1].split()
+                for line in info.splitlines()
+                if line.startswith("flags")
+            ),
+            [],
+        )
+    )
+    wanted = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags]
+    return f"{model}; {' '.join(wanted) or 'no avx2'}"

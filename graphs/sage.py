@@ -41,9 +41,20 @@ from sage_agent.errors import (
     MalformedTask,
 )
 from sage_agent.records import (
+    Answered,
+    Attached,
     Attempt,
+    Buffered,
+    Decomposed,
+    DecomposeFailed,
+    Finished,
+    Retry,
+    StepDone,
     StepRecord,
+    StepStarted,
     TaskResult,
+    Training,
+    Triggered,
 )
 from sage_agent.scoring.numeric import numbers_match, parse_number
 from sage_agent.store.policy import Route
@@ -67,10 +78,10 @@ def decompose(state: SageState, runtime: Ctx) -> SageState:
             steps = context.decomposer(task)
     except (DecompositionError, MalformedTask) as error:
         runtime.stream_writer(
-            {"event": "decompose_failed", "task": task.get("id"), "error": str(error)}
+            DecomposeFailed(event="decompose_failed", task=task.get("id"), error=str(error))
         )
         return {**update, "steps": [], "error": f"decompose: {error}"}
-    runtime.stream_writer({"event": "decomposed", "task": task.get("id"), "steps": len(steps)})
+    runtime.stream_writer(Decomposed(event="decomposed", task=task.get("id"), steps=len(steps)))
     return {**update, "steps": [s.to_dict() for s in steps], "attempts": [], "candidates": []}
 
 
@@ -103,7 +114,7 @@ def route(state: SageState, runtime: Ctx) -> SageState:
         attempt["route_all"] = True
     if not attempts:
         runtime.stream_writer(
-            {"event": "step_started", "step": step.id, "question": step.question, "prompt": prompt}
+            StepStarted(event="step_started", step=step.id, question=step.question, prompt=prompt)
         )
     return {"attempt": attempt, "candidates": candidates}
 
@@ -148,7 +159,7 @@ def _answered(attempt: Attempt, message: AIMessage, runtime: Ctx) -> Attempt:
     attempt["answer"] = message.text
     attempt["logits_margin"] = message.response_metadata.get("logits_margin_mean")
     runtime.stream_writer(
-        {"event": "answered", "answer": message.text, "adapter": attempt["adapter"]}
+        Answered(event="answered", answer=message.text, adapter=attempt["adapter"])
     )
     return attempt
 
@@ -181,12 +192,12 @@ def trigger(state: SageState, runtime: Ctx) -> SageState:
     if observed.note is not None:
         attempt["note"] = observed.note
     runtime.stream_writer(
-        {
-            "event": "triggered",
-            "anomaly_score": result.anomaly_score,
-            "failed": result.failed,
-            "attempt": attempt["number"],
-        }
+        Triggered(
+            event="triggered",
+            anomaly_score=result.anomaly_score,
+            failed=result.failed,
+            attempt=attempt["number"],
+        )
     )
     return {"attempt": attempt, "attempts": [*(state.get("attempts") or []), attempt]}
 
@@ -214,12 +225,12 @@ def buffer(state: SageState, runtime: Ctx) -> SageState:
     )
     note = assignment.note()
     attempt["buffer"] = note
-    runtime.stream_writer({"event": "buffered", **note, "tag": assignment.tag})
+    runtime.stream_writer(Buffered(event="buffered", **note, tag=assignment.tag))
     update: SageState = {"attempt": attempt, "attempts": [*state["attempts"][:-1], attempt]}
     cluster_id = assignment.cluster_id
     call = store_call(context, cluster_id) if cluster_id is not None else None
     if call is not None:
-        runtime.stream_writer({"event": "training", "cluster_id": cluster_id})
+        runtime.stream_writer(Training(event="training", **call.tool_calls[0]["args"]))
         update["store_calls"] = [call]
     return update
 
@@ -237,14 +248,14 @@ def attach(state: SageState, runtime: Ctx) -> SageState:
     attempts = list(state["attempts"])
     attempts[-1] = {**attempts[-1], "training": note}
     candidates = note["adapters"][: context_of(runtime).max_retries]
-    runtime.stream_writer({"event": "attached", "adapters": candidates, "summary": note["summary"]})
+    runtime.stream_writer(Attached(event="attached", adapters=candidates, summary=note["summary"]))
     return {"attempts": attempts, "candidates": candidates}
 
 
 @timed
 def retry(state: SageState, runtime: Ctx) -> SageState:
     runtime.stream_writer(
-        {"event": "retry", "adapter": state["candidates"][0], "left": len(state["candidates"])}
+        Retry(event="retry", adapter=state["candidates"][0], left=len(state["candidates"]))
     )
     return {}
 
@@ -265,12 +276,9 @@ def advance(state: SageState, runtime: Ctx) -> SageState:
         "adapter": last["adapter"],
     }
     runtime.stream_writer(
-        {
-            "event": "step_done",
-            "step": step["id"],
-            "passed": record["passed"],
-            "retries": record["retries"],
-        }
+        StepDone(
+            event="step_done", step=step["id"], passed=record["passed"], retries=record["retries"]
+        )
     )
     return {
         "records": [record],
@@ -301,13 +309,13 @@ def finish(state: SageState, runtime: Ctx) -> SageState:
         "steps_passed": sum(r["passed"] for r in records),
         "error": state.get("error"),
     }
-    runtime.stream_writer({"event": "finished", **result})
+    runtime.stream_writer(Finished(event="finished", **result))
     update: SageState = {"result": result, "answer": answer}
     plan, call = judge_plan(state, context_of(runtime), reference)
     if plan is not None:
         update["plan"] = plan
     if call is not None:
-        runtime.stream_writer({"event": "training", **call.tool_calls[0]["args"]})
+        runtime.stream_writer(Training(event="training", **call.tool_calls[0]["args"]))
         update["store_calls"] = [call]
     return update
 

@@ -28,15 +28,15 @@ from sage_agent.database import LOCK_TIMEOUT, this_owner
 from sage_agent.errors import DatabaseLocked, DataError
 from sage_agent.graphs import SageState, build_sage_graph
 from sage_agent.graphs.store_calls import adaptation_seconds
-from sage_agent.records import Task, TaskResult
+from sage_agent.records import SageEvent, Task, TaskResult
 from sage_agent.runs import RunRegistry
 from sage_agent.scoring.numeric import math_metrics
 from sage_agent.scoring.trigger import Trigger
 from sage_agent.store import LoRAStore, StoreConfig
 from sage_agent.tasks.decompose import Decomposer, socratic_decomposer
 
-Event = dict[str, Any]
-"""A custom stream event of the graph: {"event": "step_done", ...}."""
+Event = SageEvent
+"""A custom stream event of the graph (``sage_agent.records.SageEvent``)."""
 
 
 @dataclass

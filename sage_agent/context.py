@@ -97,7 +97,7 @@ class SageContext:
     route: bool = True
     """Route steps to existing adapters (False: always the base model)."""
     max_retries: int = 3
-    """Adapters tried on a failed step after training (the store keeps 3)."""
+    """Adapters tried on a failed step after training (of the store's ``keep`` kept)."""
     budget_seconds: float | None = None
     """Time budget of one LoRA search; None: the store's own."""
     adaptation: AdaptationBudget | None = None

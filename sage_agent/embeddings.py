@@ -27,23 +27,10 @@ def default_embeddings(model_name: str | Path | None = None, *, device: str = "c
     )
 
 
-class LazyEmbeddings:
-    """Mixin: ``self.embeddings`` is the Embeddings given at construction (stored in
-    ``self._embeddings``), or the embedded default, loaded on first use, so that
-    constructing a Trigger or a buffer loads no model."""
-
-    _embeddings: Embeddings | None = None
-
-    @property
-    def embeddings(self) -> Embeddings:
-        if self._embeddings is None:
-            self._embeddings = default_embeddings()
-        return self._embeddings
-
-
 class LazyDefaultEmbeddings(Embeddings):
-    """The embedded default as one shared ``Embeddings`` that loads on its first call, so
-    that wiring a pipeline (or reading a trace) loads no model."""
+    """The embedded default as an ``Embeddings`` that loads on its first call, so that
+    wiring a pipeline (or reading a trace) loads no model. Components given no embeddings
+    make one each; ``build_context`` shares one among them."""
 
     def __init__(self) -> None:
         self._loaded: Embeddings | None = None

@@ -142,3 +142,126 @@ class TaskResult(TypedDict):
     steps: int
     steps_passed: int
     error: str | None
+
+
+# Stream events: what the graph's nodes and the LoRA Store write to LangGraph's custom
+# stream (``stream_mode="custom"``), one TypedDict per kind, told apart by ``event``.
+
+
+class Decomposed(TypedDict):
+    event: Literal["decomposed"]
+    task: str | None
+    steps: int
+
+
+class DecomposeFailed(TypedDict):
+    event: Literal["decompose_failed"]
+    task: str | None
+    error: str
+
+
+class StepStarted(TypedDict):
+    event: Literal["step_started"]
+    step: str
+    question: str
+    prompt: str
+
+
+class Answered(TypedDict):
+    event: Literal["answered"]
+    answer: str
+    adapter: str | None
+
+
+class Triggered(TypedDict):
+    event: Literal["triggered"]
+    anomaly_score: float
+    failed: bool
+    attempt: int
+
+
+class Buffered(BufferNote):
+    event: Literal["buffered"]
+    tag: str
+
+
+class Training(TypedDict):
+    """A cluster is ready: the LoRA Store tool is called for it."""
+
+    event: Literal["training"]
+    cluster_id: int
+    budget_seconds: float | None
+
+
+class Attached(TypedDict):
+    event: Literal["attached"]
+    adapters: list[str]
+    summary: str
+
+
+class Retry(TypedDict):
+    event: Literal["retry"]
+    adapter: str
+    left: int
+
+
+class StepDone(TypedDict):
+    event: Literal["step_done"]
+    step: str
+    passed: bool
+    retries: int
+
+
+class Finished(TaskResult):
+    event: Literal["finished"]
+
+
+class TrialStarted(TypedDict):
+    event: Literal["trial_started"]
+    trial: int
+    of: int
+    cluster_id: int
+    config: dict[str, Any]
+
+
+class TrialDone(TypedDict):
+    event: Literal["trial_done"]
+    trial: int
+    rung: int
+    cluster_id: int
+    val_em: float
+    val_loss: float
+    seconds: float
+
+
+class TrialFailed(TypedDict):
+    event: Literal["trial_failed"]
+    trial: int
+    error: str
+
+
+class AdapterKept(TypedDict):
+    event: Literal["adapter_kept"]
+    cluster_id: int
+    adapter: str
+    val_em: float
+
+
+StoreEvent = TrialStarted | TrialDone | TrialFailed | AdapterKept
+"""What a LoRA Store search reports as it goes."""
+
+SageEvent = (
+    Decomposed
+    | DecomposeFailed
+    | StepStarted
+    | Answered
+    | Triggered
+    | Buffered
+    | Training
+    | Attached
+    | Retry
+    | StepDone
+    | Finished
+    | StoreEvent
+)
+"""Every custom stream event of the SAGE graph."""

@@ -27,8 +27,7 @@ import sage_agent.store.registry as registry_module
 import sage_agent.store.store as store_module
 import sage_agent.training.trainer as trainer_module
 from sage_agent.app.cli import main
-from tests.conftest import BagOfWordsEmbeddings
-from tests.test_graph import NINES
+from tests.support.tiny import NINES, BagOfWordsEmbeddings
 
 KILL_POINTS = {
     "inside-adapter-save": (trainer_module, "save_file", "after"),

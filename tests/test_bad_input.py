@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import pickle
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,16 +31,15 @@ from sage_agent import (
 )
 from sage_agent.app.cli import main
 from sage_agent.store import LoRAStore
-from tests.test_graph import nine_task, nines_agent
-from tests.test_store import LEARNABLE, make_cluster
-
-HANG = 5.0  # seconds: a refusal is immediate; this only catches a hang
+from tests.support.bad_input import CLI_CASES, HANG, bad_lines, stored
+from tests.support.stores import LEARNABLE, make_cluster
+from tests.support.tiny import nine_task, nines_agent
 
 
 @pytest.fixture(scope="module")
 def project(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A database with a finished run, a trained adapter and a data file."""
-    from tests.conftest import BagOfWordsEmbeddings
+    from tests.support.tiny import BagOfWordsEmbeddings
 
     folder = tmp_path_factory.mktemp("project")
     data = folder / "tasks.jsonl"
@@ -52,65 +50,17 @@ def project(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     return {"db": folder / "sage.db", "data": data, "folder": folder, "agent": agent}
 
 
-def _stored(db: Path) -> tuple[list[str], list[str]]:
-    """Everything stored: the database's content and the adapter folder's files."""
-    connection = sqlite3.connect(db)
-    dump = list(connection.iterdump())
-    connection.close()
-    root = db.with_name(f"{db.stem}-adapters")
-    return dump, sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
-def _bad_lines(folder: Path) -> dict[str, Path]:
-    lines = {
-        "malformed": b'{"question": "q"\n',
-        "not-utf8": b'{"question": "caf\xe9"}\n',
-        "not-an-object": b'["question"]\n',
-        "duplicate-id": b'{"id": "a", "question": "q"}\n{"id": "a", "question": "r"}\n',
-        "empty": b"\n\n",
-    }
-    files = {}
-    for name, content in lines.items():
-        files[name] = folder / f"{name}.jsonl"
-        files[name].write_bytes(content)
-    return files
-
-
-CLI_CASES = [
-    # (argv after the command, the expected words)
-    (["run", "--data", "{bad[malformed]}", "--strict"], "malformed.jsonl:1"),
-    (["run", "--data", "{bad[not-utf8]}", "--strict"], "not UTF-8 (byte 0xe9"),
-    (["run", "--data", "{bad[not-an-object]}", "--strict"], 'string "question"'),
-    (["run", "--data", "{bad[duplicate-id]}", "--strict"], "id 'a' was already used on line 1"),
-    (["run", "--data", "{bad[empty]}"], "holds no tasks"),
-    (["run", "--data", "{folder}/missing.jsonl"], "does not exist"),
-    (["run", "--data", "{data}", "--budget", "nan"], "--budget must be a positive"),
-    (["run", "--data", "{data}", "--budget", "0"], "--budget must be a positive"),
-    (["run", "--data", "{data}", "--budget", "-60"], "--budget must be a positive"),
-    (["run", "--data", "{data}", "--adapt-seconds", "inf"], "--adapt-seconds must be a"),
-    (["run", "--data", "{data}", "--adapt-seconds", "-1"], "--adapt-seconds must be a"),
-    (["run", "--data", "{data}", "--limit", "-1"], "--limit must be at least 1"),
-    (["run", "--data", "{data}", "--buffer-size", "0"], "buffer_size"),
-    (["run", "--data", "{data}", "--min-cluster", "0"], "min_train_samples"),
-    (["run", "--resume"], "no unfinished run"),
-    (["adapters", "show", "../../x"], "no adapter '../../x'"),
-    (["adapters", "rm", "../../etc"], "no adapter '../../etc'"),
-    (["adapters", "show"], "needs an adapter id"),
-    (["trace", "no-such-thread"], "no thread 'no-such-thread'"),
-]
-
-
 @pytest.mark.parametrize(("argv", "words"), CLI_CASES, ids=lambda c: str(c)[:40])
 def test_the_command_line_refuses_in_one_line(argv, words, project, capsys) -> None:
-    bad = _bad_lines(project["folder"])
+    bad = bad_lines(project["folder"])
     argv = [a.format(bad=bad, data=project["data"], folder=project["folder"]) for a in argv]
-    before = _stored(project["db"])
+    before = stored(project["db"])
     started = time.perf_counter()
     assert main([*argv, "--db", str(project["db"])]) == 1
     assert time.perf_counter() - started < HANG
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert _stored(project["db"]) == before
+    assert stored(project["db"]) == before
 
 
 @pytest.mark.parametrize(
@@ -144,9 +94,9 @@ def test_the_demo_never_deletes_a_database_it_did_not_make(project, tmp_path, ca
     assert main(["demo", "--db", str(other)]) == 1
     assert "is not a demo database" in capsys.readouterr().err
     assert other.read_text() == "my notes"
-    before = _stored(project["db"])
+    before = stored(project["db"])
     assert main(["demo", "--db", str(project["db"])]) == 1
-    assert _stored(project["db"]) == before
+    assert stored(project["db"]) == before
 
 
 def _refuses(call: Callable[[], object], error: type[BaseException], words: str) -> None:
@@ -159,7 +109,7 @@ def _refuses(call: Callable[[], object], error: type[BaseException], words: str)
 def test_library_entry_points_refuse_bad_values(project, tmp_path, bow_embeddings) -> None:
     agent = project["agent"]
     chat, store, buffer = agent.model, agent.store, agent.buffer
-    before = _stored(project["db"])
+    before = stored(project["db"])
 
     _refuses(lambda: chat.invoke("x " * 5000), InvalidInput, "exceeds the context")
     _refuses(lambda: chat.set_adapter("../../x"), NotFoundError, "no adapter named")
@@ -186,7 +136,7 @@ def test_library_entry_points_refuse_bad_values(project, tmp_path, bow_embedding
     started = time.perf_counter()
     assert parse_number(" " * 200_000 + "-" + " " * 200_000) is None
     assert time.perf_counter() - started < HANG
-    assert _stored(project["db"]) == before
+    assert stored(project["db"]) == before
 
 
 @pytest.mark.parametrize(

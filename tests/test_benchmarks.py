@@ -27,13 +27,20 @@ def load_script(script: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return module
 
 
+def load_adapt(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    """bench_adapt's methods and report, as one namespace."""
+    methods = load_script(FOLDER / "adapt_methods.py", monkeypatch)
+    report = load_script(FOLDER / "adapt_report.py", monkeypatch)
+    return SimpleNamespace(**{**vars(report), **vars(methods)})
+
+
 @pytest.mark.parametrize("script", sorted(FOLDER.glob("bench_*.py")), ids=lambda p: p.stem)
 def test_benchmark_imports(script: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert callable(load_script(script, monkeypatch).main)
 
 
 def test_bench_adapt_counts_right_steps_per_operator(monkeypatch: pytest.MonkeyPatch) -> None:
-    bench = load_script(FOLDER / "bench_adapt.py", monkeypatch)
+    bench = load_adapt(monkeypatch)
 
     def seed(number: int, base: list[bool], sage: list[bool]) -> object:
         methods = {
@@ -60,7 +67,7 @@ def test_bench_adapt_routes_to_more_adapters_than_stay_loaded(
 ) -> None:
     """A method routing to more adapters than the store keeps loaded answers every step
     with its own adapter, and the result keeps the method's name."""
-    bench = load_script(FOLDER / "bench_adapt.py", monkeypatch)
+    bench = load_adapt(monkeypatch)
 
     class Model:  # answers with the name of the adapter in use; one adapter loaded at most
         def __init__(self) -> None:
@@ -116,7 +123,7 @@ def test_bench_adapt_routes_to_more_adapters_than_stay_loaded(
 def test_bench_adapt_writes_seconds_whole_and_rates_to_three_decimals(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    bench = load_script(FOLDER / "bench_adapt.py", monkeypatch)
+    bench = load_adapt(monkeypatch)
     assert [bench._cell(v) for v in (1070.4, 445.07, 0.48348, 7, None)] == [
         "1070",
         "445",
@@ -129,7 +136,7 @@ def test_bench_adapt_writes_seconds_whole_and_rates_to_three_decimals(
 def test_bench_adapt_counts_what_each_method_did_with_the_base_models_wrong_steps(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    bench = load_script(FOLDER / "bench_adapt.py", monkeypatch)
+    bench = load_adapt(monkeypatch)
     base = bench.MethodResult("Base", [True, True, False, False, False], ["1", "2", "9", "9", "9"])
     # keeps step 0, loses step 1, leaves step 2 as the base answered, changes step 3 to
     # another wrong answer and fixes step 4

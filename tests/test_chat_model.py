@@ -13,7 +13,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from sage_agent import AdapterError, ChatSage, EmbeddedModelMissing, UnknownModelError
 from sage_agent.chat.tokens import answer_end, repeated_line
-from tests.conftest import build_tiny_llama
+from tests.support.tiny import build_tiny_llama
 
 PROMPTS = ["Compute 16-3-4.", "What is 2+3? Reply with the number only.", "Hello", "How many pens?"]
 

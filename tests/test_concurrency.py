@@ -6,40 +6,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
-from tests.test_graph import nine_task
-from tests.test_kills import _state
+import pytest
 
-LOAD = Path(__file__).parent / "load_run.py"
+from tests.support.kills import state_of
+from tests.support.load import run_load
+from tests.support.tiny import nine_task
+
+pytestmark = pytest.mark.system  # starts processes or a server
+
 SECONDS = 15  # per process, after its start-up; bench_reliability runs two minutes
-
-
-def run_load(db: Path, data: Path, model: Path, seconds: float) -> tuple[list, list]:
-    """Start 2 writers and 4 readers on ``db``; return their JSON reports."""
-    writers = [
-        subprocess.Popen(
-            [sys.executable, str(LOAD), "writer", str(db), str(data), str(model), str(seconds)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    readers = [
-        subprocess.Popen(
-            [sys.executable, str(LOAD), "reader", str(db), str(seconds)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        for _ in range(4)
-    ]
-    reports = [json.loads(p.communicate(timeout=seconds + 600)[0]) for p in writers + readers]
-    return reports[:2], reports[2:]
 
 
 def test_two_writers_and_four_readers(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -64,4 +42,4 @@ def test_two_writers_and_four_readers(tiny_model_dir: Path, tmp_path: Path) -> N
         connection.execute("SELECT cluster_id, cluster_version, number FROM trials").fetchall()
     )
     assert all(n == 1 for n in searches.values())  # one search per cluster version
-    _state(db)  # integrity, files and rows agree
+    state_of(db)  # integrity, files and rows agree

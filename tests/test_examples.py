@@ -22,6 +22,7 @@ PRINTS = {  # what each example must have printed
 
 DRIVER = """
 import runpy, sys, traceback
+
 for path in sys.argv[1:]:
     sys.argv = [path]
     print(f"=== {path}", flush=True)
@@ -37,6 +38,7 @@ for path in sys.argv[1:]:
 
 
 @pytest.mark.embedded
+@pytest.mark.system
 def test_every_example_runs(tmp_path: Path) -> None:
     scripts = sorted(p for p in EXAMPLES.glob("*.py") if p.name not in NOT_HERE)
     done = subprocess.run(

@@ -10,7 +10,7 @@ from langchain_core.messages import HumanMessage
 
 from sage_agent import ChatSage, SageAgent
 from sage_agent.app.cli import main
-from tests.test_graph import NINES, SMALL_BUFFER, nine_task
+from tests.support.tiny import NINES, SMALL_BUFFER, nine_task
 
 
 def test_an_exported_adapter_loads_in_plain_peft(tiny_model_dir, tmp_path, bow_embeddings, capsys):

@@ -13,7 +13,7 @@ import pytest
 from sage_agent import ChatSage, DatabaseError
 from sage_agent.database import SCHEMA_VERSION, open_database, transaction
 from sage_agent.store import LoRAStore
-from tests.test_store import LEARNABLE, make_cluster
+from tests.support.stores import LEARNABLE, make_cluster
 
 
 @pytest.fixture

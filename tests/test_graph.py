@@ -6,52 +6,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import pytest
 from sage_agent.graphs import build_sage_graph
 
-from sage_agent import ChatSage, SageAgent
-from sage_agent.buffer import BufferConfig
+from sage_agent import SageAgent
 from sage_agent.context import SageContext
+from sage_agent.records import SageEvent
 from sage_agent.report import read_thread, render_table
 from sage_agent.store import StoreConfig
 from sage_agent.tasks.decompose import socratic_decomposer
 from sage_agent.tasks.plans import PLAN_TAG
-
-# The tiny random model learns "every answer is 9" in seconds (see test_store.py); no
-# prompt holds a 9, so its random first answers fail.
-NINES = StoreConfig().replace(
-    learning_rates=(5e-3, 2e-2),
-    epochs=(6,),
-    ranks=(4, 8),
-    last_layers=(None,),
-    max_trials=3,
-    n_random=2,
-    top_k=1,
-    min_train_samples=6,
-    train_size=0,
-    val_variants=0,
-)
-SMALL_BUFFER = BufferConfig(buffer_size=10, min_cluster_size=3)
-
-
-def nine_task(i: int) -> dict:
-    """A one-step problem whose answer is 9, e.g. "2+7"."""
-    a = 1 + i % 8
-    expression = f"{a}+{9 - a}"
-    return {
-        "id": f"t{i}",
-        "question": f"Add {a} and {9 - a}.",
-        "answer": f"What is the sum? ** {expression} = <<{expression}=9>>9\n#### 9",
-    }
-
-
-def nines_agent(db: Path, tiny_model_dir: Path, embeddings) -> SageAgent:
-    """A SageAgent on the tiny llama that learns "every answer is 9" (NINES)."""
-    chat = ChatSage(model=str(tiny_model_dir), max_tokens=4)
-    return SageAgent(
-        db, chat, embeddings=embeddings, buffer_config=SMALL_BUFFER, store_config=NINES
-    )
+from tests.support.tiny import nine_task, nines_agent
 
 
 @pytest.fixture
@@ -68,6 +35,13 @@ def test_failures_train_an_adapter_and_the_retry_fixes_the_step(agent: SageAgent
     )
     names = [e["event"] for e in events]
     assert "training" in names and "trial_done" in names and "attached" in names
+    # every event is one of the typed stream events, with its keys
+    kinds = {get_args(get_type_hints(kind)["event"])[0]: kind for kind in get_args(SageEvent)}
+    for event in events:
+        kind = kinds[event["event"]]
+        assert (
+            kind.__required_keys__ <= set(event) <= kind.__required_keys__ | kind.__optional_keys__
+        )
     assert summary.adapters_trained >= 1 and summary.retries >= 1
     assert summary.retry_success >= 1
     assert summary.step_em > summary.step_em_first

@@ -20,7 +20,7 @@ from typing_extensions import TypedDict
 
 from sage_agent import ChatSage, ContextError, SageAgent
 from sage_agent.tasks.decompose import LLMDecomposer
-from tests.test_graph import NINES, SMALL_BUFFER
+from tests.support.tiny import NINES, SMALL_BUFFER
 
 
 def _planner(n: int) -> GenericFakeChatModel:

@@ -16,7 +16,7 @@ from langgraph.types import Command
 
 from sage_agent import AdaptationPolicy, ChatSage, build_context
 from sage_agent.middleware import SageMiddleware, expression_reference
-from tests.test_graph import NINES, SMALL_BUFFER
+from tests.support.tiny import NINES, SMALL_BUFFER
 
 
 def _question(i: int) -> str:

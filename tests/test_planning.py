@@ -25,7 +25,7 @@ from sage_agent.tasks.plans import (
     parse_plan,
     plan_matches,
 )
-from tests.test_graph import NINES, nines_agent
+from tests.support.tiny import NINES, nines_agent
 
 PLAN_STORE = NINES.replace(epochs=(30,), learning_rates=(1e-2, 3e-2), min_train_samples=6)
 

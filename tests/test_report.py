@@ -15,8 +15,8 @@ import pytest
 from sage_agent.report import read_run, read_thread, render_thread, write_run_report
 from sage_agent.report.pages import duration, significant
 from sage_agent.report.run import PHASES
-from tests.browser import CHROMEDRIVER, CHROMIUM, check_page, open_browser, screenshot
-from tests.test_graph import nine_task, nines_agent
+from tests.support.browser import CHROMEDRIVER, CHROMIUM, check_page, open_browser, screenshot
+from tests.support.tiny import nine_task, nines_agent
 
 HOSTILE = "<script>alert('x')</script>"
 
@@ -33,7 +33,7 @@ def hostile_task() -> dict:
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """(agent, run id, retried thread): a run that trained and fixed a step by a retry."""
-    from tests.conftest import BagOfWordsEmbeddings
+    from tests.support.tiny import BagOfWordsEmbeddings
 
     folder = tmp_path_factory.mktemp("report")
     agent = nines_agent(folder / "sage.db", tiny_model_dir, BagOfWordsEmbeddings())
@@ -135,6 +135,7 @@ BROWSER = CHROMIUM is not None and CHROMEDRIVER is not None
     not BROWSER and not os.environ.get("CI"),
     reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
 )
+@pytest.mark.system
 def test_both_pages_render_in_headless_chromium(trained, tmp_path: Path) -> None:
     agent, run_id, _ = trained
     report = write_run_report(agent, run_id, tmp_path / "report.html")

@@ -8,12 +8,10 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from langchain_core.messages import AIMessage
 
 from sage_agent import ChatSage, ConfigError, CorruptAdapter, NotFoundError, StoreError
-from sage_agent.buffer import Cluster, Sample
 from sage_agent.database import transaction
 from sage_agent.records import TrainingPair
 from sage_agent.store import LoRAStore, RouterConfig, StoreConfig, affordable_loss
@@ -23,53 +21,7 @@ from sage_agent.store.recipe import Recipe, build_recipe
 from sage_agent.store.search import Trial, bracket_seconds, expected_seconds
 from sage_agent.tasks.steps import ANSWER_MAX_TOKENS
 from sage_agent.training.validation import generate
-
-# A task the tiny random model can learn in seconds: every answer is "9". (Untrained, its
-# babble ends in "7% pens" whatever the prompt, so "7" would count as right already.)
-LEARNABLE = StoreConfig().replace(
-    learning_rates=(5e-3, 2e-2),
-    epochs=(6,),
-    ranks=(4, 8),
-    last_layers=(None,),
-    max_trials=5,
-    n_random=3,
-    top_k=1,
-    rungs=(0.25, 1.0),
-    dropouts=(0.0, 0.05),
-    # These rates are tuned to 15 pairs an epoch; twice the pairs overshoots on this model.
-    failure_repeats=1,
-)
-
-
-def make_cluster(
-    embeddings,
-    cluster_id: int = 1,
-    words: str = "apples",
-    n: int = 20,
-    version: int = 1,
-    reference: str | None = "9",
-) -> Cluster:
-    samples = [
-        Sample(
-            cluster_id * 1000 + i,
-            f"Compute {i}+{9 - i}. {words}",
-            "+",
-            {"reference": reference} if reference is not None else {},
-        )
-        for i in range(n)
-    ]
-    centroid = np.mean(embeddings.embed_documents([s.text for s in samples]), axis=0)
-    return Cluster(
-        cluster_id,
-        "+",
-        n,
-        centroid / np.linalg.norm(centroid),
-        frozenset(),
-        version,
-        None,
-        None,
-        samples,
-    )
+from tests.support.stores import LEARNABLE, make_cluster
 
 
 def _store_with(chat: ChatSage, tmp_path: Path, embeddings, **changes) -> LoRAStore:

@@ -15,7 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_graph import nine_task
+from tests.support.tiny import nine_task
+
+pytestmark = pytest.mark.system  # starts processes or a server
 
 ROOT = Path(__file__).parent.parent
 CLI = Path(sys.executable).with_name("langgraph")

@@ -37,7 +37,7 @@ class LoRAStoreTool(BaseTool):
 
     name: str = "lora_store"
     description: str = (
-        "Train LoRA adapters for a cluster of failed steps and keep the best three. "
+        "Train LoRA adapters for a cluster of failed steps and keep the best of them. "
         "Input: the cluster id and an optional time budget in seconds."
     )
     args_schema: type[BaseModel] = LoRAStoreArgs

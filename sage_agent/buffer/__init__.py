@@ -1,7 +1,9 @@
 """The Trigger Buffer: Streaming Buffer Clustering of failed samples (paper Algorithm 1).
 
-config (thresholds), tags (structure tags and keywords), clustering (HDBSCAN and the
-stability check, pure functions), schema (its tables) and buffer (``TriggerBuffer``).
+config (thresholds), records (samples, clusters, assignments), tags (structure tags and
+keywords), clustering (HDBSCAN and the stability check, pure functions), schema (its
+tables), points (samples with their embeddings), claims (who trains a cluster) and buffer
+(``TriggerBuffer``).
 """
 
 from typing import TYPE_CHECKING

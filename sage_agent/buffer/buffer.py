@@ -39,12 +39,12 @@ from sage_agent.buffer.records import Assignment, Cluster, Sample, payload_json,
 from sage_agent.buffer.schema import create_tables
 from sage_agent.buffer.tags import Tagger, cluster_keywords, default_tag, jaccard, keywords
 from sage_agent.database import open_database, transaction
-from sage_agent.embeddings import LazyEmbeddings
+from sage_agent.embeddings import LazyDefaultEmbeddings
 from sage_agent.errors import InvalidInput, NotFoundError
 from sage_agent.tasks.plans import PLAN_TAG
 
 
-class TriggerBuffer(LazyEmbeddings):
+class TriggerBuffer:
     """Streaming Buffer Clustering over a SQLite file (see the module docstring).
 
     ``db`` is the path of the project's SQLite file. A new TriggerBuffer on the same file
@@ -72,7 +72,7 @@ class TriggerBuffer(LazyEmbeddings):
         self.path = Path(db)
         self.db: sqlite_utils.Database = open_database(db, timeout=self.config.lock_timeout)
         self.tagger = tagger
-        self._embeddings = embeddings
+        self.embeddings: Embeddings = embeddings or LazyDefaultEmbeddings()
         create_tables(self.db)
 
     # public API

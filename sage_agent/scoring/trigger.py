@@ -24,7 +24,7 @@ from langchain_core.embeddings import Embeddings
 from rouge_score.rouge_scorer import RougeScorer
 from sacrebleu.metrics import BLEU
 
-from sage_agent.embeddings import LazyEmbeddings
+from sage_agent.embeddings import LazyDefaultEmbeddings
 from sage_agent.errors import ConfigError, InvalidInput
 from sage_agent.scoring.numeric import numbers_match, parse_number
 from sage_agent.scoring.verifier import Verifier
@@ -105,7 +105,7 @@ class TriggerResult:
         return asdict(self)
 
 
-class Trigger(LazyEmbeddings):
+class Trigger:
     """Scores answers; see the module docstring for the formula.
 
     ``embeddings`` defaults to the embedded all-MiniLM-L6-v2 (loaded on first use).
@@ -121,7 +121,7 @@ class Trigger(LazyEmbeddings):
     ) -> None:
         self.config = config or TriggerConfig()
         self.verifier = verifier
-        self._embeddings = embeddings
+        self.embeddings: Embeddings = embeddings or LazyDefaultEmbeddings()
         self.band: tuple[float, float] | None = None
         self._bleu = BLEU(effective_order=True)
         self._rouge = RougeScorer(["rougeL"])

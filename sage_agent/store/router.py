@@ -11,7 +11,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.messages import AIMessage
 
 from sage_agent.chat import ChatSage
-from sage_agent.embeddings import LazyEmbeddings
+from sage_agent.embeddings import LazyDefaultEmbeddings
 from sage_agent.errors import CorruptAdapter
 from sage_agent.scoring.numeric import number_logprob
 from sage_agent.store.config import RouterConfig
@@ -19,7 +19,7 @@ from sage_agent.store.registry import AdapterRecord, AdapterRegistry
 from sage_agent.tasks.steps import operators_within
 
 
-class Router(LazyEmbeddings):
+class Router:
     """Routes texts to the registry's adapters and loads them into ``model``."""
 
     def __init__(
@@ -31,7 +31,7 @@ class Router(LazyEmbeddings):
     ) -> None:
         self.registry, self.model = registry, model
         self.config = config or RouterConfig()
-        self._embeddings = embeddings
+        self.embeddings: Embeddings = embeddings or LazyDefaultEmbeddings()
         self._loaded: OrderedDict[str, None] = OrderedDict()
 
     def route(

@@ -27,15 +27,12 @@ from tqdm.auto import tqdm
 
 from sage_agent.chat import ChatSage
 from sage_agent.errors import StoreError
+from sage_agent.records import StoreEvent, TrialDone, TrialFailed, TrialStarted
 from sage_agent.store.config import SearchConfig
 from sage_agent.store.recipe import Recipe
 from sage_agent.training.trainer import FrozenPrefix, LoRARun, LoRATrainConfig
 
 log = logging.getLogger(__name__)
-
-StoreEvent = dict[str, Any]
-"""A progress event: {"event": "trial_started" | "trial_done" | "trial_failed" |
-"adapter_kept", ...}."""
 
 Emit = Callable[[StoreEvent], None]
 
@@ -197,13 +194,13 @@ class Search:
         trial = Trial(number, candidate, f"trial-{self.run_id}-{number}")
         self.trials.append(trial)
         self.emit(
-            {
-                "event": "trial_started",
-                "trial": trial.number,
-                "of": self.config.max_trials,
-                "cluster_id": self.cluster_id,
-                "config": config_dict(candidate),
-            }
+            TrialStarted(
+                event="trial_started",
+                trial=trial.number,
+                of=self.config.max_trials,
+                cluster_id=self.cluster_id,
+                config=config_dict(candidate),
+            )
         )
         try:
             trial.run = LoRARun(self.model, trial.name, self.recipe.train, candidate, self.prefix)
@@ -239,15 +236,15 @@ class Search:
         trial.validation_seconds += time.perf_counter() - trained
         trial.evaluations += 1
         self.emit(
-            {
-                "event": "trial_done",
-                "trial": trial.number,
-                "rung": rung,
-                "cluster_id": self.cluster_id,
-                "val_em": trial.val_em,
-                "val_loss": trial.val_loss,
-                "seconds": result.seconds,
-            }
+            TrialDone(
+                event="trial_done",
+                trial=trial.number,
+                rung=rung,
+                cluster_id=self.cluster_id,
+                val_em=trial.val_em,
+                val_loss=trial.val_loss,
+                seconds=result.seconds,
+            )
         )
         return True
 
@@ -257,7 +254,7 @@ class Search:
             self.model.delete_adapter(trial.name)
         self.failed.append(FailedTrial(trial.number, trial.config, error))
         log.warning("cluster %s, trial %s failed: %s", self.cluster_id, trial.number, error)
-        self.emit({"event": "trial_failed", "trial": trial.number, "error": error})
+        self.emit(TrialFailed(event="trial_failed", trial=trial.number, error=error))
 
 
 def rung_steps(share: float, total: int) -> int:

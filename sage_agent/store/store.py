@@ -22,7 +22,7 @@ from langchain_core.messages import AIMessage
 from sage_agent.buffer import Cluster
 from sage_agent.chat import ChatSage
 from sage_agent.errors import StoreError
-from sage_agent.records import TrainingPair
+from sage_agent.records import AdapterKept, TrainingPair
 from sage_agent.store.config import StoreConfig
 from sage_agent.store.gate import CanarySet, expected_accuracy
 from sage_agent.store.judging import Baseline, Verdict
@@ -260,12 +260,12 @@ class LoRAStore:
                 record = self._register(cluster, trial, recipe, base, verdict, len(kept) + 1)
                 kept.append(record)
                 emit(
-                    {
-                        "event": "adapter_kept",
-                        "cluster_id": cluster.id,
-                        "adapter": record.id,
-                        "val_em": verdict.em,
-                    }
+                    AdapterKept(
+                        event="adapter_kept",
+                        cluster_id=cluster.id,
+                        adapter=record.id,
+                        val_em=verdict.em,
+                    )
                 )
             else:
                 log.info(

@@ -1,9 +1,15 @@
-"""A store that routes every prompt to one adapter, for the policy's unit tests."""
+"""Stores for the tests: a fake that routes every prompt to one adapter (the policy's unit
+tests), and a real store's settings and cluster that the tiny llama learns in seconds."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
+
+import numpy as np
+
+from sage_agent.buffer import Cluster, Sample
+from sage_agent.store import StoreConfig
 
 
 class FakeStore:
@@ -35,3 +41,51 @@ class FakeStore:
 
     def add_canary(self, pairs: Any, tag: str | None = None, expressions: Any = None) -> None:
         self.canaries.append((pairs, tag, expressions))
+
+
+# A task the tiny random model can learn in seconds: every answer is "9". (Untrained, its
+# babble ends in "7% pens" whatever the prompt, so "7" would count as right already.)
+LEARNABLE = StoreConfig().replace(
+    learning_rates=(5e-3, 2e-2),
+    epochs=(6,),
+    ranks=(4, 8),
+    last_layers=(None,),
+    max_trials=5,
+    n_random=3,
+    top_k=1,
+    rungs=(0.25, 1.0),
+    dropouts=(0.0, 0.05),
+    # These rates are tuned to 15 pairs an epoch; twice the pairs overshoots on this model.
+    failure_repeats=1,
+)
+
+
+def make_cluster(
+    embeddings,
+    cluster_id: int = 1,
+    words: str = "apples",
+    n: int = 20,
+    version: int = 1,
+    reference: str | None = "9",
+) -> Cluster:
+    samples = [
+        Sample(
+            cluster_id * 1000 + i,
+            f"Compute {i}+{9 - i}. {words}",
+            "+",
+            {"reference": reference} if reference is not None else {},
+        )
+        for i in range(n)
+    ]
+    centroid = np.mean(embeddings.embed_documents([s.text for s in samples]), axis=0)
+    return Cluster(
+        cluster_id,
+        "+",
+        n,
+        centroid / np.linalg.norm(centroid),
+        frozenset(),
+        version,
+        None,
+        None,
+        samples,
+    )
