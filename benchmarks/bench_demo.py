@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -20,14 +21,14 @@ from pathlib import Path
 from common import results_header
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SUMMARY_START = "problems, "  # the first line of the demo's summary: "25 problems, 62 steps ..."
+SUMMARY_START = re.compile(r"^\d+ problems, \d+ steps")  # "25 problems, 62 steps in ..."
 
 
 def summary_lines(stdout: str) -> list[str]:
     """The demo's summary: from its "N problems, M steps" line on, without the paths of
     the folder it ran in."""
     lines = stdout.splitlines()
-    start = next((i for i, line in enumerate(lines) if SUMMARY_START in line), None)
+    start = next((i for i, line in enumerate(lines) if SUMMARY_START.match(line)), None)
     if start is None:
         raise SystemExit("the demo printed no summary:\n" + stdout[-2000:])
     return [line for line in lines[start:] if not line.startswith(("run report:", "  a thread"))]

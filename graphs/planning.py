@@ -15,27 +15,35 @@ from sage_agent.graphs.state import SageState
 from sage_agent.graphs.store_calls import store_call
 
 from sage_agent.context import SageContext, current_thread_id
-from sage_agent.records import PlanNote
+from sage_agent.records import PlanNote, Task
 from sage_agent.scoring.numeric import numbers_match, parse_number
 from sage_agent.tasks.plans import PLAN_TAG, gold_plan
+from sage_agent.tasks.steps import AtomicStep
 
 
 def route_planner(context: SageContext, question: str) -> tuple[str | None, PlanNote | None]:
-    """(the loaded planner adapter's name or None, the plan's note); (None, None) when the
-    decomposer is not a planner. An adapter that cannot be loaded leaves the base model."""
+    """(the planner adapter routed to the question or None, the plan's note); (None, None)
+    when the decomposer is not a planner. A planner adapter serves every question (its
+    cluster is all the planner's failures)."""
     if context.planner is None:
         return None, None
-    note: PlanNote = {"adapter": None}
-    # A planner adapter serves every question (its cluster is all the planner's failures)
     route = context.policy.route(question, tag=PLAN_TAG, limit=1, nearest=True)
-    if route.adapter is None:
-        return None, note
-    name, failure = context.policy.load(route.adapter)
-    if failure is not None:
-        note["failure"] = f"planner {failure}"
-        return None, note
-    note["adapter"] = route.adapter
-    return name, note
+    return route.adapter, {"adapter": None}
+
+
+def decompose_task(
+    context: SageContext, task: Task, adapter: str | None, note: PlanNote | None
+) -> list[AtomicStep]:
+    """The task's steps. A planner plans with its routed ``adapter``, kept loaded while it
+    plans; one that cannot be loaded leaves the base model, and ``note`` says so."""
+    if context.planner is None or adapter is None or note is None:
+        return context.decomposer(task)
+    with context.policy.loaded(adapter) as (name, failure):
+        if failure is not None:
+            note["failure"] = f"planner {failure}"
+        else:
+            note["adapter"] = adapter
+        return context.planner(task, adapter=name)
 
 
 def judge_plan(

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from langchain_core.messages import AIMessage
 from langgraph.graph import END, START, StateGraph
-from sage_agent.graphs.planning import judge_plan, route_planner
+from sage_agent.graphs.planning import decompose_task, judge_plan, route_planner
 from sage_agent.graphs.prompting import step_prompt
 from sage_agent.graphs.state import Ctx, SageInput, SageOutput, SageState, timed
 from sage_agent.graphs.store_calls import pending, run_store_call, store_call, training_note
@@ -72,10 +72,10 @@ def decompose(state: SageState, runtime: Ctx) -> SageState:
     try:
         if not isinstance(task.get("question"), str) or not task["question"].strip():
             raise DecompositionError('the graph takes {"task": ...} or {"question": "..."}')
-        adapter, update["plan"] = route_planner(context, task["question"])
-        switch = context.model.using_adapter(adapter) if adapter else contextlib.nullcontext()
-        with switch:
-            steps = context.decomposer(task)
+        adapter, plan = route_planner(context, task["question"])
+        if plan is not None:
+            update["plan"] = plan  # kept whether the plan parses or not
+        steps = decompose_task(context, task, adapter, plan)
     except (DecompositionError, MalformedTask) as error:
         runtime.stream_writer(
             DecomposeFailed(event="decompose_failed", task=task.get("id"), error=str(error))
@@ -129,8 +129,9 @@ def answer(state: SageState, runtime: Ctx) -> SageState:
     if attempt["routed"]:
         route = Route((attempt["adapter"],), route_all=bool(attempt.get("route_all")))
         if policy.base_first(route):
-            with context.model.using_adapter(None):
-                base = context.model.invoke(attempt["prompt"], max_tokens=context.max_tokens)
+            base = context.model.invoke(
+                attempt["prompt"], adapter=None, max_tokens=context.max_tokens
+            )
             if policy.choose(route, base) is None:
                 candidates = [attempt["adapter"], *(state.get("candidates") or [])]
                 attempt.update(
@@ -138,13 +139,15 @@ def answer(state: SageState, runtime: Ctx) -> SageState:
                 )
                 return {"attempt": _answered(attempt, base, runtime), "candidates": candidates}
             attempt["base_answer"] = base.text
-    name = None
-    if attempt["adapter"] is not None and context.store is not None:
-        name, failure = policy.load(attempt["adapter"])
-        if failure is not None:
-            attempt.update(note=failure, adapter=None)
-    with context.model.using_adapter(name):
-        message = context.model.invoke(attempt["prompt"], max_tokens=context.max_tokens)
+    with contextlib.ExitStack() as held:
+        name = None  # per call, so threads sharing the model never see each other's adapter
+        if attempt["adapter"] is not None and context.store is not None:
+            name, failure = held.enter_context(policy.loaded(attempt["adapter"]))
+            if failure is not None:
+                attempt.update(note=failure, adapter=None)
+        message = context.model.invoke(
+            attempt["prompt"], adapter=name, max_tokens=context.max_tokens
+        )
     return {"attempt": _answered(attempt, message, runtime)}
 
 

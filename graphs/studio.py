@@ -1,19 +1,40 @@
 """The SAGE graph for ``langgraph dev`` / LangGraph Studio (langgraph.json points here).
 
 Studio and the HTTP API send the context as JSON; ``StudioContext`` is that JSON's
-schema, and it resolves to a SageContext on the named database (built once per database
-and model, then shared by every run of the server).
+schema, and it resolves to a SageContext on the named database. A client names a
+database, never a place: ``db`` is a relative path resolved under the operator's root
+(``SAGE_STUDIO_ROOT``, by default the server's working directory), and one that leaves it
+(an absolute path, ``..``, a symlink out) is refused before anything is created. ``model``
+is the embedded model or one the operator allows (``SAGE_STUDIO_MODELS``, comma-separated
+ids or paths). Every context of one model shares that model; the contexts themselves are
+kept for the ``SAGE_STUDIO_MAX_DATABASES`` (8) databases used last.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sage_agent.graphs.sage import build_sage_graph
 
+from sage_agent.chat import ChatSage
 from sage_agent.context import SageContext, build_context
+from sage_agent.database import adapter_root
+from sage_agent.errors import ContextError
+
+MAX_DATABASES = int(os.environ.get("SAGE_STUDIO_MAX_DATABASES", "8"))
+
+
+def studio_root() -> Path:
+    """The folder every client's database lies under."""
+    return Path(os.environ.get("SAGE_STUDIO_ROOT") or os.getcwd()).resolve()
+
+
+def allowed_models() -> set[str]:
+    names = os.environ.get("SAGE_STUDIO_MODELS", "")
+    return {name.strip() for name in names.split(",") if name.strip()}
 
 
 class StudioContext(BaseModel):
@@ -23,18 +44,49 @@ class StudioContext(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    db: str = Field(min_length=1)
-    """The project's SQLite file, relative to the server's working directory."""
+    db: str = Field(min_length=1, max_length=200)
+    """The project's SQLite file, a relative path under the server's root."""
     model: str | None = None
-    """A local folder, .gguf file or cached hub id; None: the embedded SmolLM2-135M."""
+    """None: the embedded SmolLM2-135M; else one of the operator's SAGE_STUDIO_MODELS."""
+
+    @field_validator("db")
+    @classmethod
+    def _relative(cls, db: str) -> str:
+        # No file system here: the server validates on its event loop, where a blocking
+        # call is an error. Symlinks are followed in resolve(), on a worker thread.
+        path = Path(db)
+        if path.is_absolute() or ".." in path.parts or "\x00" in db:
+            raise ValueError(f"db must be a relative path inside the server's root, not {db!r}")
+        return db
+
+    @field_validator("model")
+    @classmethod
+    def _allowed(cls, model: str | None) -> str | None:
+        if model is not None and model not in allowed_models():
+            raise ValueError(
+                f"model {model!r} is not one this server allows (SAGE_STUDIO_MODELS); "
+                "leave it out for the embedded model"
+            )
+        return model
 
     def resolve(self) -> SageContext:
-        return _context(str(Path(self.db).absolute()), self.model)
+        """The context on ``db`` under the root; ContextError if a symlink leads out."""
+        root, path = studio_root(), Path(self.db)
+        for target in (root / path, adapter_root(root / path)):
+            if not target.resolve().is_relative_to(root):
+                raise ContextError(f"db {self.db!r} leads outside the server's root (a symlink)")
+        return _context(str(root / path), self.model)
+
+
+@functools.lru_cache(maxsize=MAX_DATABASES)
+def _context(db: str, model: str | None) -> SageContext:
+    return build_context(db, _model(model))
 
 
 @functools.cache
-def _context(db: str, model: str | None) -> SageContext:
-    return build_context(db, model)
+def _model(model: str | None) -> ChatSage:
+    """One chat model per allowed name, shared by every database's context."""
+    return ChatSage(model=model) if model else ChatSage()
 
 
 graph = build_sage_graph(context_schema=StudioContext).compile()

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         SchemaVersionError,
         StoreError,
         UnknownModelError,
+        UnsafeCheckpoint,
     )
     from sage_agent.middleware import SageMiddleware
     from sage_agent.records import Attempt, StepRecord, TaskResult, TrainingPair
@@ -53,7 +54,7 @@ _ERRORS = (
     "AdapterError ConfigError ContextError CorruptAdapter DatabaseError DatabaseLocked "
     "DataError DecompositionError EmbeddedModelMissing ExpressionError InvalidInput "
     "MalformedTask NotFoundError RunError SageError SchemaVersionError StoreError "
-    "UnknownModelError"
+    "UnknownModelError UnsafeCheckpoint"
 )
 _PUBLIC: dict[str, str] = {
     **dict.fromkeys(["RunSummary", "SageAgent"], "sage_agent.agent"),

@@ -18,18 +18,18 @@ from typing import Any, Literal
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
-from langgraph.checkpoint.sqlite import SqliteSaver
 from pydantic import BaseModel, Field
 
 from sage_agent.buffer import BufferConfig, TriggerBuffer
 from sage_agent.chat import ChatSage
+from sage_agent.checkpoints import checkpoint_history, prune_thread, sqlite_checkpointer
 from sage_agent.context import SageContext, build_context
-from sage_agent.database import LOCK_TIMEOUT, this_owner
+from sage_agent.database import LOCK_TIMEOUT, Heartbeat, this_owner
 from sage_agent.errors import DatabaseLocked, DataError
 from sage_agent.graphs import SageState, build_sage_graph
 from sage_agent.graphs.store_calls import adaptation_seconds
 from sage_agent.records import SageEvent, Task, TaskResult
-from sage_agent.runs import RunRegistry
+from sage_agent.runs import LEASE_BEAT, RunRegistry
 from sage_agent.scoring.numeric import math_metrics
 from sage_agent.scoring.trigger import Trigger
 from sage_agent.store import LoRAStore, StoreConfig
@@ -112,11 +112,7 @@ class SageAgent:
             decomposer=decomposer,
             substitute=substitute,
         )
-        # The checkpointer's own connection waits for a lock as long as the components do.
-        connection = sqlite3.connect(
-            str(self.db_path), check_same_thread=False, timeout=LOCK_TIMEOUT
-        )
-        self.checkpointer = SqliteSaver(connection)
+        self.checkpointer = sqlite_checkpointer(self.db_path)
         self.graph = build_sage_graph().compile(checkpointer=self.checkpointer)
 
     @property
@@ -197,21 +193,36 @@ class SageAgent:
         on_task: Callable[[TaskResult | None], None] | None = None,
         run_id: str | None = None,
         stop_when: Callable[[RunSummary], bool] | None = None,
+        take_over: bool = False,
     ) -> RunSummary:
         """Stream ``tasks`` through the graph, one thread each. With ``run_id`` of an
         unfinished run, its finished threads are skipped and the interrupted one resumes
-        from its checkpoint; the run is leased to this process while it runs, so a second
-        resume of it is refused (RunError). ``stop_when`` ends the run early once it
-        returns True. Task ids must be unique (DataError)."""
+        from its checkpoint; the run is leased to this thread while it runs (with a
+        heartbeat), so a second resume of it is refused (RunError) unless ``take_over``.
+        ``stop_when`` ends the run early once it returns True. Task ids must be unique
+        (DataError)."""
         tasks = list(tasks)
         _check_unique_ids(tasks)
-        started = time.perf_counter()
-        owner = this_owner()
+        owner = this_owner(thread=True)
         if run_id is None:
             run_id = uuid.uuid4().hex[:10]
             self.runs.start(run_id, "run" if train else "eval", options or {}, owner)
         else:
-            self.runs.lease(run_id, owner)
+            self.runs.lease(run_id, owner, take_over=take_over)
+        with Heartbeat(lambda: self.runs.beat(run_id, owner), LEASE_BEAT):
+            return self._run(run_id, tasks, train, route, on_event, on_task, stop_when)
+
+    def _run(
+        self,
+        run_id: str,
+        tasks: list[Task],
+        train: bool,
+        route: bool,
+        on_event: Callable[[Event], None] | None,
+        on_task: Callable[[TaskResult | None], None] | None,
+        stop_when: Callable[[RunSummary], bool] | None,
+    ) -> RunSummary:
+        started = time.perf_counter()
         context = self.context(train=train, route=route)
         if context.adaptation is not None:  # this run's own, resumed with what it spent
             states = [self.state(t["id"]) for t in self.threads(run_id)]
@@ -223,7 +234,7 @@ class SageAgent:
             thread_id = f"{run_id}:{task['id']}"
             self.runs.start_thread(thread_id, run_id, task["id"], position)
             result = self.solve(task, thread_id=thread_id, context=context, on_event=on_event)
-            self.runs.finish_thread(thread_id)
+            self._finish_thread(thread_id, finished=result is not None)
             if on_task is not None:
                 on_task(result)
             if stop_when is not None and stop_when(self.summarize(run_id)):
@@ -231,6 +242,19 @@ class SageAgent:
         summary = self.summarize(run_id, wall_s=time.perf_counter() - started)
         self.runs.finish(run_id, summary.__dict__)
         return summary
+
+    def _finish_thread(self, thread_id: str, *, finished: bool) -> None:
+        """Record the thread as done; a finished one keeps its last checkpoint and the
+        history of the others, which are pruned."""
+        if not finished or self.runs.kept_history(thread_id):
+            self.runs.finish_thread(thread_id)
+            return
+        kept = [
+            {k: v for k, v in point.items() if k != "values"}
+            for point in checkpoint_history(self.graph, thread_id)
+        ]
+        self.runs.finish_thread(thread_id, history=kept)
+        prune_thread(self.checkpointer, thread_id)
 
     def as_tool(self, name: str = "sage_solve", description: str | None = None) -> BaseTool:
         """The SAGE graph as a LangChain tool for a supervisor agent: a question in, the

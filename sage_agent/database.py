@@ -7,11 +7,15 @@ migrated in one transaction, a newer one is refused before anything is written t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
+import tempfile
+import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,14 +23,16 @@ import sqlite_utils
 
 from sage_agent.errors import DatabaseError, DatabaseLocked, SchemaVersionError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """2: adapters.rank became adapters.position (the LoRA rank is in its config), and
 adapters.path is the folder's name under the adapter root, not a path from the working
 directory; samples.key, clusters.claimed_by / claimed_until and runs.owner were added.
 3: trials.curve, each trial's training loss per optimiser step.
 4: trials.rung, trials.generated_em and trials.agreement (successive halving, trials
 ranked teacher-forced and confirmed by generation).
-5: adapters.route_all (an adapter that answers sure base answers too)."""
+5: adapters.route_all (an adapter that answers sure base answers too).
+6: runs.heartbeat (a run's lease expires when its heartbeat stops), threads.history (what
+a finished thread's pruned checkpoints did)."""
 
 
 LOCK_TIMEOUT = 30.0
@@ -62,22 +68,91 @@ def open_database(path: str | Path, *, timeout: float = LOCK_TIMEOUT) -> sqlite_
             raise DatabaseError(f"{path} is not a sage-agent SQLite database: {error}") from error
 
 
+class SharedDatabase(sqlite_utils.Database):
+    """A sqlite-utils Database that threads may share: each thread works through its own
+    SQLite connection to the file, opened on its first use. One connection shared by
+    threads mixes their transactions ("cannot start a transaction within a transaction",
+    a commit of another thread's writes); with one each, SQLite's own locking orders the
+    writers and WAL lets readers run beside them."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.path, self.timeout = path, timeout
+        self._local = threading.local()
+        super().__init__(self._connect())
+
+    @property  # type: ignore[override]
+    def conn(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "conn", None)
+        if connection is None:
+            connection = self._local.conn = self._connect()
+        return connection
+
+    @conn.setter
+    def conn(self, connection: sqlite3.Connection) -> None:
+        self._local.conn = connection
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            str(self.path), timeout=self.timeout, isolation_level=None, check_same_thread=False
+        )
+        # NORMAL sync keeps every commit across a process crash (with WAL, a commit needs
+        # no fsync of the main file); recursive triggers as sqlite-utils sets them.
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA recursive_triggers=on")
+        return connection
+
+
 def _open(path: Path, timeout: float) -> sqlite_utils.Database:
-    # LangGraph runs sync nodes on worker threads; one node at a time uses the file.
-    connection = sqlite3.connect(
-        str(path), timeout=timeout, isolation_level=None, check_same_thread=False
-    )
+    db = SharedDatabase(path, timeout)
     try:
-        db = sqlite_utils.Database(connection)
         _check_version(db, path)
-        # WAL: readers (sage-agent trace) never block the writer, and a commit needs no
-        # fsync of the main file; NORMAL sync keeps every commit across a process crash.
+        # WAL: readers (sage-agent trace) never block the writer.
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
     except BaseException:
-        connection.close()
+        db.conn.close()
         raise
     return db
+
+
+def adapter_root(db: str | Path) -> Path:
+    """Where the adapters of database ``db`` live by default: ``<db stem>-adapters/``
+    beside it (``sage.db`` keeps them in ``sage-adapters/``)."""
+    db = Path(db).absolute()
+    return db.with_name(f"{db.stem}-adapters")
+
+
+def snapshot(path: Path, to: Path) -> Path:
+    """A consistent copy of the database at ``path`` (with what its WAL holds), read
+    without writing anything beside it, written to ``to``."""
+    try:
+        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:  # read-only, WAL included; needs the -shm file or a folder to make it in
+            source.execute("SELECT 1 FROM sqlite_master").fetchall()
+        except sqlite3.OperationalError:  # a read-only folder with no -shm: as it stands
+            source.close()
+            source = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        with contextlib.closing(source), contextlib.closing(sqlite3.connect(to)) as copy:
+            source.backup(copy)
+    except sqlite3.DatabaseError as error:
+        raise DatabaseError(f"{path} cannot be read: {error}") from error
+    return to
+
+
+@contextlib.contextmanager
+def reading(db: Path) -> Iterator[tuple[Path, Path | None]]:
+    """The database (and adapter folder) a read-only command opens: the file itself, or,
+    where it cannot be written (a read-only copy or mount: opening writes the schema, the
+    WAL and the adapter folder's marker), a snapshot of it in a temporary folder."""
+    root = adapter_root(db)
+    if all(_writable(p) for p in (db, db.parent, root if root.exists() else db.parent)):
+        yield db, None
+        return
+    with tempfile.TemporaryDirectory(prefix="sage-read-") as folder:
+        yield snapshot(db, Path(folder) / db.name), Path(folder) / "adapters"
+
+
+def _writable(path: Path) -> bool:
+    return os.access(path, os.W_OK)
 
 
 def _busy(error: Exception) -> bool:
@@ -150,22 +225,90 @@ def _migrate_4_to_5(db: sqlite_utils.Database) -> None:
         db["adapters"].add_column("route_all", int)
 
 
-_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5}
+def _migrate_5_to_6(db: sqlite_utils.Database) -> None:
+    if "runs" in db.table_names():
+        db["runs"].add_column("heartbeat", float)
+    if "threads" in db.table_names():
+        db["threads"].add_column("history", str)
+
+
+_MIGRATIONS = {
+    1: _migrate_1_to_2,
+    2: _migrate_2_to_3,
+    3: _migrate_3_to_4,
+    4: _migrate_4_to_5,
+    5: _migrate_5_to_6,
+}
 """From version N to N + 1, each run inside the one transaction of the upgrade."""
 
 
-def this_owner() -> str:
-    """Who holds a claim or a lease: this process, as "host:pid"."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def database_id(db: sqlite_utils.Database) -> str:
+    """The database's own identity, made on first use: what its adapter folder is marked
+    with, so that two databases never share (and sweep) one folder."""
+    row = next(db["meta"].rows_where("key = 'database_id'"), None)
+    if row is None:
+        with transaction(db):  # looked at again under the lock: another may have made it
+            row = next(db["meta"].rows_where("key = 'database_id'"), None)
+            if row is None:
+                row = {"key": "database_id", "value": uuid.uuid4().hex}
+                db["meta"].insert(row, pk="key")
+    return row["value"]
 
 
-def owner_alive(owner: str) -> bool:
-    """Whether the process named by ``owner`` may still run: a process of this machine is
-    checked; one of another machine is assumed alive (its claim's time limit decides)."""
-    host, _, pid = owner.rpartition(":")
+def this_owner(*, thread: bool = False) -> str:
+    """Who holds a lease or a claim: this process as "host:pid", or with ``thread`` this
+    thread of it as "host:pid:thread" (threads of one process that share a store must not
+    train one cluster twice)."""
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    return f"{owner}:{threading.get_ident()}" if thread else owner
+
+
+def owner_alive(owner: str) -> bool | None:
+    """Whether the process (or thread) named by ``owner`` still runs: known for an owner
+    on this machine; None for one on another machine, whose heartbeat's expiry decides."""
+    host, pid, thread = [*owner.split(":"), "", ""][:3]
     if host != socket.gethostname() or not pid.isdigit():
-        return True
-    return process_alive(int(pid))
+        return None
+    if not process_alive(int(pid)):
+        return False
+    if thread and int(pid) == os.getpid():
+        return any(str(t.ident) == thread for t in threading.enumerate())
+    return True
+
+
+def holds(owner: str | None, until: float | None, *, now: float) -> bool:
+    """Whether a lease or claim held by ``owner`` (renewed by heartbeats up to ``until``)
+    still stands: a live owner on this machine holds it however late its heartbeat (a
+    suspended process, a clock step), a dead one does not; one on another machine holds it
+    until its heartbeat expires."""
+    if owner is None:
+        return False
+    alive = owner_alive(owner)
+    return alive if alive is not None else until is not None and until > now
+
+
+class Heartbeat:
+    """Calls ``beat`` every ``every`` seconds on a daemon thread while in its ``with``
+    block, so a lease or claim stays held while its owner works, and expires when it
+    stops (killed, or on a machine that went away)."""
+
+    def __init__(self, beat: Callable[[], None], every: float) -> None:
+        self.beat, self.every = beat, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="sage-heartbeat")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            with contextlib.suppress(DatabaseError, sqlite3.Error):  # the next beat retries
+                self.beat()
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def process_alive(pid: int) -> bool:

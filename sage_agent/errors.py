@@ -76,6 +76,10 @@ class SchemaVersionError(DatabaseError):
     """The file was written by a sage-agent with another schema version."""
 
 
+class UnsafeCheckpoint(DatabaseError):
+    """A checkpoint names a type outside the allow-list; it was refused, not loaded."""
+
+
 class StoreError(SageError, RuntimeError):
     """The LoRA Store cannot run on this input; the message says why."""
 

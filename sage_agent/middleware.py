@@ -16,6 +16,7 @@ but nothing is routed or trained (a warning says so, once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import operator
 import warnings
 from collections.abc import Awaitable, Callable
@@ -133,24 +134,33 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
     ) -> ExtendedModelResponse:
         route = self._route(request)
         base = handler(request) if self.policy.base_first(route) else None
-        adapter, note = self._adapter(route, base)
-        if adapter is not None:
-            response = handler(_with_adapter(request, adapter))
-        else:  # the base answer is kept, or the adapter could not be loaded
-            response = base if base is not None else handler(request)
-        return self._scored(request, response, adapter, note)
+        chosen = self.policy.choose(route, _message(base) if base is not None else None)
+        note = None
+        if chosen is not None:
+            # Loaded and kept loaded while it answers: another turn cannot evict it.
+            with self.policy.loaded(chosen) as (name, note):
+                if name is not None:
+                    answer = handler(_with_adapter(request, name))
+                    return self._scored(request, answer, chosen, None)
+        response = base if base is not None else handler(request)
+        return self._scored(request, response, None, note)
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> ExtendedModelResponse:
         route = await asyncio.to_thread(self._route, request)
         base = await handler(request) if self.policy.base_first(route) else None
-        adapter, note = await asyncio.to_thread(self._adapter, route, base)
-        if adapter is not None:
-            response = await handler(_with_adapter(request, adapter))
-        else:
-            response = base if base is not None else await handler(request)
-        return await asyncio.to_thread(self._scored, request, response, adapter, note)
+        chosen = self.policy.choose(route, _message(base) if base is not None else None)
+        note = None
+        if chosen is not None:
+            with contextlib.ExitStack() as held:
+                loading = self.policy.loaded(chosen)
+                name, note = await asyncio.to_thread(held.enter_context, loading)
+                if name is not None:
+                    answer = await handler(_with_adapter(request, name))
+                    return await asyncio.to_thread(self._scored, request, answer, chosen, None)
+        response = base if base is not None else await handler(request)
+        return await asyncio.to_thread(self._scored, request, response, None, note)
 
     def _route(self, request: ModelRequest) -> Route:
         """The adapters routed to the prompt (none unless the agent's model is ours)."""
@@ -158,12 +168,6 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
         if not prompt or not self._adapts(request.model):
             return Route()
         return self.policy.route(prompt, tag=default_tag(prompt), limit=1)
-
-    def _adapter(self, route: Route, base: ModelResponse | None) -> tuple[str | None, str | None]:
-        """(the adapter that answers, loaded; or None, and why not when it failed to load),
-        as the policy chooses on the base answer."""
-        chosen = self.policy.choose(route, _message(base) if base is not None else None)
-        return (None, None) if chosen is None else self.policy.load(chosen)
 
     def _scored(
         self,
@@ -173,12 +177,16 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
         note: str | None,
     ) -> ExtendedModelResponse:
         message, prompt = _message(response), _prompt(request.messages)
-        try:
-            reference = self.reference(request, message)
-        except Exception as error:  # the user's checker: its failure must not end the turn
-            reference = None
-            note = f"reference raised {type(error).__name__}: {error}; answer not scored"
-            warnings.warn(f"SageMiddleware: {note}", stacklevel=2)
+        reference = None
+        if message.tool_calls or not message.text.strip():
+            # A step of the agent's loop, not an answer: the turn's answer comes later.
+            note = "a tool call, not an answer; not scored"
+        else:
+            try:
+                reference = self.reference(request, message)
+            except Exception as error:  # the user's checker: its failure must not end the turn
+                note = f"reference raised {type(error).__name__}: {error}; answer not scored"
+                warnings.warn(f"SageMiddleware: {note}", stacklevel=2)
         record = SageRecord(
             prompt=prompt,
             answer=message.text,

@@ -431,6 +431,26 @@ def test_a_cluster_is_claimed_by_one_owner_at_a_time(db_path: Path) -> None:
     assert buffer.claim(cluster.id, "me", 600)
 
 
+def test_claims_expire_by_heartbeat_elsewhere_and_hold_while_their_owner_lives(
+    db_path: Path,
+) -> None:
+    import socket
+
+    from sage_agent.database import this_owner
+
+    buffer = _buffer(db_path)
+    buffer.add_many(_texts("abc", 9), tags=["t"] * 27)
+    cluster = buffer.clusters("t")[0]
+    mine = this_owner(thread=True)
+    assert buffer.claim(cluster.id, mine, -1)  # expired at once, but this thread lives
+    assert not buffer.claim(cluster.id, f"{socket.gethostname()}:1:2", 600)
+    buffer.release(cluster.id, mine)
+    assert buffer.claim(cluster.id, "elsewhere:7:8", 600)
+    assert not buffer.claim(cluster.id, mine, 600)  # its heartbeat is fresh
+    buffer.renew(cluster.id, "elsewhere:7:8", -1)  # its heartbeat stopped
+    assert buffer.claim(cluster.id, mine, 600)
+
+
 def test_a_whole_tag_is_one_cluster_that_every_later_sample_joins(tmp_path: Path) -> None:
     # A planner's failures are questions spread evenly (here: orthogonal directions)
     config = BufferConfig(buffer_size=10, min_cluster_size=3)

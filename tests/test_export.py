@@ -4,6 +4,7 @@ same base model gives ChatSage's answers."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import torch
 from langchain_core.messages import HumanMessage
@@ -63,3 +64,17 @@ def test_an_exported_adapter_loads_in_plain_peft(tiny_model_dir, tmp_path, bow_e
         main(["adapters", "export", adapter.id, "--to", str(out), "--db", str(agent.db_path)]) == 1
     )
     assert "is not an empty folder" in capsys.readouterr().err
+
+    # a broken adapter, and one whose folder is gone, are refused in one line, leaving nothing
+    with agent.db.conn:
+        agent.db["adapters"].update(adapter.id, {"status": "broken"})
+    for to in ("broken", "gone"):
+        if to == "gone":
+            agent.db["adapters"].update(adapter.id, {"status": "ready"})
+            shutil.rmtree(adapter.path)
+        argv = ["adapters", "export", adapter.id, "--to", str(tmp_path / to)]
+        assert main([*argv, "--db", str(agent.db_path)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "not exported" in err[0]
+        assert not (tmp_path / to).exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -39,7 +39,7 @@ def test_a_full_disk_while_saving_an_adapter_registers_nothing(
     with pytest.raises(OSError, match="No space left"):
         store.optimize(make_cluster(bow_embeddings))
     assert store.adapters(status=None) == []
-    assert list(store.registry.root.iterdir()) == []  # no temporary folder either
+    assert list(store.registry.root.glob("[!.]*")) == []  # no temporary folder either
     assert chat.adapters == {}  # the trials' adapters were freed
 
 
@@ -117,7 +117,8 @@ def test_opening_a_store_sweeps_what_killed_processes_left(chat, tmp_path, bow_e
     mine.write_text("keep me")
 
     LoRAStore(tmp_path / "db.sqlite", root, chat, LEARNABLE, bow_embeddings)
-    assert sorted(p.name for p in root.iterdir()) == sorted([kept.id, live.name, "notes.txt"])
+    expected = [kept.id, live.name, "notes.txt", ".sage-database"]  # and the root's marker
+    assert sorted(p.name for p in root.iterdir()) == sorted(expected)
     assert store.registry.intact(store.get(kept.id))
 
 

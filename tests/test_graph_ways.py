@@ -149,12 +149,13 @@ async def test_the_graph_and_the_agent_run_async(agent: SageAgent, tmp_path: Pat
 
 
 def test_a_context_as_json_resolves_on_its_database(tmp_path: Path, monkeypatch) -> None:
-    from sage_agent import studio
+    from sage_agent.graphs import studio
 
     made = []
+    monkeypatch.setenv("SAGE_STUDIO_ROOT", str(tmp_path))
     monkeypatch.setattr(studio, "build_context", lambda db, model: made.append((db, model)))
     studio._context.cache_clear()
-    context = studio.StudioContext(db=str(tmp_path / "s.db"))
+    context = studio.StudioContext(db="s.db")
     context.resolve()
     context.resolve()
-    assert made == [(str(tmp_path / "s.db"), None)]  # built once, then shared
+    assert made == [(str(tmp_path.resolve() / "s.db"), studio._model(None))]  # built once

@@ -55,7 +55,7 @@ def test_two_resumes_of_one_run_are_not_run_at_once(tasks, tiny_model_dir, tmp_p
     assert start_run("between-graph-steps", db, tasks, tiny_model_dir).returncode < 0
     connection = sqlite3.connect(db, isolation_level=None)
     run_id, owner = connection.execute("SELECT id, owner FROM runs").fetchone()
-    host = owner.rpartition(":")[0]
+    host = owner.split(":")[0]
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:  # as if a live process of this machine were running the run
         connection.execute("UPDATE runs SET owner = ?", [f"{host}:{sleeper.pid}"])

@@ -86,6 +86,32 @@ def test_another_chat_model_is_recorded_but_never_routed(context) -> None:
     assert context.buffer.buffered()  # failures are still recorded
 
 
+def test_a_tool_call_is_not_scored_the_answer_after_it_is(context) -> None:
+    from langchain_core.tools import tool
+
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    class ToolCalling(GenericFakeChatModel):
+        def bind_tools(self, tools, **kwargs):  # type: ignore[no-untyped-def]
+            return self
+
+    call = AIMessage("", tool_calls=[{"name": "add", "args": {"a": 4, "b": 5}, "id": "c1"}])
+    other = ToolCalling(messages=iter([call, AIMessage("The answer is 7.")]))
+    agent = create_agent(other, tools=[add], middleware=[SageMiddleware(context)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # not the context's ChatSage: said once
+        state = agent.invoke(
+            {"messages": [HumanMessage("Compute 4+5. Reply with the number only.")]}
+        )
+    first, last = state["sage_records"]
+    assert first["failed"] is None and first["note"].startswith("a tool call")
+    assert last["failed"] is True and last["reference"] == "9"
+    assert len(context.buffer.buffered()) == 1  # the answer's failure, once
+
+
 def test_a_reference_that_is_unknown_leaves_the_answer_unscored(context) -> None:
     agent = create_agent(context.model, middleware=[SageMiddleware(context)])
     state = agent.invoke({"messages": [HumanMessage("Tell me about Paris.")]})

@@ -65,8 +65,8 @@ def test_an_adapter_that_cannot_load_leaves_the_base_model() -> None:
         raise CorruptAdapter(f"adapter {adapter_id} is broken")
 
     store.load = broken  # type: ignore[method-assign]
-    name, note = AdaptationPolicy(store).load("a1")
-    assert name is None and note is not None and "a1 is broken" in note
+    with AdaptationPolicy(store).loaded("a1") as (name, note):
+        assert name is None and note is not None and "a1 is broken" in note
 
 
 def test_the_store_evaluates_trials_by_the_same_rule() -> None:

@@ -66,7 +66,11 @@ def test_checkpoints_read_back_in_order_with_what_each_changed(trained) -> None:
     ran = [node for c in trace.checkpoints for node in c.ran]
     assert ran == trace.path
     decomposed = next(c for c in trace.checkpoints if c.ran == ["decompose"])
-    assert "steps" in decomposed.changed and decomposed.values["index"] == 0
+    assert "steps" in decomposed.changed and "index" in decomposed.changed
+    # a finished thread keeps the state of its last checkpoint and the others' history
+    assert [c.values is not None for c in trace.checkpoints] == [False] * (steps.__len__() - 1) + [
+        True
+    ]
     assert trace.checkpoints[-1].values["result"] == trace.result
 
 
@@ -181,3 +185,11 @@ def test_a_run_is_a_tree_of_runs_for_langsmith(trained) -> None:
     chats = [run for run in answer.child_runs if run.run_type == "llm"]  # base, then adapter
     assert chats and all(c.extra["metadata"]["ls_provider"] == "huggingface-local" for c in chats)
     assert all(c.end_time > c.start_time and c.outputs["generations"] for c in chats)
+
+
+def test_thread_pages_never_collide_and_fit_a_file_name() -> None:
+    from sage_agent.report.pages import thread_file
+
+    names = [thread_file(t) for t in ("r1:q/1", "r1:q?1", "r1:q-1", "x" * 1000)]
+    assert len(set(names)) == 4 and all(len(n) < 120 for n in names)
+    assert thread_file("r1:q/1") == thread_file("r1:q/1")  # stable

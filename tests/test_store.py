@@ -169,6 +169,7 @@ def test_a_version_1_file_is_migrated(chat, tmp_path, bow_embeddings) -> None:
         pk="id",
     )
     old.close()
+    (tmp_path / "a" / ".sage-database").unlink()  # version 1 marked no folder: adopted
 
     migrated = LoRAStore(tmp_path / "old.sqlite", tmp_path / "a", chat, LEARNABLE, bow_embeddings)
     record = migrated.get(kept.id)
@@ -316,7 +317,7 @@ def test_regression_gate_discards_adapters_that_forget(
     assert kept == []
     outcomes = [t.outcome for t in store.registry.trials()]
     assert any("canary EM 0.000 is below the base 1.000" in o for o in outcomes), outcomes
-    assert list(store.registry.root.iterdir()) == []
+    assert list(store.registry.root.glob("[!.]*")) == []
 
 
 def _add_own_answers_as_canaries(store: LoRAStore, chat: ChatSage, n: int) -> None:

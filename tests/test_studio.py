@@ -30,7 +30,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
     if not CLI.exists():
         pytest.fail("langgraph-cli is not installed: pip install -e '.[studio]'")
     work = tmp_path_factory.mktemp("studio")
@@ -51,7 +51,12 @@ def server(tmp_path_factory: pytest.TempPathFactory):
             str(port),
         ],
         cwd=work,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "LANGGRAPH_NO_ANALYTICS": "1"},
+        env={
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "LANGGRAPH_NO_ANALYTICS": "1",
+            "SAGE_STUDIO_MODELS": str(tiny_model_dir),  # the server's root: its cwd
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -77,7 +82,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 def test_a_thread_runs_through_the_http_api(server, tiny_model_dir: Path) -> None:
     client, work = server
     thread = client.post("/threads", json={}).json()["thread_id"]
-    context = {"db": str(work / "studio.db"), "model": str(tiny_model_dir)}
+    context = {"db": "studio.db", "model": str(tiny_model_dir)}
     run = client.post(
         f"/threads/{thread}/runs/wait",
         json={"assistant_id": "sage", "input": {"task": nine_task(1)}, "context": context},
@@ -102,3 +107,29 @@ def test_a_missing_or_wrong_context_is_refused(server, context) -> None:
     assert error["error"] == "ValidationError"  # the server drops keys it does not know
     assert "StudioContext\ndb\n  Field required" in error["message"]
     assert not (work / "sage.db").exists()  # never a silent default database
+
+
+def _refusal(client: httpx.Client, context: dict) -> dict:
+    thread = client.post("/threads", json={}).json()["thread_id"]
+    body = {"assistant_id": "sage", "input": {"task": nine_task(1)}, "context": context}
+    return client.post(f"/threads/{thread}/runs/wait", json=body).json()["__error__"]
+
+
+def test_a_db_outside_the_root_is_refused_and_nothing_is_created(server, tmp_path) -> None:
+    client, work = server
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (work / "link").symlink_to(outside)
+    for db in (str(outside / "abs.db"), "../escaped.db", "link/through.db"):
+        error = _refusal(client, {"db": db})
+        # refused by the context's schema; a symlink, found on the file system, by the run
+        assert error["error"] in ("ValidationError", "ContextError"), error
+        assert "inside the server's root" in error["message"] or "outside" in error["message"]
+    assert list(outside.iterdir()) == [] and not (work.parent / "escaped.db").exists()
+
+
+def test_a_model_the_operator_did_not_allow_is_refused(server, tmp_path) -> None:
+    client, work = server
+    error = _refusal(client, {"db": "other.db", "model": str(tmp_path)})
+    assert error["error"] == "ValidationError" and "SAGE_STUDIO_MODELS" in error["message"]
+    assert not (work / "other.db").exists()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sage_agent.buffer.config import BufferConfig
+from sage_agent.database import adapter_root, reading
 from sage_agent.errors import (
     ConfigError,
     DataError,
@@ -27,7 +28,7 @@ from sage_agent.errors import (
 )
 from sage_agent.runs import unfinished_run
 from sage_agent.store.config import StoreConfig
-from sage_agent.store.registry import AdapterRegistry, adapter_root
+from sage_agent.store.registry import AdapterRegistry
 
 if TYPE_CHECKING:
     from sage_agent.agent import RunSummary, SageAgent
@@ -91,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
             action="store_true",
             help="continue the latest unfinished run with the options it started with "
             "(refused if it is of the other kind, run or eval)",
+        )
+        command.add_argument(
+            "--take-over",
+            action="store_true",
+            help="with --resume: take the run over even if its lease looks held (its "
+            "process on another machine is gone, say)",
         )
         if name == "run":
             command.add_argument(
@@ -225,6 +232,7 @@ def _run(args: argparse.Namespace) -> int:
         route=not options["no_adapters"],
         options={"mode": args.command, **options},
         run_id=run_id,
+        take_over=args.take_over,
         quiet=args.json,
     )
     _print_summary(summary, args.json)
@@ -311,18 +319,19 @@ def _trace(args: argparse.Namespace) -> int:
         thread_file,
     )
 
-    agent = SageAgent(_existing(args.db))
-    if args.format == "mermaid":
-        text = agent.graph.get_graph().draw_mermaid()
-    else:
-        trace = read_thread(agent, args.thread or latest_thread(agent))
-        if args.format == "json":
-            text = json.dumps(asdict(trace), indent=1, default=str)
-        elif args.format == "html":
-            text = render_thread(agent, trace)
-            args.out = args.out or Path(f"trace-{thread_file(trace.thread)}")
+    with reading(_existing(args.db)) as (db, adapters):
+        agent = SageAgent(db, adapters=adapters)
+        if args.format == "mermaid":
+            text = agent.graph.get_graph().draw_mermaid()
         else:
-            text = render_table(trace)
+            trace = read_thread(agent, args.thread or latest_thread(agent))
+            if args.format == "json":
+                text = json.dumps(asdict(trace), indent=1, default=str)
+            elif args.format == "html":
+                text = render_thread(agent, trace)
+                args.out = args.out or Path(f"trace-{thread_file(trace.thread)}")
+            else:
+                text = render_table(trace)
     if args.out is not None:
         args.out.write_text(text, encoding="utf-8")
         print(args.out)
@@ -338,9 +347,11 @@ def _report(args: argparse.Namespace) -> int:
     from sage_agent.agent import SageAgent
     from sage_agent.report import latest_run, write_run_report
 
-    agent = SageAgent(_existing(args.db))
-    run_id = args.run or latest_run(agent)
-    print(write_run_report(agent, run_id, (args.out or Path(f"report-{run_id}.html")).absolute()))
+    with reading(_existing(args.db)) as (db, adapters):
+        agent = SageAgent(db, adapters=adapters)
+        run_id = args.run or latest_run(agent)
+        out = (args.out or Path(f"report-{run_id}.html")).absolute()
+        print(write_run_report(agent, run_id, out))
     return 0
 
 
@@ -349,7 +360,22 @@ def _report(args: argparse.Namespace) -> int:
 
 def _adapters(args: argparse.Namespace) -> int:
     db = _existing(args.db)
-    registry = AdapterRegistry(db, adapter_root(db))
+    if args.action == "rm":
+        return _remove_adapter(AdapterRegistry(db, adapter_root(db)), args.id)
+    with reading(db) as (readable, _):
+        return _read_adapters(AdapterRegistry(readable, adapter_root(db)), args)
+
+
+def _remove_adapter(registry: AdapterRegistry, adapter_id: str | None) -> int:
+    if not adapter_id:
+        raise InvalidInput("adapters rm needs an adapter id")
+    registry.remove(adapter_id)
+    print(f"removed adapter {adapter_id}")
+    return 0
+
+
+def _read_adapters(registry: AdapterRegistry, args: argparse.Namespace) -> int:
+    """``adapters list | show | export``: they read the registry, never write it."""
     if args.action == "list":
         records = registry.adapters(status=None)
         if args.json:
@@ -374,17 +400,15 @@ def _adapters(args: argparse.Namespace) -> int:
         folder = export_adapter(registry.get(args.id), args.to)
         config = json.loads((folder / "adapter_config.json").read_text())
         print(f"exported adapter {args.id} to {folder} (base {config['base_model_name_or_path']})")
-    else:
-        registry.remove(args.id)
-        print(f"removed adapter {args.id}")
     return 0
 
 
 def _clusters(args: argparse.Namespace) -> int:
     from sage_agent.buffer import TriggerBuffer
 
-    buffer = TriggerBuffer(_existing(args.db))
-    clusters = buffer.clusters(with_samples=False)
+    with reading(_existing(args.db)) as (db, _):
+        buffer = TriggerBuffer(db)
+        clusters, waiting = buffer.clusters(with_samples=False), len(buffer.buffered())
     rows = [
         {
             "id": c.id,
@@ -397,12 +421,12 @@ def _clusters(args: argparse.Namespace) -> int:
         for c in clusters
     ]
     if args.json:
-        print(json.dumps({"clusters": rows, "buffered": len(buffer.buffered())}))
+        print(json.dumps({"clusters": rows, "buffered": waiting}))
         return 0
     from tabulate import tabulate
 
     print(tabulate([list(r.values()) for r in rows], headers=list(rows[0]) if rows else ()))
-    print(f"{len(buffer.buffered())} samples waiting in the buffer")
+    print(f"{waiting} samples waiting in the buffer")
     return 0
 
 

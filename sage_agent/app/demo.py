@@ -22,7 +22,9 @@ from sage_agent.buffer import BufferConfig
 from sage_agent.database import open_database, transaction
 from sage_agent.errors import DatabaseError, RunError
 from sage_agent.report import write_run_report
+from sage_agent.runs import lease_held, unfinished_run
 from sage_agent.store import GateConfig, RecipeConfig, SearchConfig, StoreConfig, adapter_root
+from sage_agent.store.registry import ROOT_MARKER
 from sage_agent.tasks.problems import generate_problems
 
 DEMO_STORE = StoreConfig(
@@ -87,6 +89,11 @@ def _start_afresh(db: Path) -> None:
     root."""
     if db.exists() and not _made_by_the_demo(db):
         raise RunError(f"{db} exists and is not a demo database; pick another --db")
+    if db.exists() and (run := unfinished_run(open_database(db))) and lease_held(run):
+        raise RunError(
+            f"a demo is running on {db} ({run['owner']}); wait for it to finish or pick "
+            "another --db"
+        )
     for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
         path.unlink(missing_ok=True)
     for page in db.with_name(f"{db.stem}-report-threads").glob("*.html"):
@@ -96,6 +103,7 @@ def _start_afresh(db: Path) -> None:
         for entry in root.iterdir():
             if re.fullmatch(r"[0-9a-f]{12}|\.tmp-[0-9a-f]{12}-\d+", entry.name):
                 shutil.rmtree(entry, ignore_errors=True)
+        (root / ROOT_MARKER).unlink(missing_ok=True)  # it names the database just deleted
         with contextlib.suppress(OSError):  # not empty: something else is in it
             root.rmdir()
 

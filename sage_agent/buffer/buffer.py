@@ -22,7 +22,7 @@ import numpy as np
 import sqlite_utils
 from langchain_core.embeddings import Embeddings
 
-from sage_agent.buffer.claims import claim, mark_trained, release
+from sage_agent.buffer.claims import claim, mark_trained, release, renew
 from sage_agent.buffer.clustering import (
     Reference,
     from_blob,
@@ -47,9 +47,8 @@ from sage_agent.tasks.plans import PLAN_TAG
 class TriggerBuffer:
     """Streaming Buffer Clustering over a SQLite file (see the module docstring).
 
-    ``db`` is the path of the project's SQLite file. A new TriggerBuffer on the same file
-    continues exactly where the last one stopped. Each add is one transaction: a crash
-    loses at most the add in flight.
+    ``db`` is the project's SQLite file; a new TriggerBuffer on it continues where the last
+    stopped. Each add is one transaction: a crash loses at most the add in flight.
 
     A clustering is checked against the tag's previous one when that was unstable and
     shares ``min_shared`` samples, else against a clustering of a seeded subsample
@@ -142,17 +141,18 @@ class TriggerBuffer:
         return self._cluster(row, with_samples=True)
 
     def mark_trained(self, cluster_id: int, version: int, size: int | None = None) -> None:
-        """Record that adapters were trained on ``version`` of the cluster's members
-        (``size`` of them), so a caller can retrain once the cluster has grown; the
-        cluster's claim is released."""
+        """Record the members' ``version`` (and ``size``) adapters trained on; frees the claim."""
         self._cluster_row(cluster_id)
         mark_trained(self.db, cluster_id, version, size)
 
     def claim(self, cluster_id: int, owner: str, seconds: float) -> bool:
-        """Claim a cluster for training for ``seconds``: True when no one else holds a
-        live claim on it (so two processes never train one cluster at once)."""
+        """Claim a cluster to train it (``claims``): True unless another holds it."""
         self._cluster_row(cluster_id)
         return claim(self.db, cluster_id, owner, seconds)
+
+    def renew(self, cluster_id: int, owner: str, seconds: float) -> None:
+        """Keep ``owner``'s claim for ``seconds`` more (its heartbeat while it trains)."""
+        renew(self.db, cluster_id, owner, seconds)
 
     def release(self, cluster_id: int, owner: str) -> None:
         """Give up a claim (training failed or was interrupted)."""

@@ -87,8 +87,9 @@ class AdapterSlots:
     def using_adapter(self, name: str | None) -> Iterator[Any]:
         """``with model.using_adapter("a"):`` answers with "a", then restores the previous one.
 
-        The active adapter belongs to the model, not to a thread: threads that switch
-        adapters concurrently should each have their own ChatSage.
+        The active adapter belongs to the model, not to a thread. Threads that share one
+        ChatSage answer with a per-call adapter instead (``invoke(..., adapter="a")``,
+        ``bind(adapter="a")``), or hold ``lock`` around this block.
         """
         previous = self._active_adapter
         self.set_adapter(name)

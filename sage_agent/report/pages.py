@@ -4,6 +4,7 @@ disk: styles inline, pictures as data URIs, no script needed to read it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -74,8 +75,12 @@ _ENVIRONMENT.filters["json"] = as_json
 
 
 def thread_file(thread_id: str) -> str:
-    """A thread's page name: its id with every character unsafe in a file name replaced."""
-    return re.sub(r"[^A-Za-z0-9._-]", "-", thread_id) + ".html"
+    """A thread's page name: its id with every character unsafe in a file name replaced,
+    cut to 80 characters, and a digest of the whole id, so two ids never share a page
+    ("r1:q/1" and "r1:q?1") and no id is too long for a file name."""
+    readable = re.sub(r"[^A-Za-z0-9._-]", "-", thread_id)[:80]
+    digest = hashlib.sha256(thread_id.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{readable}-{digest}.html"
 
 
 def render_thread(agent: SageAgent, trace: ThreadTrace, *, report: str | None = None) -> str:

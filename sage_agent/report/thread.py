@@ -3,6 +3,7 @@ node took, the node path, and every checkpoint (LangGraph's ``get_state_history`
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from tabulate import tabulate
 
 from sage_agent.agent import SageAgent
+from sage_agent.checkpoints import checkpoint_history
 from sage_agent.errors import NotFoundError
 from sage_agent.records import Attempt, NodeTiming, PlanNote, StepRecord, TaskResult
 
@@ -52,9 +54,11 @@ class Checkpoint:
     ran: list[str]
     """The nodes whose writes this checkpoint holds."""
     next: list[str]
-    changed: dict[str, Any]
-    """The state keys whose values differ from the checkpoint before, with their new values."""
-    values: dict[str, Any]
+    changed: list[str]
+    """The state keys whose values differ from the checkpoint before."""
+    values: dict[str, Any] | None = None
+    """The whole state; None for a checkpoint a finished thread no longer keeps (its
+    history keeps what ran and what changed)."""
 
 
 @dataclass
@@ -95,23 +99,7 @@ def read_thread(agent: SageAgent, thread_id: str) -> ThreadTrace:
     snapshot = agent.graph.get_state(config)
     if not snapshot.values:
         raise NotFoundError(f"no thread {thread_id!r} in {agent.db_path}")
-    history = list(reversed(list(agent.graph.get_state_history(config))))
-    checkpoints, before, ran = [], {}, []
-    for past in history:
-        values = past.values or {}
-        changed = {k: v for k, v in values.items() if before.get(k) != v}
-        checkpoints.append(
-            Checkpoint(
-                step=past.metadata.get("step", -1) if past.metadata else -1,
-                checkpoint_id=past.config["configurable"]["checkpoint_id"],
-                created=past.created_at or "",
-                ran=ran,
-                next=list(past.next),
-                changed=changed,
-                values=values,
-            )
-        )
-        before, ran = values, [n for n in past.next if n != "__start__"]
+    checkpoints = _kept_history(agent, thread_id) or history(agent, thread_id)
     values = snapshot.values
     timings = list(values.get("timings") or [])
     task = values.get("task") or {}
@@ -124,12 +112,30 @@ def read_thread(agent: SageAgent, thread_id: str) -> ThreadTrace:
         result=values.get("result"),
         error=values.get("error"),
         pending=list(snapshot.next),
-        path=[node for past in history for node in past.next if node != "__start__"],
+        path=[node for past in checkpoints for node in past.next if node != "__start__"],
         rows=_rows(values.get("records") or [], timings),
         timings=timings,
         checkpoints=checkpoints,
         plan=values.get("plan"),
     )
+
+
+def history(agent: SageAgent, thread_id: str) -> list[Checkpoint]:
+    """Every checkpoint the thread's checkpointer holds, oldest first, with its state."""
+    return [Checkpoint(**point) for point in checkpoint_history(agent.graph, thread_id)]
+
+
+def _kept_history(agent: SageAgent, thread_id: str) -> list[Checkpoint]:
+    """The history a finished thread keeps after its checkpoints were pruned, with the
+    state of the one checkpoint left ([] for a thread not pruned)."""
+    row = next(agent.db["threads"].rows_where("id = ?", [thread_id]), None)
+    if not row or not row.get("history"):
+        return []
+    kept = {c.checkpoint_id: c.values for c in history(agent, thread_id)}
+    return [
+        Checkpoint(**{**entry, "values": kept.get(entry["checkpoint_id"])})
+        for entry in json.loads(row["history"])
+    ]
 
 
 def _rows(records: list[StepRecord], timings: list[NodeTiming]) -> list[AttemptRow]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from sage_agent import lazy_exports
 
 if TYPE_CHECKING:
+    from sage_agent.database import adapter_root
     from sage_agent.store.config import (
         GateConfig,
         RecipeConfig,
@@ -22,12 +23,13 @@ if TYPE_CHECKING:
     )
     from sage_agent.store.gate import CanarySet, affordable_loss
     from sage_agent.store.policy import AdaptationPolicy, Observed, Route
-    from sage_agent.store.registry import AdapterRecord, AdapterRegistry, TrialRecord, adapter_root
+    from sage_agent.store.registry import AdapterRecord, AdapterRegistry, TrialRecord
     from sage_agent.store.router import Router
     from sage_agent.store.store import LoRAStore
     from sage_agent.store.training import needs_training, train_cluster
 
 _EXPORTS: dict[str, str] = {
+    "adapter_root": "sage_agent.database",
     **dict.fromkeys(
         [
             "GateConfig",
@@ -42,7 +44,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["CanarySet", "affordable_loss"], "sage_agent.store.gate"),
     **dict.fromkeys(["AdaptationPolicy", "Observed", "Route"], "sage_agent.store.policy"),
     **dict.fromkeys(
-        ["AdapterRecord", "AdapterRegistry", "TrialRecord", "adapter_root"],
+        ["AdapterRecord", "AdapterRegistry", "TrialRecord"],
         "sage_agent.store.registry",
     ),
     **dict.fromkeys(["Router"], "sage_agent.store.router"),

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from sage_agent.embedded import EMBEDDED_CHAT_HUB_ID, EMBEDDED_CHAT_MODEL
-from sage_agent.errors import InvalidInput
+from sage_agent.errors import CorruptAdapter, InvalidInput
 from sage_agent.store.registry import AdapterRecord
 
 VLLM_MAX_LORA_RANK = 16
@@ -23,20 +24,37 @@ FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def export_adapter(record: AdapterRecord, to: str | Path) -> Path:
-    """Write ``record`` to the new or empty folder ``to`` (see the module docstring)."""
+    """Write ``record`` to the new or empty folder ``to`` (see the module docstring). A
+    broken adapter, or one whose files are gone, is refused (CorruptAdapter); the folder
+    is written beside ``to`` and renamed into place, so a failed export leaves nothing."""
     target = Path(to)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise InvalidInput(f"{target} exists and is not an empty folder; pick another --to")
+    if record.status != "ready":
+        raise CorruptAdapter(f"adapter {record.id} is {record.status}; it is not exported")
     source = Path(record.path)
-    target.mkdir(parents=True, exist_ok=True)
-    for name in FILES:
-        shutil.copyfile(source / name, target / name)
-    config = json.loads((target / "adapter_config.json").read_text())
-    base = config.get("base_model_name_or_path") or ""
-    if base == EMBEDDED_CHAT_MODEL:
-        config["base_model_name_or_path"] = EMBEDDED_CHAT_HUB_ID
-    (target / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    (target / "README.md").write_text(_readme(record, config, base))
+    missing = [name for name in FILES if not (source / name).is_file()]
+    if missing:
+        raise CorruptAdapter(
+            f"adapter {record.id}'s folder {source} lacks {', '.join(missing)}; not exported"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        for name in FILES:
+            shutil.copyfile(source / name, partial / name)
+        config = json.loads((partial / "adapter_config.json").read_text())
+        base = config.get("base_model_name_or_path") or ""
+        if base == EMBEDDED_CHAT_MODEL:
+            config["base_model_name_or_path"] = EMBEDDED_CHAT_HUB_ID
+        (partial / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        (partial / "README.md").write_text(_readme(record, config, base))
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        partial.rename(target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return target
 
 

@@ -15,7 +15,8 @@ a trial and the benchmarks:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -99,14 +100,22 @@ class AdaptationPolicy:
             return None
         return route.adapter
 
-    def load(self, adapter_id: str) -> tuple[str | None, str | None]:
-        """(the name the adapter is loaded under, None), or (None, why not) when it cannot
-        be loaded (corrupt, removed): the base model answers then."""
+    @contextlib.contextmanager
+    def loaded(self, adapter_id: str) -> Iterator[tuple[str | None, str | None]]:
+        """(the name the adapter is loaded under, None), kept loaded while the block
+        answers with it (another thread's load cannot evict it meanwhile); or (None, why
+        not) when it cannot be loaded (corrupt, removed): the base model answers then."""
         assert self.store is not None  # only a routed adapter is loaded
         try:
-            return self.store.load(adapter_id), None
+            pin = self.store.pinned(adapter_id)
+            name = pin.__enter__()
         except (AdapterError, NotFoundError) as error:
-            return None, f"adapter {adapter_id} not used: {error}"
+            yield None, f"adapter {adapter_id} not used: {error}"
+            return
+        try:
+            yield name, None
+        finally:
+            pin.__exit__(None, None, None)
 
     # observe
 

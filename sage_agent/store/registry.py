@@ -27,18 +27,20 @@ from typing import Any
 
 import numpy as np
 
-from sage_agent.database import open_database, process_alive, transaction
-from sage_agent.errors import NotFoundError, StoreError
+from sage_agent.database import (
+    database_id,
+    open_database,
+    process_alive,
+    transaction,
+)
+from sage_agent.errors import ConfigError, NotFoundError, StoreError
 from sage_agent.store.config import RegistryConfig
 
 log = logging.getLogger(__name__)
 
 
-def adapter_root(db: str | Path) -> Path:
-    """Where the adapters of database ``db`` live by default: ``<db stem>-adapters/``
-    beside it (``sage.db`` keeps them in ``sage-adapters/``)."""
-    db = Path(db).absolute()
-    return db.with_name(f"{db.stem}-adapters")
+ROOT_MARKER = ".sage-database"
+"""The file in an adapter root that names the database whose adapters it holds."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,8 @@ class AdapterRegistry:
         self._ensure_tables()
 
     def writable(self) -> None:
-        """Create the root and check a file can be written there (StoreError if not)."""
+        """Create the root, check a file can be written there (StoreError if not) and that
+        it is this database's (ConfigError if another database's adapters live there)."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".write-test-{uuid.uuid4().hex}"
@@ -142,6 +145,24 @@ class AdapterRegistry:
             probe.unlink()
         except OSError as error:
             raise StoreError(f"adapter folder {self.root} is not writable: {error}") from error
+        self._mark_root()
+
+    def _mark_root(self) -> None:
+        """Mark the root with the database's identity, or refuse a root marked by another
+        database: opening a store sweeps the root, which would delete the other
+        database's adapters while its rows stay ready."""
+        mine, marker = database_id(self.db), self.root / ROOT_MARKER
+        try:
+            found = marker.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            marker.write_text(mine + "\n", encoding="utf-8")
+            return
+        if found != mine:
+            raise ConfigError(
+                f"adapter folder {self.root} belongs to another database (its "
+                f"{ROOT_MARKER} says {found}); give this database a folder of its own "
+                "(adapters=...)"
+            )
 
     # writing
 

@@ -1,10 +1,17 @@
 """Routing: which registered adapters answer a step, whether the base model's own answer
 is sure enough to keep, and the adapters loaded in the chat model (least recently used
-leave first)."""
+leave first).
+
+Threads share a router: loading and unloading hold its lock, and an adapter in use
+(``pinned``) is never unloaded under a thread that answers with it; an unload asked
+meanwhile happens when its last user is done."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import contextlib
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
@@ -33,6 +40,10 @@ class Router:
         self.config = config or RouterConfig()
         self.embeddings: Embeddings = embeddings or LazyDefaultEmbeddings()
         self._loaded: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.RLock()
+        self._pins: Counter[str] = Counter()
+        self._doomed: set[str] = set()
+        """Adapters asked to unload while pinned: unloaded when their pins reach 0."""
 
     def route(
         self, text: str, tag: str | None = None, *, nearest: bool = False
@@ -69,35 +80,64 @@ class Router:
 
     def load(self, adapter_id: str) -> str:
         """Load a registered adapter into the chat model (verifying its checksum) and
-        return the name it is loaded under; keeps at most ``max_loaded`` in memory."""
+        return the name it is loaded under; keeps at most ``max_loaded`` in memory (more
+        while more are pinned)."""
         record = self.registry.get(adapter_id)
         if record.status != "ready":
             raise CorruptAdapter(f"adapter {adapter_id} is {record.status}; it is not loaded")
-        if adapter_id in self._loaded and adapter_id not in self.model.adapters:
-            # The chat model is shared; its owner may have deleted the adapter directly.
-            del self._loaded[adapter_id]
-        if adapter_id in self._loaded:
-            self._loaded.move_to_end(adapter_id)
+        with self._lock:
+            self._doomed.discard(adapter_id)
+            if adapter_id in self._loaded and adapter_id not in self.model.adapters:
+                # The chat model is shared; its owner may have deleted the adapter directly.
+                del self._loaded[adapter_id]
+            if adapter_id in self._loaded:
+                self._loaded.move_to_end(adapter_id)
+                return adapter_id
+            if not self.registry.intact(record):
+                self.registry.mark_broken(adapter_id)
+                raise CorruptAdapter(
+                    f"adapter {adapter_id} at {record.path} does not match its checksum "
+                    "(missing or changed files); marked broken and not loaded"
+                )
+            self.model.load_adapter(record.path, adapter_id)
+            self._loaded[adapter_id] = None
+            evictable = [a for a in self._loaded if not self._pins[a] and a != adapter_id]
+            for oldest in evictable[: max(0, len(self._loaded) - self.config.max_loaded)]:
+                self._unload_now(oldest)  # the least recently used first
             return adapter_id
-        if not self.registry.intact(record):
-            self.registry.mark_broken(adapter_id)
-            raise CorruptAdapter(
-                f"adapter {adapter_id} at {record.path} does not match its checksum "
-                "(missing or changed files); marked broken and not loaded"
-            )
-        self.model.load_adapter(record.path, adapter_id)
-        self._loaded[adapter_id] = None
-        while len(self._loaded) > self.config.max_loaded:
-            self.unload(next(iter(self._loaded)))  # the least recently used
-        return adapter_id
+
+    @contextlib.contextmanager
+    def pinned(self, adapter_id: str) -> Iterator[str]:
+        """Load the adapter and keep it loaded while the block answers with it."""
+        with self._lock:
+            name = self.load(adapter_id)
+            self._pins[adapter_id] += 1
+        try:
+            yield name
+        finally:
+            with self._lock:
+                self._pins[adapter_id] -= 1
+                if not self._pins[adapter_id]:
+                    del self._pins[adapter_id]
+                    if adapter_id in self._doomed:
+                        self._unload_now(adapter_id)
 
     def unload(self, adapter_id: str | None = None) -> None:
         """Free one loaded adapter, or (None) every adapter this router loaded; if one was
-        active, the base model answers. They load again on the next ``load``."""
-        for loaded in [adapter_id] if adapter_id is not None else list(self._loaded):
-            if loaded not in self._loaded:
-                continue
-            # ChatSage.delete_adapter falls back to the base model if this one was active.
-            if loaded in self.model.adapters:
-                self.model.delete_adapter(loaded)
-            del self._loaded[loaded]
+        active, the base model answers. A pinned one is freed when its users are done.
+        They load again on the next ``load``."""
+        with self._lock:
+            for loaded in [adapter_id] if adapter_id is not None else list(self._loaded):
+                if self._pins[loaded]:
+                    self._doomed.add(loaded)
+                else:
+                    self._unload_now(loaded)
+
+    def _unload_now(self, adapter_id: str) -> None:
+        self._doomed.discard(adapter_id)
+        if adapter_id not in self._loaded:
+            return
+        # ChatSage.delete_adapter falls back to the base model if this one was active.
+        if adapter_id in self.model.adapters:
+            self.model.delete_adapter(adapter_id)
+        del self._loaded[adapter_id]

@@ -9,6 +9,7 @@ whether kept or not, with how often its teacher-forced and generated verdicts ag
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -83,6 +84,9 @@ class LoRAStore:
 
     def load(self, adapter_id: str) -> str:
         return self.router.load(adapter_id)
+
+    def pinned(self, adapter_id: str) -> contextlib.AbstractContextManager[str]:
+        return self.router.pinned(adapter_id)
 
     def unload(self) -> None:
         self.router.unload()

@@ -7,11 +7,17 @@ calls the LoRA Store tool, which calls ``train_cluster``.
 from __future__ import annotations
 
 from sage_agent.buffer import Cluster, TriggerBuffer
-from sage_agent.database import this_owner
+from sage_agent.database import Heartbeat, this_owner
 from sage_agent.errors import StoreError
 from sage_agent.store.registry import AdapterRecord
 from sage_agent.store.search import Emit
 from sage_agent.store.store import LoRAStore
+
+CLAIM_SECONDS = 120.0
+"""How long a cluster's claim lasts without a heartbeat (for an owner on another machine;
+one on this machine holds it while it lives)."""
+CLAIM_BEAT = 30.0
+"""Seconds between the heartbeats that renew a claim while its cluster trains."""
 
 
 def needs_training(cluster: Cluster, store: LoRAStore) -> bool:
@@ -54,18 +60,17 @@ def train_cluster(
     if any(t.cluster_version == cluster.version for t in store.registry.trials(cluster.id)):
         buffer.mark_trained(cluster.id, cluster.version, cluster.size)
         return cluster, store.adapters(cluster.id)
-    budget = store.config.search.max_seconds if max_seconds is None else max_seconds
-    owner = this_owner()
-    # The claim outlasts the search's budget, whose first trial may overrun it.
-    if not buffer.claim(cluster.id, owner, 3 * budget + 600):
-        raise StoreError(f"cluster {cluster.id} is being trained by another process")
+    owner = this_owner(thread=True)
+    if not buffer.claim(cluster.id, owner, CLAIM_SECONDS):
+        raise StoreError(f"cluster {cluster.id} is being trained by another process or thread")
     try:
-        kept = store.optimize(
-            cluster,
-            max_seconds=max_seconds,
-            progress=progress,
-            tag_failures=buffer.base_failures(cluster.tag),
-        )
+        with Heartbeat(lambda: buffer.renew(cluster.id, owner, CLAIM_SECONDS), CLAIM_BEAT):
+            kept = store.optimize(
+                cluster,
+                max_seconds=max_seconds,
+                progress=progress,
+                tag_failures=buffer.base_failures(cluster.tag),
+            )
     except BaseException:
         buffer.release(cluster.id, owner)
         raise

@@ -12,12 +12,17 @@ from sage_agent.records import Task
 log = logging.getLogger(__name__)
 
 
+MAX_LINE_CHARS = 50_000
+"""The longest task line read: every step's checkpoint carries the task, so one huge
+line would be copied into hundreds of checkpoints (a PubMedQA item is about 5,000)."""
+
+
 def read_tasks(path: str | Path, *, limit: int | None = None, strict: bool = False) -> list[Task]:
     """Tasks of a JSONL file, each with an "id" of ``<file stem>:<line number>``.
 
-    A line that is not UTF-8, not a JSON object with a string "question", or whose id
-    was used by an earlier line is skipped with a warning naming it, or, with ``strict``,
-    raises DataError. Blank lines are ignored. Whether the
+    A line that is not UTF-8, longer than ``MAX_LINE_CHARS``, not a JSON object with a
+    string "question", or whose id was used by an earlier line is skipped with a warning
+    naming it, or, with ``strict``, raises DataError. Blank lines are ignored. Whether the
     answer splits into steps is the decomposer's business, not this reader's.
     """
     path = Path(path)
@@ -33,6 +38,8 @@ def read_tasks(path: str | Path, *, limit: int | None = None, strict: bool = Fal
                 line = raw.decode("utf-8")
                 if not line.strip():
                     continue
+                if len(line) > MAX_LINE_CHARS:
+                    raise ValueError(f"{len(line)} characters; a task is at most {MAX_LINE_CHARS}")
                 record = json.loads(line)
                 if not isinstance(record, dict) or not isinstance(record.get("question"), str):
                     raise ValueError('not a JSON object with a string "question"')

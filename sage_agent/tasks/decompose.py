@@ -78,7 +78,9 @@ class LLMDecomposer:
             retry_prompts = RETRY_PLAN_PROMPTS if prompt is plan_prompt else ()
         self.retry_prompts = tuple(retry_prompts)
 
-    def __call__(self, task: Task) -> list[AtomicStep]:
+    def __call__(self, task: Task, *, adapter: str | None = None) -> list[AtomicStep]:
+        """The task's plan as steps; with ChatSage, ``adapter`` names the loaded planner
+        adapter to plan with (per call: threads sharing the model are not disturbed)."""
         question = task.get("question")
         if not isinstance(question, str) or not question.strip():
             raise DecompositionError('a task needs a non-empty "question"')
@@ -87,6 +89,8 @@ class LLMDecomposer:
         limit: dict[str, Any] = {}
         if isinstance(self.model, ChatSage):
             limit = {"max_tokens": PLAN_MAX_TOKENS, "stop_repeated_line": True}
+            if adapter is not None:
+                limit["adapter"] = adapter
         first_error: DecompositionError | None = None
         for prompt in (self.prompt, *self.retry_prompts):
             text = self.model.invoke(prompt(question), stop=list(PLAN_STOP), **limit).text

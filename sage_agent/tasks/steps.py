@@ -7,6 +7,7 @@ starts with a sub-question and " ** ". Each annotation is one atomic step.
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -15,6 +16,10 @@ from sage_agent.errors import MalformedTask
 from sage_agent.scoring.numeric import numbers_match, parse_number
 
 ATOMIC_PROMPT = "Compute {expression}. Reply with the number only."
+
+MAX_STEPS = 100
+"""The most steps one task may have (a GSM8K solution has at most a dozen): each step
+adds checkpoints, so a task of thousands would grow the database without bound."""
 
 ANSWER_MAX_TOKENS = 32
 """Token cap of an atomic step's answer: "1234 * 5678 = 7006652" takes 20 SmolLM2 tokens,
@@ -75,6 +80,23 @@ def final_answer(answer: str) -> str:
     raise MalformedTask('answer has no "#### <final answer>" line')
 
 
+def _earlier_with(results: list[tuple[float, int]], values: list[float | None]) -> list[int]:
+    """The indices of the earlier steps whose result is one of ``values`` (up to float
+    noise), in order: a bisection per value, so a task's steps cost n log n, not n^2."""
+    found = set()
+    for value in values:
+        if value is None:
+            continue
+        slack = 1e-6 * abs(value) + 1e-9  # as wide as numbers_match, a little wider
+        start = bisect.bisect_left(results, (value - 2 * slack, -1))
+        for result, index in results[start:]:
+            if result > value + 2 * slack:
+                break
+            if numbers_match(value, result):
+                found.add(index)
+    return sorted(found)
+
+
 def steps_from_gsm8k(
     record: dict[str, Any], task_id: str, *, socratic: bool = True
 ) -> list[AtomicStep]:
@@ -87,7 +109,11 @@ def steps_from_gsm8k(
     if not isinstance(record.get("answer"), str) or not isinstance(record.get("question"), str):
         raise MalformedTask('a task needs string fields "question" and "answer"')
     final_answer(record["answer"])
+    annotations = len(_ANNOTATION.findall(record["answer"]))
+    if annotations > MAX_STEPS:
+        raise MalformedTask(f"answer has {annotations} steps; a task has at most {MAX_STEPS}")
     steps: list[AtomicStep] = []
+    results: list[tuple[float, int]] = []  # earlier steps' results, sorted, with their index
     for line in record["answer"].strip().split("\n"):
         if line.startswith("####"):
             continue
@@ -98,11 +124,10 @@ def steps_from_gsm8k(
             sentence = _ANNOTATION.sub("", worked).strip()
             question = (sub_question.strip() if socratic else "") or sentence
             values = [parse_number(token) for token in _NUMBER_TOKEN.findall(expression)]
-            depends_on = [
-                earlier.index
-                for earlier in steps
-                if any(numbers_match(v, parse_number(earlier.reference)) for v in values)
-            ]
+            depends_on = _earlier_with(results, values)
+            value = parse_number(result.strip())
+            if value is not None:
+                bisect.insort(results, (value, index))
             steps.append(
                 AtomicStep(
                     id=f"{task_id}:{index}",

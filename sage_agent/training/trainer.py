@@ -206,6 +206,7 @@ class FrozenPrefix:
         if first not in self._hidden:
             model, states = self.chat.hf_model, []
             with (
+                self.chat.lock,  # before the switch: no other thread switches meanwhile
                 torch.no_grad(),
                 torch.autocast(_device_type(self.chat), dtype=torch.bfloat16, enabled=bf16),
                 self.chat.using_adapter(None),
@@ -302,7 +303,7 @@ class LoRARun:
         model, total = self.chat.hf_model, len(self.batches)
         end = total if steps is None else min(total, len(self.losses) + steps)
         started = time.perf_counter()
-        with self.chat.using_adapter(self.name), self.chat.lock:
+        with self.chat.lock, self.chat.using_adapter(self.name):
             # Only this run's weights get gradients (the base model's and the other loaded
             # adapters' would cost their backward pass).
             self._freeze_all_but(self.trainable)

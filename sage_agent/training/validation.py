@@ -63,7 +63,9 @@ def teacher_forced(
     encoded = encode_pairs(chat, pairs)
     exact: list[bool] = []
     total_loss, total_tokens = 0.0, 0
-    with chat.using_adapter(adapter), chat.lock, torch.inference_mode():
+    # The lock first: the adapter is switched on the shared model, which no other thread
+    # may switch (or generate with) until this pass is done.
+    with chat.lock, chat.using_adapter(adapter), torch.inference_mode():
         for start in range(0, len(encoded), batch_size):
             batch = collate(encoded[start : start + batch_size], chat)
             logits, targets, where = answer_logits(chat.hf_model, batch)

@@ -25,6 +25,7 @@ def bad_lines(folder: Path) -> dict[str, Path]:
         "not-an-object": b'["question"]\n',
         "duplicate-id": b'{"id": "a", "question": "q"}\n{"id": "a", "question": "r"}\n',
         "empty": b"\n\n",
+        "huge": b'{"question": "' + b"x" * 60_000 + b'"}\n',
     }
     files = {}
     for name, content in lines.items():
@@ -40,6 +41,7 @@ CLI_CASES = [
     (["run", "--data", "{bad[not-an-object]}", "--strict"], 'string "question"'),
     (["run", "--data", "{bad[duplicate-id]}", "--strict"], "id 'a' was already used on line 1"),
     (["run", "--data", "{bad[empty]}"], "holds no tasks"),
+    (["run", "--data", "{bad[huge]}", "--strict"], "a task is at most 50000"),
     (["run", "--data", "{folder}/missing.jsonl"], "does not exist"),
     (["run", "--data", "{data}", "--budget", "nan"], "--budget must be a positive"),
     (["run", "--data", "{data}", "--budget", "0"], "--budget must be a positive"),
@@ -54,4 +56,6 @@ CLI_CASES = [
     (["adapters", "rm", "../../etc"], "no adapter '../../etc'"),
     (["adapters", "show"], "needs an adapter id"),
     (["trace", "no-such-thread"], "no thread 'no-such-thread'"),
+    (["adapters", "export", "no-such-adapter", "--to", "{folder}/out"], "no adapter"),
+    (["report", "no-such-run"], "no run"),
 ]

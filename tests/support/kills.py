@@ -43,6 +43,6 @@ def state_of(db: Path) -> dict:
     registry = AdapterRegistry(db, adapter_root(db))
     adapters = registry.adapters(status=None)
     assert all(a.status == "ready" and registry.intact(a) for a in adapters)
-    on_disk = {p.name for p in registry.root.iterdir()} if registry.root.exists() else set()
+    on_disk = {p.name for p in registry.root.glob("[!.]*")} if registry.root.exists() else set()
     assert on_disk == {a.id for a in adapters}  # no temporary or unregistered folder
     return {"samples": len(keys), "adapters": len(adapters)}

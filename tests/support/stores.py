@@ -3,6 +3,8 @@ tests), and a real store's settings and cluster that the tiny llama learns in se
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -35,6 +37,10 @@ class FakeStore:
     def load(self, adapter_id: str) -> str:
         self.loaded.append(adapter_id)
         return adapter_id
+
+    @contextlib.contextmanager
+    def pinned(self, adapter_id: str) -> Iterator[str]:
+        yield self.load(adapter_id)
 
     def record_use(self, adapter_id: str, *, won: bool) -> None:
         self.uses.append((adapter_id, won))
