@@ -42,11 +42,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-from sage_agent.graphs.store_calls import adaptation_seconds
 
 from sage_agent import SageAgent
 from sage_agent.app.cli import RUN_OPTIONS
 from sage_agent.context import AdaptationBudget
+from sage_agent.graphs.store_calls import adaptation_seconds
 from sage_agent.scoring.numeric import numbers_match, parse_number
 from sage_agent.tasks.data import read_tasks
 from sage_agent.tasks.decompose import LLMDecomposer

@@ -162,9 +162,9 @@ def planted(folder: Path, model: Path) -> list[tuple[str, bool]]:
 def escapes(folder: Path) -> list[tuple[str, bool]]:
     """Studio contexts naming a database outside the server's root."""
     from pydantic import ValidationError
-    from sage_agent.graphs.studio import StudioContext
 
     from sage_agent.errors import ContextError
+    from sage_agent.graphs.studio import StudioContext
 
     root, outside = folder / "root", folder / "outside"
     root.mkdir()

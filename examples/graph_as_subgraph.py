@@ -12,10 +12,10 @@ from typing import Annotated
 
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
-from sage_agent.graphs import build_sage_graph
 from typing_extensions import TypedDict
 
 from sage_agent import SageAgent, SageContext
+from sage_agent.graphs import build_sage_graph
 from sage_agent.tasks.problems import generate_problems
 
 parser = argparse.ArgumentParser()

@@ -11,10 +11,10 @@ becomes a canary of the tag, and a planner adapter's plans count toward its wins
 from __future__ import annotations
 
 from langchain_core.messages import AIMessage
-from sage_agent.graphs.state import SageState
-from sage_agent.graphs.store_calls import store_call
 
 from sage_agent.context import SageContext, current_thread_id
+from sage_agent.graphs.state import SageState
+from sage_agent.graphs.store_calls import store_call
 from sage_agent.records import PlanNote, Task
 from sage_agent.scoring.numeric import numbers_match, parse_number
 from sage_agent.tasks.plans import PLAN_TAG, gold_plan

@@ -30,16 +30,16 @@ from typing import Any, Literal
 
 from langchain_core.messages import AIMessage
 from langgraph.graph import END, START, StateGraph
-from sage_agent.graphs.planning import decompose_task, judge_plan, route_planner
-from sage_agent.graphs.prompting import step_prompt
-from sage_agent.graphs.state import Ctx, SageInput, SageOutput, SageState, timed
-from sage_agent.graphs.store_calls import pending, run_store_call, store_call, training_note
 
 from sage_agent.context import SageContext, context_of, current_thread_id
 from sage_agent.errors import (
     DecompositionError,
     MalformedTask,
 )
+from sage_agent.graphs.planning import decompose_task, judge_plan, route_planner
+from sage_agent.graphs.prompting import step_prompt
+from sage_agent.graphs.state import Ctx, SageInput, SageOutput, SageState, timed
+from sage_agent.graphs.store_calls import pending, run_store_call, store_call, training_note
 from sage_agent.records import (
     Answered,
     Attached,

@@ -10,14 +10,14 @@ import uuid
 from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
 from langgraph.config import get_config
 from langgraph.prebuilt import ToolNode
-from sage_agent.graphs.state import SageState
-from sage_agent.tools import LoRAStoreTool
 
 from sage_agent.context import SageContext
 from sage_agent.errors import NotFoundError
+from sage_agent.graphs.state import SageState
 from sage_agent.records import TrainingNote
 from sage_agent.store import needs_training
 from sage_agent.tasks.plans import PLAN_TAG
+from sage_agent.tools import LoRAStoreTool
 
 _STORE_TOOL = ToolNode([LoRAStoreTool()], messages_key="store_calls")
 

@@ -17,12 +17,12 @@ import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sage_agent.graphs.sage import build_sage_graph
 
 from sage_agent.chat import ChatSage
 from sage_agent.context import SageContext, build_context
 from sage_agent.database import adapter_root
 from sage_agent.errors import ContextError
+from sage_agent.graphs.sage import build_sage_graph
 
 MAX_DATABASES = int(os.environ.get("SAGE_STUDIO_MAX_DATABASES", "8"))
 

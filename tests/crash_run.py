@@ -19,10 +19,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-import sage_agent.graphs.sage as graph_module
-
 import sage_agent.buffer.buffer as buffer_module
 import sage_agent.context
+import sage_agent.graphs.sage as graph_module
 import sage_agent.store.registry as registry_module
 import sage_agent.store.store as store_module
 import sage_agent.training.trainer as trainer_module

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sage_agent.tools import LoRAStoreTool
 
 from sage_agent import (
     AdapterError,
@@ -31,6 +30,7 @@ from sage_agent import (
 )
 from sage_agent.app.cli import main
 from sage_agent.store import LoRAStore
+from sage_agent.tools import LoRAStoreTool
 from tests.support.bad_input import CLI_CASES, HANG, bad_lines, stored
 from tests.support.stores import LEARNABLE, make_cluster
 from tests.support.tiny import nine_task, nines_agent

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import get_args, get_type_hints
 
 import pytest
-from sage_agent.graphs import build_sage_graph
 
 from sage_agent import SageAgent
 from sage_agent.context import SageContext
+from sage_agent.graphs import build_sage_graph
 from sage_agent.records import SageEvent
 from sage_agent.report import read_thread, render_table
 from sage_agent.store import StoreConfig
@@ -195,9 +195,8 @@ def test_an_adapter_removed_mid_run_is_noted_and_the_base_model_answers(
 def test_a_search_gets_what_is_left_of_the_run_adaptation_budget() -> None:
     from types import SimpleNamespace
 
-    from sage_agent.graphs.store_calls import store_call
-
     from sage_agent.context import MIN_SEARCH_SECONDS, AdaptationBudget
+    from sage_agent.graphs.store_calls import store_call
 
     ready = SimpleNamespace(size=20, trained_version=None, tag="+")
     context = SimpleNamespace(
@@ -224,9 +223,8 @@ def test_a_search_gets_what_is_left_of_the_run_adaptation_budget() -> None:
 def test_with_a_planner_the_step_clusters_leave_the_plan_clusters_share() -> None:
     from types import SimpleNamespace
 
-    from sage_agent.graphs.store_calls import store_call
-
     from sage_agent.context import PLANNER_SHARE, AdaptationBudget
+    from sage_agent.graphs.store_calls import store_call
 
     clusters = {1: SimpleNamespace(size=20, trained_version=None, tag="+")}
     clusters[2] = SimpleNamespace(size=20, trained_version=None, tag=PLAN_TAG)

@@ -15,10 +15,10 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
-from sage_agent.graphs import build_sage_graph
 from typing_extensions import TypedDict
 
 from sage_agent import ChatSage, ContextError, SageAgent
+from sage_agent.graphs import build_sage_graph
 from sage_agent.tasks.decompose import LLMDecomposer
 from tests.support.tiny import NINES, SMALL_BUFFER
 

@@ -13,10 +13,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import sage_agent.graphs
-import sage_agent.tools
 
 import sage_agent
+import sage_agent.graphs
+import sage_agent.tools
 from sage_agent.errors import SageError
 
 PACKAGE = Path(sage_agent.__file__).parent
@@ -121,7 +121,6 @@ def test_graphs_and_tools_are_top_level_folders_and_the_root_is_small() -> None:
 
 def test_old_module_paths_are_the_moved_modules() -> None:
     from sage_agent.data import read_tasks
-
     from sage_agent.tasks import data
 
     assert read_tasks is data.read_tasks

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from langchain_core.messages import AIMessage
-from sage_agent.graphs.store_calls import adaptation_seconds
 
 from sage_agent.context import AdaptationBudget
+from sage_agent.graphs.store_calls import adaptation_seconds
 from sage_agent.report import read_thread
 from sage_agent.tasks.decompose import LLMDecomposer
 from sage_agent.tasks.plans import (

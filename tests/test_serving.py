@@ -134,6 +134,7 @@ def test_fifty_databases_share_one_model_and_a_bounded_cache(monkeypatch, tmp_pa
 @pytest.mark.parametrize("db", ["/etc/passwd.db", "../up.db", "a/../../up.db", "x\x00.db"])
 def test_studio_refuses_a_db_outside_its_root(monkeypatch, tmp_path, db: str) -> None:
     from pydantic import ValidationError
+
     from sage_agent.graphs.studio import StudioContext
 
     monkeypatch.setenv("SAGE_STUDIO_ROOT", str(tmp_path))

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 from langchain_core.messages import ToolMessage
-from sage_agent.tools import LoRAStoreTool, RouteAdapterTool
 
 from sage_agent import ChatSage
 from sage_agent.buffer import BufferConfig, Cluster, TriggerBuffer
 from sage_agent.store import LoRAStore, StoreConfig, needs_training
+from sage_agent.tools import LoRAStoreTool, RouteAdapterTool
 
 FAST = StoreConfig().replace(
     learning_rates=(5e-3, 2e-2),

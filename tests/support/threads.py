@@ -13,10 +13,10 @@ from pathlib import Path
 
 from langchain.agents import create_agent
 from langchain_core.messages import HumanMessage
-from sage_agent.graphs import build_sage_graph
 
 from sage_agent import SageContext
 from sage_agent.checkpoints import sqlite_checkpointer
+from sage_agent.graphs import build_sage_graph
 from sage_agent.middleware import SageMiddleware
 from tests.support.tiny import nine_task
 
