@@ -15,7 +15,9 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--db", default="trace.db")
 args = parser.parse_args()
 
-agent = SageAgent(args.db)  # the embedded model
+# The embedded model; every checkpoint kept, so that a finished thread can be replayed
+# (by default a finished thread keeps its last one and the history of the others).
+agent = SageAgent(args.db, keep_checkpoints=True)
 task = {**generate_problems(1, seed=5)[0], "id": "traced"}
 summary = agent.run([task], train=False)
 thread = summary.threads[0]

@@ -83,6 +83,8 @@ class SageAgent:
 
     ``model`` is a ChatSage or a model id / path (default: the embedded SmolLM2-135M).
     Adapters go to ``adapters`` (default: ``<db stem>-adapters/`` beside the database).
+    A finished thread keeps its last checkpoint and the history of the others, which are
+    pruned; ``keep_checkpoints`` keeps them all (to replay a finished thread from any).
     """
 
     def __init__(
@@ -97,8 +99,10 @@ class SageAgent:
         store_config: StoreConfig | None = None,
         adapters: str | Path | None = None,
         substitute: Literal["answers", "references"] = "references",
+        keep_checkpoints: bool = False,
     ) -> None:
         self.db_path = Path(db).absolute()
+        self.keep_checkpoints = keep_checkpoints
         self.runs = RunRegistry(self.db_path)
         self.db = self.runs.db
         self._base = build_context(
@@ -246,7 +250,7 @@ class SageAgent:
     def _finish_thread(self, thread_id: str, *, finished: bool) -> None:
         """Record the thread as done; a finished one keeps its last checkpoint and the
         history of the others, which are pruned."""
-        if not finished or self.runs.kept_history(thread_id):
+        if not finished or self.keep_checkpoints or self.runs.kept_history(thread_id):
             self.runs.finish_thread(thread_id)
             return
         kept = [

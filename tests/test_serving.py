@@ -309,3 +309,13 @@ def test_a_lease_elsewhere_expires_with_its_heartbeat_and_can_be_taken_over(
         runs.db["runs"].update("r2", {"heartbeat": runs.get("r2")["heartbeat"] - LEASE_SECONDS})
     runs.lease("r2", me)
     assert runs.get("r2")["owner"] == me
+
+
+def test_keep_checkpoints_keeps_a_finished_thread_whole(
+    tiny_model_dir, tmp_path: Path, bow_embeddings
+) -> None:
+    agent = nines_agent(tmp_path / "sage.db", tiny_model_dir, bow_embeddings)
+    agent.keep_checkpoints = True
+    summary = agent.run([nine_task(1)], train=False)
+    config = {"configurable": {"thread_id": summary.threads[0]}}
+    assert len(list(agent.graph.get_state_history(config))) > 5
