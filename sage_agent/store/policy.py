@@ -106,16 +106,13 @@ class AdaptationPolicy:
         answers with it (another thread's load cannot evict it meanwhile); or (None, why
         not) when it cannot be loaded (corrupt, removed): the base model answers then."""
         assert self.store is not None  # only a routed adapter is loaded
-        try:
-            pin = self.store.pinned(adapter_id)
-            name = pin.__enter__()
-        except (AdapterError, NotFoundError) as error:
-            yield None, f"adapter {adapter_id} not used: {error}"
-            return
-        try:
+        with contextlib.ExitStack() as held:
+            try:
+                name = held.enter_context(self.store.pinned(adapter_id))
+            except (AdapterError, NotFoundError) as error:
+                yield None, f"adapter {adapter_id} not used: {error}"
+                return
             yield name, None
-        finally:
-            pin.__exit__(None, None, None)
 
     # observe
 
