@@ -71,16 +71,18 @@ class StudioContext(BaseModel):
 
     def resolve(self) -> SageContext:
         """The context on ``db`` under the root; ContextError if a symlink leads out."""
-        root, path = studio_root(), Path(self.db)
-        for target in (root / path, adapter_root(root / path)):
-            if not target.resolve().is_relative_to(root):
-                raise ContextError(f"db {self.db!r} leads outside the server's root (a symlink)")
-        return _context(str(root / path), self.model)
+        return _context(studio_root(), self.db, self.model)
 
 
 @functools.lru_cache(maxsize=MAX_DATABASES)
-def _context(db: str, model: str | None) -> SageContext:
-    return build_context(db, _model(model))
+def _context(root: Path, db: str, model: str | None) -> SageContext:
+    """Built once per database and model (every node of a run resolves its context), after
+    checking that neither the database nor its adapter folder leads out of the root."""
+    path = root / db
+    for target in (path, adapter_root(path)):
+        if not target.resolve().is_relative_to(root):
+            raise ContextError(f"db {db!r} leads outside the server's root (a symlink)")
+    return build_context(str(path), _model(model))
 
 
 @functools.cache
