@@ -99,11 +99,11 @@ def read_thread(agent: SageAgent, thread_id: str) -> ThreadTrace:
     snapshot = agent.graph.get_state(config)
     if not snapshot.values:
         raise NotFoundError(f"no thread {thread_id!r} in {agent.db_path}")
-    checkpoints = _kept_history(agent, thread_id) or history(agent, thread_id)
+    row = next(agent.db["threads"].rows_where("id = ?", [thread_id]), None)
+    checkpoints = _kept_history(agent, thread_id, row) or history(agent, thread_id)
     values = snapshot.values
     timings = list(values.get("timings") or [])
     task = values.get("task") or {}
-    row = next(agent.db["threads"].rows_where("id = ?", [thread_id]), None)
     return ThreadTrace(
         thread=thread_id,
         run_id=row["run_id"] if row else None,
@@ -125,10 +125,9 @@ def history(agent: SageAgent, thread_id: str) -> list[Checkpoint]:
     return [Checkpoint(**point) for point in checkpoint_history(agent.graph, thread_id)]
 
 
-def _kept_history(agent: SageAgent, thread_id: str) -> list[Checkpoint]:
-    """The history a finished thread keeps after its checkpoints were pruned, with the
-    state of the one checkpoint left ([] for a thread not pruned)."""
-    row = next(agent.db["threads"].rows_where("id = ?", [thread_id]), None)
+def _kept_history(agent: SageAgent, thread_id: str, row: dict[str, Any] | None) -> list[Checkpoint]:
+    """The history a finished thread keeps after its checkpoints were pruned (``row``: its
+    row of ``threads``), with the state of the one checkpoint left ([] when not pruned)."""
     if not row or not row.get("history"):
         return []
     kept = {c.checkpoint_id: c.values for c in history(agent, thread_id)}
