@@ -207,7 +207,7 @@ class SageAgent:
         (DataError)."""
         tasks = list(tasks)
         _check_unique_ids(tasks)
-        owner = this_owner(thread=True)
+        owner = this_owner()
         if run_id is None:
             run_id = uuid.uuid4().hex[:10]
             self.runs.start(run_id, "run" if train else "eval", options or {}, owner)

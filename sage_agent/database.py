@@ -255,12 +255,10 @@ def database_id(db: sqlite_utils.Database) -> str:
     return row["value"]
 
 
-def this_owner(*, thread: bool = False) -> str:
-    """Who holds a lease or a claim: this process as "host:pid", or with ``thread`` this
-    thread of it as "host:pid:thread" (threads of one process that share a store must not
-    train one cluster twice)."""
-    owner = f"{socket.gethostname()}:{os.getpid()}"
-    return f"{owner}:{threading.get_ident()}" if thread else owner
+def this_owner() -> str:
+    """Who holds a lease or a claim: this thread of this process, as "host:pid:thread"
+    (threads of one process that share a store must not train one cluster twice)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
 def owner_alive(owner: str) -> bool | None:

@@ -441,7 +441,7 @@ def test_claims_expire_by_heartbeat_elsewhere_and_hold_while_their_owner_lives(
     buffer = _buffer(db_path)
     buffer.add_many(_texts("abc", 9), tags=["t"] * 27)
     cluster = buffer.clusters("t")[0]
-    mine = this_owner(thread=True)
+    mine = this_owner()
     assert buffer.claim(cluster.id, mine, -1)  # expired at once, but this thread lives
     assert not buffer.claim(cluster.id, f"{socket.gethostname()}:1:2", 600)
     buffer.release(cluster.id, mine)

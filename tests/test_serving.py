@@ -105,10 +105,10 @@ def test_threads_write_through_one_database_without_losing_a_row(tmp_path: Path)
 def test_owners_are_threads(tmp_path: Path) -> None:
     from sage_agent.database import owner_alive
 
-    mine = this_owner(thread=True)
+    mine = this_owner()
     assert owner_alive(mine) is True
     seen: list[str] = []
-    worker = threading.Thread(target=lambda: seen.append(this_owner(thread=True)))
+    worker = threading.Thread(target=lambda: seen.append(this_owner()))
     worker.start()
     worker.join()
     assert seen[0] != mine and owner_alive(seen[0]) is False  # that thread has ended
@@ -175,7 +175,7 @@ def test_a_second_demo_refuses_to_delete_a_live_one(tmp_path: Path) -> None:
     runs = RunRegistry(db)
     with transaction(runs.db):
         runs.db["meta"].upsert({"key": "demo", "value": "1"}, pk="key")
-    runs.start("live", "run", {"data": "generated"}, this_owner(thread=True))
+    runs.start("live", "run", {"data": "generated"}, this_owner())
     with pytest.raises(RunError, match="a demo is running"):
         _start_afresh(db)
     assert db.exists()
@@ -299,7 +299,7 @@ def test_a_lease_elsewhere_expires_with_its_heartbeat_and_can_be_taken_over(
 
     runs = RunRegistry(tmp_path / "sage.db")
     runs.start("r1", "run", {}, "other-host:42:7")
-    me = this_owner(thread=True)
+    me = this_owner()
     with pytest.raises(RunError, match="running in another process"):
         runs.lease("r1", me)  # its heartbeat is fresh
     runs.lease("r1", me, take_over=True)  # said explicitly

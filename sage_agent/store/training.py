@@ -60,7 +60,7 @@ def train_cluster(
     if any(t.cluster_version == cluster.version for t in store.registry.trials(cluster.id)):
         buffer.mark_trained(cluster.id, cluster.version, cluster.size)
         return cluster, store.adapters(cluster.id)
-    owner = this_owner(thread=True)
+    owner = this_owner()
     if not buffer.claim(cluster.id, owner, CLAIM_SECONDS):
         raise StoreError(f"cluster {cluster.id} is being trained by another process or thread")
     try:
