@@ -5,9 +5,9 @@ What makes it fast (each measured in benchmarks/bench_trainer.py):
 
 * the loss covers the answer tokens only, and the output head (576 x 49,152 on SmolLM2)
   runs only at those positions, not over the whole prompt;
-* bf16 where the CPU supports it (float32 otherwise): autocast, with the frozen base's
-  linear weights held in bf16 while a run trains (autocast would otherwise cast each
-  float32 weight anew at every use, forward and backward), and attention through
+* bf16 end to end where the CPU supports it (float32 otherwise): the whole model is held
+  in bf16 while a run trains and the optimiser steps float32 masters of the LoRA weights
+  (mixed precision without autocast's casts at every use), and attention goes through
   PyTorch's math kernel, whose backward is faster than the flash kernel's on the short
   rows of a step's batch;
 * one base model for every trial: adapters are added to and deleted from ChatSage's
@@ -78,7 +78,8 @@ class LoRATrainConfig:
         metadata={"help": "LoRA on the last N decoder layers only (None: all layers)."},
     )
     bf16: bool | None = field(
-        default=None, metadata={"help": "bf16 autocast; None: when the CPU supports it."}
+        default=None,
+        metadata={"help": "Train in bf16 (float32 masters); None: when the CPU supports it."},
     )
     group_by_length: bool = field(
         default=False,
@@ -148,37 +149,34 @@ def supports_bf16(device_type: str) -> bool:
 
 
 def _device_type(chat: ChatSage) -> str:
-    """ "cpu", "cuda", ...: what torch.autocast is told (ChatSage.device may be "cuda:1")."""
+    """ "cpu", "cuda", ...: what supports_bf16 is asked (ChatSage.device may be "cuda:1")."""
     return torch.device(chat.device).type
 
 
 @contextlib.contextmanager
-def frozen_base_in_bf16(model: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Hold the decoder layers' frozen linear weights in bf16 inside the block, then give
-    back the very float32 tensors they had (inference is unchanged, bit for bit).
+def model_in_bf16(model: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Hold every float32 weight of the model in bf16 inside the block, then give back the
+    very tensors they had (inference is unchanged, bit for bit).
 
-    Under bf16 autocast a float32 weight is cast to a fresh bf16 copy at every use, in
-    the forward and again in the backward pass: 13% of a training step's time on the
-    embedded model. LoRA's own weights, the embeddings and the norms keep float32.
+    Training then runs in bf16 end to end, with no autocast: autocast casts a float32
+    weight to a fresh bf16 copy at every use, forward and backward, and LoRA's own
+    weights at each of its 210 modules (a third of a step's time went to those casts
+    and LoRA's float32 arithmetic). The trained weights' float32 masters live in the
+    optimiser (``LoRARun``), which copies them back here after each step.
     """
     if not enabled:
         yield
         return
     kept: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
     try:
-        for name, module in model.get_decoder().layers.named_modules():
-            if (
-                isinstance(module, torch.nn.Linear)
-                and "lora_" not in name
-                and not module.weight.requires_grad
-                and module.weight.dtype == torch.float32
-            ):
-                kept.append((module.weight, module.weight.data))
-                module.weight.data = module.weight.data.to(torch.bfloat16)
+        for param in model.parameters():
+            if param.dtype == torch.float32:
+                kept.append((param, param.data))
+                param.data = param.data.to(torch.bfloat16)
         yield
     finally:
-        for weight, original in kept:
-            weight.data = original
+        for param, original in kept:
+            param.data = original
 
 
 def _attention_for_training(bf16: bool) -> contextlib.AbstractContextManager[None]:
@@ -208,7 +206,7 @@ class FrozenPrefix:
             with (
                 self.chat.lock,  # before the switch: no other thread switches meanwhile
                 torch.no_grad(),
-                torch.autocast(_device_type(self.chat), dtype=torch.bfloat16, enabled=bf16),
+                model_in_bf16(model, bf16),
                 self.chat.using_adapter(None),
             ):
                 for start in range(0, len(self.encoded), self.batch_size):
@@ -261,8 +259,7 @@ class LoRARun:
         if not pairs:
             raise InvalidInput("no training pairs")
         model = chat.hf_model
-        self.device_type = _device_type(chat)
-        self.bf16 = supports_bf16(self.device_type) if config.bf16 is None else config.bf16
+        self.bf16 = supports_bf16(_device_type(chat)) if config.bf16 is None else config.bf16
         layers = model.config.num_hidden_layers
         self.first = config.first_layer(layers)
         if prefix is not None and prefix.pairs != list(pairs):
@@ -279,9 +276,15 @@ class LoRARun:
             param for param_name, param in model.named_parameters() if f".{name}." in param_name
         ]
         self._freeze_all_but(())
-        self.optimizer = torch.optim.AdamW(
-            self.trainable, lr=config.learning_rate, weight_decay=0.0
+        # In bf16 the model computes with bf16 copies of the trained weights and the
+        # optimiser steps float32 masters, which share the parameters' float32 storage
+        # (so the adapter is float32 again outside training, and saved as such).
+        self.masters = (
+            [torch.nn.Parameter(param.data) for param in self.trainable]
+            if self.bf16
+            else self.trainable
         )
+        self.optimizer = torch.optim.AdamW(self.masters, lr=config.learning_rate, weight_decay=0.0)
         self.batches: list[list[int]] = []
         for indices in _epoch_orders(self.encoded, config):
             self.batches += [
@@ -309,7 +312,7 @@ class LoRARun:
             self._freeze_all_but(self.trainable)
             model.train()
             try:
-                with frozen_base_in_bf16(model, self.bf16), _attention_for_training(self.bf16):
+                with model_in_bf16(model, self.bf16), _attention_for_training(self.bf16):
                     self._steps(end, total, progress)
             finally:
                 model.eval()
@@ -323,11 +326,17 @@ class LoRARun:
             batch = collate([self.encoded[i] for i in chosen], self.chat)
             if self.states is not None:
                 batch = _with_hidden(batch, [self.states[i] for i in chosen], self.first)
-            with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
-                loss, _ = answer_loss(model, batch)
-            self.optimizer.zero_grad(set_to_none=True)
+            loss, _ = answer_loss(model, batch)
             loss.backward()
+            if self.bf16:
+                for param, master in zip(self.trainable, self.masters, strict=True):
+                    master.grad, param.grad = param.grad.float(), None
             self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.bf16:
+                with torch.no_grad():
+                    for param, master in zip(self.trainable, self.masters, strict=True):
+                        param.copy_(master)
             self.losses.append(loss.item())
             self.samples += len(chosen)
             if progress is not None:
