@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +19,7 @@ from sage_agent.store import LoRAStore, RouterConfig, StoreConfig, affordable_lo
 from sage_agent.store import recipe as recipe_module
 from sage_agent.store.judging import Baseline
 from sage_agent.store.recipe import Recipe, build_recipe
-from sage_agent.store.search import Trial, bracket_seconds, expected_seconds
+from sage_agent.store.search import Trial, bracket_seconds, expected_seconds, first_bracket
 from sage_agent.tasks.steps import ANSWER_MAX_TOKENS
 from sage_agent.training.validation import generate
 from tests.support.stores import LEARNABLE, make_cluster
@@ -224,6 +225,38 @@ def test_a_retrain_that_lifts_less_keeps_the_old_adapters(store, bow_embeddings)
         for o in outcomes
     )
     assert any("it would replace" in o for o in outcomes)
+
+
+def test_a_retrain_starts_from_the_tags_best_configuration(store, bow_embeddings) -> None:
+    first = store.optimize(make_cluster(bow_embeddings, version=1))
+    _set_lift(store, first, 0.1, 0.1)
+    store.optimize(make_cluster(bow_embeddings, version=2))
+    retrain = [t for t in store.registry.trials(1) if t.cluster_version == 2]
+    best = first[0].config
+    started = retrain[0].config
+    assert (started["rank"], started["learning_rate"]) == (best["rank"], best["learning_rate"])
+
+
+def test_the_first_bracket_is_the_earlier_best_and_its_neighbourhood() -> None:
+    from sage_agent.store.config import SearchConfig
+
+    config = SearchConfig(ranks=(8, 16, 32), learning_rates=(5e-4, 2e-3), n_random=6)
+    rng = random.Random(0)
+    fresh = first_bracket(config, [], rng, seed=3)
+    assert len(fresh) == 6 and all(c.seed == 3 for c in fresh)
+    earlier = {"rank": 16, "alpha": 32.0, "learning_rate": 1e-3, "epochs": 99, "batch_size": 4}
+    reused = first_bracket(config, [earlier, earlier], rng, seed=3)
+    assert [(c.rank, c.learning_rate) for c in reused[:5]] == [
+        (16, 1e-3),
+        (8, 1e-3),
+        (32, 1e-3),
+        (16, 5e-4),
+        (16, 2e-3),
+    ]
+    assert reused[1].alpha == 16.0  # alpha follows the rank
+    # this search's epochs and batch size, not the earlier one's; topped up at random
+    assert (reused[0].epochs, reused[0].batch_size) == (config.epochs[0], config.batch_size)
+    assert len(reused) == 6
 
 
 def test_route_finds_the_nearest_cluster(store: LoRAStore, bow_embeddings) -> None:
@@ -488,6 +521,8 @@ def test_val_em_as_routed_and_expected_accuracy() -> None:
         (0.1, [True] * 4 + [False], True),
         # '*': the base model is mostly right; answering its sure canaries loses them
         (0.7, [True, False, False, False], False),
+        # however right the base model, an adapter that loses no canary answers them all
+        (0.9, [True] * 5, True),
     ],
 )
 def test_an_adapter_routes_all_where_that_is_expected_to_answer_more_right(

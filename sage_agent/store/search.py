@@ -19,7 +19,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -73,18 +73,18 @@ def run_search(
     cluster_id: int,
     max_seconds: float,
     emit: Emit,
+    earlier: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[list[Trial], list[FailedTrial]]:
     """Train and rank configurations until the trial or time budget is spent; returns
     the trials run, best first (at least one: the first always runs), and the failed
     ones. A trial that runs out of memory is dropped, reported as a ``trial_failed``
     event, and the search goes on; StoreError if every trial fails. ``rng`` draws the
-    configurations; every trial trains with ``train_seed``."""
+    configurations; every trial trains with ``train_seed``. ``earlier``: the best
+    configurations of earlier searches on the same tag (``first_bracket``)."""
     search = Search(model, recipe, config, cluster_id, max_seconds, emit)
     description = f"LoRA search, cluster {cluster_id}"
     with tqdm(total=config.max_trials, desc=description, unit="trial", leave=False) as bar:
-        search.bracket(
-            [sample_config(config, rng, seed=train_seed) for _ in range(config.n_random)], bar
-        )
+        search.bracket(first_bracket(config, earlier, rng, seed=train_seed), bar)
         search.bracket(search.neighbourhood(), bar)
     if search.failed and not search.trials:
         raise StoreError(f"every trial failed: {'; '.join(f.error for f in search.failed)}")
@@ -282,6 +282,47 @@ def sample_config(config: SearchConfig, rng: random.Random, *, seed: int) -> LoR
         dropout=rng.choice(config.dropouts),
         epochs=rng.choice(config.epochs),
         last_layers=rng.choice(config.last_layers),
+        batch_size=config.batch_size,
+        seed=seed,
+    )
+
+
+def first_bracket(
+    config: SearchConfig,
+    earlier: Sequence[Mapping[str, Any]],
+    rng: random.Random,
+    *,
+    seed: int,
+) -> list[LoRATrainConfig]:
+    """The search's first candidates: ``n_random`` random configurations, or, when
+    earlier searches on the tag kept adapters, their configurations (the ``top_k`` best,
+    as this search space trains them) and their neighbourhood first, as the paper
+    searches around the previous best: a retrain spends its seconds training what worked
+    rather than ranking random configurations again."""
+    start, seen = [], set()
+    for found in earlier[: config.top_k]:
+        reused = reuse_config(config, found, seed=seed)
+        for candidate in (reused, *neighbours(config, reused)):
+            if _key(candidate) not in seen:
+                seen.add(_key(candidate))
+                start.append(candidate)
+    while len(start) < config.n_random:
+        start.append(sample_config(config, rng, seed=seed))
+    return start
+
+
+def reuse_config(config: SearchConfig, found: Mapping[str, Any], *, seed: int) -> LoRATrainConfig:
+    """An earlier search's configuration (``config_dict``) as this search trains: its
+    rank, alpha, learning rate, dropout and layers, with this search's batch size,
+    epochs (its own where this space has them) and seed."""
+    epochs = found.get("epochs")
+    return LoRATrainConfig(
+        rank=int(found["rank"]),
+        alpha=float(found["alpha"]),
+        learning_rate=float(found["learning_rate"]),
+        dropout=float(found.get("dropout", 0.0)),
+        epochs=epochs if epochs in config.epochs else config.epochs[0],
+        last_layers=found.get("last_layers"),
         batch_size=config.batch_size,
         seed=seed,
     )

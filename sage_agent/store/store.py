@@ -149,6 +149,12 @@ class LoRAStore:
         )
         failures = cluster.size if tag_failures is None else max(tag_failures, cluster.size)
         base = self._baseline(cluster, recipe, [pair for pair, _ in gate], failures)
+        # The tag's kept adapters, the largest lift over the base model first: where a
+        # retrain or a new cluster of the tag starts its search.
+        earlier = sorted(
+            (a for a in self.registry.adapters() if a.tag == cluster.tag),
+            key=lambda a: a.base_val_em - a.val_em,
+        )
         trials, failed = run_search(
             self.model,
             recipe,
@@ -158,6 +164,7 @@ class LoRAStore:
             cluster_id=cluster.id,
             max_seconds=max(0.0, budget - (time.perf_counter() - started)),
             emit=emit,
+            earlier=[a.config for a in earlier],
         )
         if not trials:
             raise StoreError(f"time budget of {budget:g} s was used up before the first trial")
@@ -374,9 +381,11 @@ class LoRAStore:
         canary_em: float | None,
     ) -> bool:
         """Whether the kept trial should answer every step routed to it rather than only
-        those whose base answer is unsure: the tag's expected exact match
-        (``expected_accuracy``) is higher that way. Routing all is judged on its canaries'
-        teacher-forced lower bound, so it is chosen only when that bound already wins.
+        those whose base answer is unsure: it loses none of the base model's right
+        canaries when it answers them all (it already beats the base model on validation,
+        or it would not be kept), or the tag's expected exact match
+        (``expected_accuracy``) is higher that way. Both are judged on the canaries'
+        teacher-forced lower bound, so routing all is chosen only when that bound wins.
         Where the base model's sure answers are mostly wrong (GSM8K's "-" and "/"), the
         confidence gate keeps them wrong; where they are mostly right ("*"), it is what
         saves them. A planner adapter gets every question anyway."""
@@ -399,7 +408,8 @@ class LoRAStore:
             routed_all,
             as_routed,
         )
-        return routed_all > as_routed
+        keeps_the_canaries = bool(on_canaries) and all_canaries >= (base.canary_em or 0.0)
+        return keeps_the_canaries or routed_all > as_routed
 
     def _canary_em(self, trial: Trial, recipe: Recipe, base: Baseline, floor: float) -> float:
         """The trial's canary exact match as routing would use it: the adapter answers
