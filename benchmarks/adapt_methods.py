@@ -23,11 +23,11 @@ from sage_agent import BufferConfig, ChatSage, SageAgent, StoreConfig
 from sage_agent.buffer import Cluster
 from sage_agent.errors import StoreError
 from sage_agent.records import TrainingPair
-from sage_agent.scoring.numeric import numbers_match, parse_number
 from sage_agent.scoring.trigger import METRICS, Trigger, TriggerConfig
 from sage_agent.store import LoRAStore
 from sage_agent.tasks.data import read_tasks
 from sage_agent.tasks.decompose import DecompositionError, Task, annotation_decomposer
+from sage_agent.tasks.families import ARITHMETIC, family_named, family_of_task
 from sage_agent.tasks.steps import ANSWER_MAX_TOKENS, ATOMIC_PROMPT
 
 matplotlib.use("Agg")
@@ -48,12 +48,15 @@ OPERATORS = ("*", "+", "-", "/")
 
 @dataclass(frozen=True)
 class Atom:
-    """An atomic step as the graph asks it, with the reference in place of earlier answers."""
+    """An atomic step as the graph asks it, with the reference in place of earlier answers
+    (an item of another task family: its one step, its family's prompt and answer cap)."""
 
     prompt: str
-    expression: str
+    expression: str | None
     reference: str
     tag: str
+    family: str = ARITHMETIC.name
+    max_tokens: int = ANSWER_MAX_TOKENS
 
 
 @dataclass
@@ -81,6 +84,8 @@ class SeedResult:
     seconds: float = 0.0
     """Wall time of the seed's command."""
     command: str = ""
+    family: str = ARITHMETIC.name
+    """The task family of the data (arithmetic: GSM8K)."""
 
 
 @dataclass(frozen=True)
@@ -101,28 +106,35 @@ def answer_all(
     """The model's answers to ``atoms``, each with its adapter (None: the base model),
     batched per adapter."""
     adapters = adapters or [None] * len(atoms)
-    groups: dict[str | None, list[int]] = defaultdict(list)
+    groups: dict[tuple[str | None, int], list[int]] = defaultdict(list)
     for i, adapter in enumerate(adapters):
-        groups[adapter].append(i)
+        groups[adapter, atoms[i].max_tokens].append(i)
     answers: list[AIMessage] = [AIMessage("")] * len(atoms)
-    bound = chat.bind(max_tokens=ANSWER_MAX_TOKENS)
-    for name, indices in groups.items():
+    for (name, max_tokens), indices in groups.items():
         with chat.using_adapter(name):
-            messages = bound.batch([atoms[i].prompt for i in indices])
+            messages = chat.bind(max_tokens=max_tokens).batch([atoms[i].prompt for i in indices])
             for i, message in zip(indices, messages, strict=True):
                 answers[i] = message
     return answers
 
 
 def correct(answers: Sequence[AIMessage], atoms: Sequence[Atom]) -> list[bool]:
+    """Each answer judged by its atom's family (arithmetic: by its number)."""
     return [
-        numbers_match(parse_number(a.text), parse_number(x.reference))
+        family_named(x.family).judge(a.text, x.reference)
         for a, x in zip(answers, atoms, strict=True)
     ]
 
 
-def members(atom: Atom) -> tuple[str, str, str]:
+def members(atom: Atom) -> tuple[str, str | None, str]:
     return atom.prompt, atom.expression, atom.reference
+
+
+def mixed_tag(atoms: Sequence[Atom]) -> str:
+    """The tag of a baseline's clusters: "mixed" for arithmetic, whose clusters mix
+    operators; another family's own tag, so that its recipe judges and varies its items."""
+    family = atoms[0].family if atoms else ARITHMETIC.name
+    return MIXED_TAG if family == ARITHMETIC.name else family_named(family).tag
 
 
 def fixed_store_config(
@@ -281,6 +293,8 @@ def retention(
 def problem_level(agent: SageAgent, tasks: Sequence[Task]) -> tuple[dict[str, float], int]:
     """Final-answer EM on held-out problems of at most three steps, each step answered
     with the model's own earlier answers: base model, then SAGE's adapters routed."""
+    if any(family_of_task(t) is not ARITHMETIC for t in tasks):
+        return {}, 0  # one step a task: the atomic table says it all
     short = [t for t in tasks if len(annotation_decomposer(t)) <= 3]
     if not short:
         return {}, 0
@@ -345,6 +359,14 @@ def trigger_separation(
 def atoms_of(tasks: Sequence[Task]) -> list[Atom]:
     found = []
     for task in tasks:
+        family = family_of_task(task)
+        if not family.multi_step:
+            (step,) = family.steps(task)
+            assert step.reference is not None  # a family's step carries its target
+            found.append(
+                Atom(step.question, None, step.reference, step.tag, family.name, family.max_tokens)
+            )
+            continue
         for step in annotation_decomposer(task):
             if step.expression and step.reference:
                 prompt = ATOMIC_PROMPT.format(expression=step.expression)
@@ -353,14 +375,15 @@ def atoms_of(tasks: Sequence[Task]) -> list[Atom]:
 
 
 def split_problems(path: Path, seed: int, stream: int, heldout: int) -> tuple[list, list]:
-    """Stream and held-out problems, disjoint, in a seeded order; problems without
-    calculator annotations are left out."""
+    """Stream and held-out problems (items of another family), disjoint, in a seeded
+    order; problems without calculator annotations are left out."""
     tasks = read_tasks(path)
     random.Random(seed).shuffle(tasks)
     usable = []
     for task in tasks:
         try:
-            annotation_decomposer(task)
+            if family_of_task(task).multi_step:
+                annotation_decomposer(task)
         except DecompositionError:
             continue
         usable.append(task)

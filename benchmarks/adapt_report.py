@@ -16,7 +16,9 @@ import matplotlib
 import numpy as np
 from scipy.stats import wilcoxon
 
+from sage_agent.scoring.labels import label_metrics
 from sage_agent.scoring.numeric import math_metrics
+from sage_agent.tasks.families import ARITHMETIC, family_named
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -83,6 +85,8 @@ def mean_spread(values: Sequence[float], digits: int = 3) -> str:
 
 
 def atomic_table(results: Sequence[SeedResult]) -> list[str]:
+    if results and results[0].family != ARITHMETIC.name:
+        return label_table(results)
     lines = [
         "| method | EM | MAE | MSE | NER | EM where base right | EM where base wrong "
         "| adapters | training s | routed steps |",
@@ -108,6 +112,70 @@ def atomic_table(results: Sequence[SeedResult]) -> list[str]:
             f"| {np.mean([m.train_seconds for m in runs]):.0f} "
             f"| {np.mean([m.routed for m in runs]):.1f} |"
         )
+    return lines
+
+
+def label_table(results: Sequence[SeedResult]) -> list[str]:
+    """The paper's Table 1 columns for a task family's items: accuracy and macro
+    precision / recall / F1 over the labels (``scoring.labels``), per method."""
+    family = family_named(results[0].family)
+    lines = [
+        "| method | accuracy | macro P | macro R | macro F1 | answered | EM where base right "
+        "| EM where base wrong | adapters | training s | routed items |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base_right = [np.array(r.methods["Base"].right) for r in results]
+    for name in METHODS:
+        runs = [r.methods[name] for r in results if name in r.methods]
+        if not runs:
+            continue
+        metrics = [
+            label_metrics(family, m.answers, r.references)
+            for m, r in zip(runs, results, strict=True)
+        ]
+        kept = [np.array(m.right)[b].mean() for m, b in zip(runs, base_right, strict=True)]
+        fixed = [np.array(m.right)[~b].mean() for m, b in zip(runs, base_right, strict=True)]
+        macro = [
+            mean_spread([getattr(m, k) for m in metrics])
+            if metrics[0].macro_f1 is not None
+            else "-"
+            for k in ("macro_precision", "macro_recall", "macro_f1")
+        ]
+        lines.append(
+            f"| {name} | {mean_spread([m.accuracy for m in metrics])} | {' | '.join(macro)} "
+            f"| {mean_spread([m.answered for m in metrics])} "
+            f"| {mean_spread(kept)} | {mean_spread(fixed)} "
+            f"| {np.mean([m.adapters for m in runs]):.1f} "
+            f"| {np.mean([m.train_seconds for m in runs]):.0f} "
+            f"| {np.mean([m.routed for m in runs]):.1f} |"
+        )
+    return lines
+
+
+def confusion_tables(results: Sequence[SeedResult]) -> list[str]:
+    """The confusion of labels of the base model and of SAGE, all seeds pooled: whether a
+    method's gain is more than answering the majority label."""
+    family = family_named(results[0].family)
+    if family.kind not in ("label", "choice"):
+        return []
+    lines = []
+    for name in ("Base", "SAGE"):
+        if not all(name in r.methods for r in results):
+            continue
+        answers = [a for r in results for a in r.methods[name].answers]
+        references = [x for r in results for x in r.references]
+        metrics = label_metrics(family, answers, references)
+        lines += [
+            f"{name}, all seeds (rows: the reference; columns: the label answered):",
+            "",
+            "| reference | " + " | ".join(metrics.columns) + " |",
+            "|---" * (len(metrics.columns) + 1) + "|",
+            *(
+                f"| {label} | " + " | ".join(str(n) for n in row) + " |"
+                for label, row in zip(metrics.labels, metrics.confusion, strict=True)
+            ),
+            "",
+        ]
     return lines
 
 
@@ -255,7 +323,7 @@ def report(
         "",
         f"Machine: {machine}; {seconds / 60:.0f} minutes in all. Model: the embedded "
         f"SmolLM2-135M-Instruct; embedder: all-MiniLM-L6-v2. Seeds: {seeds}. Per seed "
-        f"{settings.stream} GSM8K problems streamed, {settings.heldout} held out (disjoint); "
+        f"{settings.stream} {_items(results)} streamed, {settings.heldout} held out (disjoint); "
         f"means ± standard deviation over the seeds. What each method is and how it is "
         f"scored: the docstring of `benchmarks/bench_adapt.py`.",
         "",
@@ -271,6 +339,7 @@ def report(
         "",
         f"![held-out step EM]({out.stem}/atomic_em.png)",
         "",
+        *confusion_tables(results),
         "Held-out steps each method changed, all seeds (an answer the same as the base "
         "model's was not routed to an adapter, kept by the gate, or answered alike):",
         "",
@@ -284,7 +353,7 @@ def report(
                 *operator_table(results, tags),
                 "",
             ]
-            if tags is not None
+            if tags is not None and results[0].family == ARITHMETIC.name
             else []
         ),
         "## Problems (the model's own earlier answers, at most three steps)",
@@ -363,3 +432,8 @@ def _cell(value: object) -> str:
     if not isinstance(value, float):
         return str(value)
     return f"{value:.0f}" if abs(value) >= 10 else f"{value:.3f}"
+
+
+def _items(results: Sequence[SeedResult]) -> str:
+    family = results[0].family if results else ARITHMETIC.name
+    return "GSM8K problems" if family == ARITHMETIC.name else f"{family} items"

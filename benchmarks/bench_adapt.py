@@ -3,7 +3,13 @@
     python benchmarks/bench_adapt.py --data ../shared/data/gsm8k/train.jsonl
         [--seeds 0,1,2] [--stream 100] [--heldout 40] [--search-seconds 120]
         [--adapt-seconds 720] [--max-clusters N] [--buffer-size 25] [--min-cluster 12] [--quick]
-        [--report-only]
+        [--report-only] [--out benchmarks/results/adapt.md]
+
+``--data`` may be a file of another task family (``sage_agent.tasks.families``): a
+PubMedQA file runs the paper's Table 1 protocol for it, a BIG-Bench Hard task's file the
+same stream / held-out protocol; each item is one step, judged by its family, and the
+table adds Table 1's columns (accuracy, macro precision / recall / F1) and the confusion
+of labels of the base model and SAGE. Give such a run its own ``--out``.
 
 Per seed, the GSM8K problems are shuffled with the seed; the first ``--stream`` are the
 stream the methods adapt on, the next ``--heldout`` (disjoint) are scored afterwards with
@@ -89,7 +95,6 @@ matplotlib.use("Agg")
 
 
 from adapt_methods import (
-    MIXED_TAG,
     MethodResult,
     SeedResult,
     Settings,
@@ -99,6 +104,7 @@ from adapt_methods import (
     correct,
     fixed_store_config,
     members,
+    mixed_tag,
     problem_level,
     record,
     retention,
@@ -127,6 +133,7 @@ def run_seed(
         f"{len(heldout)} held-out steps; base answers in {time.perf_counter() - started:.0f} s"
     )
     result = SeedResult(seed, len(stream), len(failures), [a.reference for a in heldout])
+    result.family = heldout[0].family if heldout else result.family
     record(
         result, MethodResult("Base", correct(base_answers, heldout), [a.text for a in base_answers])
     )
@@ -160,12 +167,14 @@ def run_seed(
     tags = Counter(a.tag for a in failures)
     big_tags = sorted(t for t, n in tags.items() if n >= minimum)
 
+    mixed = mixed_tag(stream)
+
     def baseline(name: str, labels: np.ndarray) -> None:
         started = time.perf_counter()
         clusters = [
             cluster_of(
                 int(label) + 1,
-                MIXED_TAG,
+                mixed,
                 [members(failures[i]) for i in np.flatnonzero(labels == label)],
                 vectors[labels == label],
             )
@@ -180,7 +189,7 @@ def run_seed(
             fixed_store_config(settings, share, rate),
             clusters,
             passes,
-            lambda _a: MIXED_TAG,
+            lambda _a: mixed,
             2 * share,
             settings.max_clusters,
         )

@@ -286,7 +286,8 @@ def main() -> None:
         f"Matmul ceiling measured in the same run (2048 x 2048 x 2048): "
         f"{fp32_ceiling / 1e9:.0f} GFLOP/s in float32"
         + (
-            f", {ceiling / 1e9:.0f} GFLOP/s in bf16 (what the bf16 rows' share is of; the float32 rows' is of float32's)"
+            f", {ceiling / 1e9:.0f} GFLOP/s in bf16 (what the bf16 rows' share is of; "
+            "the float32 rows' is of float32's)"
             if training_dtype == torch.bfloat16
             else " (this CPU has no native bf16, so sage-agent trains in float32)"
         )

@@ -2,16 +2,17 @@
 and the answer format, per training second.
 
     python benchmarks/bench_volume.py --data ../shared/data/gsm8k/train.jsonl
-        [--tag +] [--formats equation,worked] [--sizes 256,1024,4096] [--epochs 2]
-        [--size 48] [--seed 0]
+        [--tag +] [--formats equation,worked] [--runs 256x1,1024x1,4096x1]
+        [--size 48] [--seed 0] [--out benchmarks/results/volume.md]
 
 The first ``--size`` GSM8K atoms of ``--tag`` that the embedded model answers wrong
 become a cluster, as in bench_formats. For each answer format and each training size, the
 store's recipe (``build_recipe`` with that ``train_size``; the cluster's failures topped
 up with verifier-labelled variants, no rehearsal) makes the pairs, and one LoRA
-configuration (LoRATrainConfig's defaults) trains on them; after every epoch the adapter
+configuration (LoRATrainConfig's defaults) trains on them for the run's epochs (a run
+"768x1" is 768 pairs seen once; "256x3" the same seconds on 256 pairs); then the adapter
 answers the validation prompts (the held-out quarter of the cluster and 16 variants of
-each) by greedy generation. Writes benchmarks/results/volume.md.
+each, the same for every run) by greedy generation.
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--tag", default="+")
     parser.add_argument("--formats", default="equation,worked")
-    parser.add_argument("--sizes", default="256,1024,4096", help="training pairs")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument(
+        "--runs", default="256x1,1024x1,4096x1", help="training pairs x epochs, comma-separated"
+    )
     parser.add_argument("--size", type=int, default=48, help="failures in the cluster")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "volume.md")
     args = parser.parse_args()
     chat, embeddings = ChatSage(max_tokens=ANSWER_MAX_TOKENS), default_embeddings()
     failures = failures_of(chat, args.data, args.tag, args.size, args.seed)
@@ -53,24 +56,23 @@ def main() -> None:
     cluster = cluster_of(1, args.tag, failures, vectors)
     rows = []
     for answer_format in args.formats.split(","):
-        for size in (int(s) for s in args.sizes.split(",")):
+        for size, epochs in (map(int, run.split("x")) for run in args.runs.split(",")):
             config = RecipeConfig(
                 answer_format=answer_format, train_size=size, val_variants=VAL_VARIANTS
             )
             recipe = build_recipe(cluster, config, min_train_samples=8, seed=args.seed)
             base = evaluate(chat, None, recipe.validation).exact_match
-            name = f"volume-{answer_format}-{size}"
-            run = LoRARun(chat, name, recipe.train, LoRATrainConfig(epochs=args.epochs))
-            for epoch in range(1, args.epochs + 1):
-                run.train(run.steps_per_epoch)
-                em = evaluate(chat, name, recipe.validation).exact_match
-                lift = 100 * (em - base) / (run.seconds / 60)
-                rows.append(
-                    f"| {answer_format} | {len(recipe.train)} | {epoch} | {run.samples} | "
-                    f"{run.seconds:.0f} | {run.samples / run.seconds:.1f} | {em:.1%} | "
-                    f"{base:.1%} | {lift:.1f} |"
-                )
-                print(rows[-1], flush=True)
+            name = f"volume-{answer_format}-{size}x{epochs}"
+            run = LoRARun(chat, name, recipe.train, LoRATrainConfig(epochs=epochs))
+            run.train(run.steps_per_epoch * epochs)
+            em = evaluate(chat, name, recipe.validation).exact_match
+            lift = 100 * (em - base) / (run.seconds / 60)
+            rows.append(
+                f"| {answer_format} | {len(recipe.train)} | {epochs} | {run.samples} | "
+                f"{run.seconds:.0f} | {run.samples / run.seconds:.1f} | {em:.1%} | "
+                f"{base:.1%} | {lift:.1f} |"
+            )
+            print(rows[-1], flush=True)
             chat.delete_adapter(name)
     lines = results_header(
         "Training volume",
@@ -87,9 +89,9 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "volume.md").write_text("\n".join(lines) + "\n")
-    print(f"written to {RESULTS / 'volume.md'}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"written to {args.out}")
 
 
 if __name__ == "__main__":

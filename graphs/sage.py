@@ -32,10 +32,7 @@ from langchain_core.messages import AIMessage
 from langgraph.graph import END, START, StateGraph
 
 from sage_agent.context import SageContext, context_of, current_thread_id
-from sage_agent.errors import (
-    DecompositionError,
-    MalformedTask,
-)
+from sage_agent.errors import DataError, DecompositionError
 from sage_agent.graphs.planning import decompose_task, judge_plan, route_planner
 from sage_agent.graphs.prompting import step_prompt
 from sage_agent.graphs.state import Ctx, SageInput, SageOutput, SageState, timed
@@ -56,9 +53,9 @@ from sage_agent.records import (
     Training,
     Triggered,
 )
-from sage_agent.scoring.numeric import numbers_match, parse_number
 from sage_agent.store.policy import Route
-from sage_agent.tasks.steps import AtomicStep, final_answer
+from sage_agent.tasks.families import ARITHMETIC, TaskFamily, family_named, family_of_task
+from sage_agent.tasks.steps import AtomicStep
 
 # nodes
 
@@ -70,13 +67,17 @@ def decompose(state: SageState, runtime: Ctx) -> SageState:
     update: SageState = {"task": task, "thread_id": thread, "index": 0}
     context = context_of(runtime)
     try:
-        if not isinstance(task.get("question"), str) or not task["question"].strip():
-            raise DecompositionError('the graph takes {"task": ...} or {"question": "..."}')
-        adapter, plan = route_planner(context, task["question"])
-        if plan is not None:
-            update["plan"] = plan  # kept whether the plan parses or not
-        steps = decompose_task(context, task, adapter, plan)
-    except (DecompositionError, MalformedTask) as error:
+        family = family_of_task(task)
+        if not family.multi_step:  # one step, made by its family: nothing to plan
+            steps = family.steps(task)
+        else:
+            if not isinstance(task.get("question"), str) or not task["question"].strip():
+                raise DecompositionError('the graph takes {"task": ...} or {"question": "..."}')
+            adapter, plan = route_planner(context, task["question"])
+            if plan is not None:
+                update["plan"] = plan  # kept whether the plan parses or not
+            steps = decompose_task(context, task, adapter, plan)
+    except (DecompositionError, DataError) as error:
         runtime.stream_writer(
             DecomposeFailed(event="decompose_failed", task=task.get("id"), error=str(error))
         )
@@ -126,12 +127,11 @@ def answer(state: SageState, runtime: Ctx) -> SageState:
     then goes back to the candidates, for a retry should the sure answer fail."""
     context, attempt = context_of(runtime), _current(state)
     policy = context.policy
+    max_tokens = _max_tokens(state, context.max_tokens)
     if attempt["routed"]:
         route = Route((attempt["adapter"],), route_all=bool(attempt.get("route_all")))
         if policy.base_first(route):
-            base = context.model.invoke(
-                attempt["prompt"], adapter=None, max_tokens=context.max_tokens
-            )
+            base = context.model.invoke(attempt["prompt"], adapter=None, max_tokens=max_tokens)
             if policy.choose(route, base) is None:
                 candidates = [attempt["adapter"], *(state.get("candidates") or [])]
                 attempt.update(
@@ -145,10 +145,19 @@ def answer(state: SageState, runtime: Ctx) -> SageState:
             name, failure = held.enter_context(policy.loaded(attempt["adapter"]))
             if failure is not None:
                 attempt.update(note=failure, adapter=None)
-        message = context.model.invoke(
-            attempt["prompt"], adapter=name, max_tokens=context.max_tokens
-        )
+        message = context.model.invoke(attempt["prompt"], adapter=name, max_tokens=max_tokens)
     return {"attempt": _answered(attempt, message, runtime)}
+
+
+def _family(state: SageState) -> TaskFamily:
+    """The family of the step under way (arithmetic for a step of an older checkpoint)."""
+    return family_named(state["steps"][state["index"]].get("family", ARITHMETIC.name))
+
+
+def _max_tokens(state: SageState, arithmetic: int) -> int:
+    """An arithmetic step's cap is the context's; another family's is its own."""
+    family = _family(state)
+    return arithmetic if family.multi_step else family.max_tokens
 
 
 def _current(state: SageState) -> Attempt:
@@ -170,11 +179,13 @@ def _answered(attempt: Attempt, message: AIMessage, runtime: Ctx) -> Attempt:
 @timed
 def trigger(state: SageState, runtime: Ctx) -> SageState:
     context, attempt = context_of(runtime), _current(state)
+    family = _family(state)
     result = context.trigger.score(
         attempt["answer"],
         attempt["reference"],
         expression=attempt["expression"],
         logits_margin=attempt["logits_margin"],
+        judge=None if family.multi_step else family.judge,
     )
     attempt.update(
         anomaly_score=result.anomaly_score,
@@ -297,12 +308,13 @@ def finish(state: SageState, runtime: Ctx) -> SageState:
     task, records = state["task"], state.get("records") or []
     answer = records[-1]["answer"] if records else None
     try:
-        reference = final_answer(task["answer"]) if isinstance(task.get("answer"), str) else None
-    except MalformedTask:
-        reference = None
+        family = family_of_task(task)
+    except DataError:
+        family = None  # decompose said so already
+    reference = family.target(task) if family is not None else None
     correct = None
-    if reference is not None and answer is not None:
-        correct = numbers_match(parse_number(answer), parse_number(reference))
+    if family is not None and reference is not None and answer is not None:
+        correct = family.judge(answer, reference)
     result: TaskResult = {
         "task": task.get("id"),
         "answer": answer,

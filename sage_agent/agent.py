@@ -30,10 +30,12 @@ from sage_agent.graphs import SageState, build_sage_graph
 from sage_agent.graphs.store_calls import adaptation_seconds
 from sage_agent.records import SageEvent, Task, TaskResult
 from sage_agent.runs import LEASE_BEAT, RunRegistry
+from sage_agent.scoring.labels import label_metrics
 from sage_agent.scoring.numeric import math_metrics
 from sage_agent.scoring.trigger import Trigger
 from sage_agent.store import LoRAStore, StoreConfig
 from sage_agent.tasks.decompose import Decomposer, socratic_decomposer
+from sage_agent.tasks.families import ARITHMETIC, family_named
 
 Event = SageEvent
 """A custom stream event of the graph (``sage_agent.records.SageEvent``)."""
@@ -54,6 +56,10 @@ class RunSummary:
     mae: float | None = None
     mse: float | None = None
     ner: float = 0.0
+    labels: dict[str, Any] | None = None
+    """Steps of a family other than arithmetic: accuracy, macro precision / recall / F1
+    and the confusion of labels (``scoring.labels.LabelMetrics``) of the final answers;
+    its step_em is that accuracy."""
     triggers: int = 0
     """First answers the Trigger failed."""
     clusters: int = 0
@@ -295,6 +301,7 @@ class SageAgent:
         summary = RunSummary(run_id)
         run = self.runs.get(run_id)
         finals, firsts, references, solved, problems = [], [], [], 0, 0
+        judged: dict[str, tuple[list[str], list[str], list[bool]]] = {}
         for row in self.runs.threads(run_id, order_by="position"):
             values = self.state(row["id"])
             if not values.get("result"):
@@ -309,9 +316,16 @@ class SageAgent:
                 summary.answers[row["task_id"]] = values["result"].get("answer")
             for record in values.get("records") or []:
                 attempts = record["attempts"]
-                finals.append(record["answer"])
-                firsts.append(attempts[0]["answer"])
-                references.append(record["reference"])
+                family = record.get("family", ARITHMETIC.name)
+                if family == ARITHMETIC.name:
+                    finals.append(record["answer"])
+                    firsts.append(attempts[0]["answer"])
+                    references.append(record["reference"])
+                else:
+                    answers, golds, first_passed = judged.setdefault(family, ([], [], []))
+                    answers.append(record["answer"] or "")
+                    golds.append(record["reference"] or "")
+                    first_passed.append(record["first_passed"])
                 summary.triggers += attempts[0]["failed"]
                 summary.retries += record["retries"]
                 summary.retry_success += record["retry_success"]
@@ -326,6 +340,12 @@ class SageAgent:
         if metrics is not None and first_metrics is not None:
             summary.step_em, summary.step_em_first = metrics.em, first_metrics.em
             summary.mae, summary.mse, summary.ner = metrics.mae, metrics.mse, metrics.ner
+        elif judged:  # a run of one family (the first one's, should a file mix them)
+            family, (answers, golds, first_passed) = next(iter(judged.items()))
+            labels = label_metrics(family_named(family), answers, golds)
+            summary.labels, summary.steps = labels.as_dict(), len(answers)
+            summary.step_em, summary.ner = labels.accuracy, labels.answered
+            summary.step_em_first = sum(first_passed) / len(first_passed)
         summary.clusters = len(self.buffer.clusters(with_samples=False))
         if wall_s is not None:
             summary.wall_s = wall_s

@@ -3,7 +3,8 @@
 Around every model call it answers as the store's adaptation policy decides, the graph's
 own rule (``sage_agent.store.policy``: a routed adapter answers when it routes all or the
 base answer is unsure), scores the answer with the Trigger when a reference is known (a
-callable of yours, or the arithmetic verifier on an expression in the prompt), buffers
+callable of yours, or the arithmetic verifier on an expression in the prompt; a task
+family or a checker of yours judges a label or a string), buffers
 failures, and keeps one ``SageRecord`` per call in the agent's state. Training never runs
 inside a model call: clusters that became ready during a turn are trained after it
 (``after_agent``), or after an ``interrupt()`` that asks for approval when
@@ -42,8 +43,10 @@ from sage_agent.errors import (
     ExpressionError,
     StoreError,
 )
+from sage_agent.records import Judge
 from sage_agent.scoring.verifier import arithmetic_verifier
 from sage_agent.store import AdaptationPolicy, Route, needs_training, train_cluster
+from sage_agent.tasks.families import TaskFamily, family_named
 
 Reference = Callable[[ModelRequest, AIMessage], "str | None"]
 """The reference answer of a model call (a gold answer, a checked tool result), or None
@@ -100,8 +103,12 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
 
     ``context`` is the SageContext of the project's database (``build_context(db,
     chat)``); give the agent that same ChatSage as its model. ``reference`` gives each
-    call's reference answer (default: the arithmetic verifier on the prompt); one that
-    raises leaves the answer unscored, with a note and a warning. ``train``:
+    call's reference answer (default: the arithmetic verifier on the prompt), a number,
+    a label or a string; one that raises leaves the answer unscored, with a note and a
+    warning. ``family`` (a ``sage_agent.tasks.families`` family or its name, such as
+    "pubmedqa") judges the answer against it (a label is right when the answer names it
+    first) and tags the failures with its name; ``judge(answer, reference)`` is a checker
+    of your own, which decides instead. ``train``:
     "after_turn", "approve" (an ``interrupt()`` asks first; resume with
     ``Command(resume=True)``) or "never".
     """
@@ -115,11 +122,17 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
         reference: Reference = expression_reference,
         train: Literal["after_turn", "approve", "never"] = "after_turn",
         max_seconds: float | None = None,
+        family: TaskFamily | str | None = None,
+        judge: Judge | None = None,
     ) -> None:
         super().__init__()
         if train not in ("after_turn", "approve", "never"):
             raise ConfigError(f'train must be "after_turn", "approve" or "never", not {train!r}')
         self.context, self.reference, self.train = context, reference, train
+        self.family = family_named(family) if isinstance(family, str) else family
+        if self.family is not None and self.family.multi_step:
+            self.family = None  # arithmetic: the operator signature tags, the numbers judge
+        self.judge = judge or (self.family.judge if self.family is not None else None)
         self.max_seconds = max_seconds
         self._warned = False
 
@@ -167,7 +180,11 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
         prompt = _prompt(request.messages)
         if not prompt or not self._adapts(request.model):
             return Route()
-        return self.policy.route(prompt, tag=default_tag(prompt), limit=1)
+        return self.policy.route(prompt, tag=self._tag(prompt), limit=1)
+
+    def _tag(self, prompt: str) -> str:
+        """The family's tag, else the operator signature of the prompt's expression."""
+        return self.family.tag if self.family is not None else default_tag(prompt)
 
     def _scored(
         self,
@@ -200,7 +217,9 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
         ready = list(request.state.get("sage_ready") or [])
         if reference is not None and prompt:
             margin = message.response_metadata.get("logits_margin_mean")
-            result = self.context.trigger.score(message.text, reference, logits_margin=margin)
+            result = self.context.trigger.score(
+                message.text, reference, logits_margin=margin, judge=self.judge
+            )
             record.update(failed=result.failed, anomaly_score=result.anomaly_score)
             ready += self._learn(request, record)
         update = {"sage_records": [record], "sage_ready": ready}
@@ -210,7 +229,7 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
         """What the policy makes of the outcome: an adapter's use counted, a passing base
         answer kept as a canary, a failure buffered. Returns the failure's cluster when it
         is now ready for training."""
-        prompt, tag = record["prompt"], default_tag(record["prompt"])
+        prompt, tag = record["prompt"], self._tag(record["prompt"])
         # The canary's expression is the prompt's only when the reference was computed
         # from it (the default reference); a reference of the user's may not be.
         expression = first_expression(prompt) if self.reference is expression_reference else None

@@ -10,6 +10,7 @@ the keys in one place.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,13 +25,20 @@ class TrainingPair:
     answer: str
 
 
+Judge = Callable[[str, str], bool]
+"""(the model's answer, the reference) -> whether the answer is right."""
+
+
 class Task(TypedDict):
-    """One line of a task file (GSM8K's shape); other keys are kept as they are."""
+    """One line of a task file; other keys (a PubMedQA record's, a BIG-Bench Hard
+    "input" and "target") are kept as they are."""
 
     id: str
-    question: str
+    question: NotRequired[str]
     answer: NotRequired[str]
     """GSM8K's worked solution with its "#### <final answer>" line, when known."""
+    family: NotRequired[str]
+    """The task family that reads and judges it (``sage_agent.tasks.families``)."""
 
 
 class StepDict(TypedDict):
@@ -44,6 +52,7 @@ class StepDict(TypedDict):
     reference: str | None
     tag: str
     depends_on: list[int]
+    family: NotRequired[str]
 
 
 class BufferNote(TypedDict):

@@ -145,3 +145,27 @@ def test_bench_adapt_counts_what_each_method_did_with_the_base_models_wrong_step
     table = bench.change_table([result, result])
     assert table[2] == "| SAGE | 6 | 2 | 2 | 2 | 4 | 2 |"
     assert len(table) == 3  # one row per method besides the base model
+
+
+def test_bench_adapt_reports_a_label_family_as_the_papers_table_1(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bench = load_adapt(monkeypatch)
+    references = ["yes", "no", "maybe", "yes"]
+    base = bench.MethodResult("Base", [True, False, False, True], ["yes", "yes", "yes", "yes"])
+    sage = bench.MethodResult("SAGE", [True, True, False, True], ["yes", "no", "no", "yes"])
+    result = bench.SeedResult(
+        0, 4, 2, references, methods={"Base": base, "SAGE": sage}, family="pubmedqa"
+    )
+    table = bench.atomic_table([result])
+    assert table[0].startswith("| method | accuracy | macro P | macro R | macro F1 |")
+    # the base model answers the majority label: accuracy 0.5, macro F1 (2/3 + 0 + 0) / 3
+    assert table[2].startswith("| Base | 0.500 | 0.167 | 0.333 | 0.222 | 1.000 |")
+    assert table[3].startswith("| SAGE | 0.750 |")
+    confusion = bench.confusion_tables([result])
+    assert "| yes | 2 | 0 | 0 | 0 |" in confusion and "| no | 0 | 1 | 0 | 0 |" in confusion
+    assert bench.atoms_of([{"id": "p", **_pubmedqa()}])[0].family == "pubmedqa"
+
+
+def _pubmedqa() -> dict:
+    return {"question": "Q?", "contexts": ["C."], "final_decision": "maybe"}

@@ -254,3 +254,27 @@ def test_the_demo_replaces_a_demo_database_of_an_earlier_version(tmp_path, tiny_
     with pytest.raises(sage_agent.RunError, match="is not a demo database"):
         _start_afresh(mine)
     assert mine.exists()
+
+
+def test_a_bbh_file_runs_and_evaluates_with_label_metrics(tmp_path, tiny_model_dir, capsys) -> None:
+    data = tmp_path / "web_of_lies.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"id": f"web_of_lies-{i}", "input": f"Does person {i} lie?", "target": t})
+            for i, t in enumerate(["Yes", "No", "Yes"])
+        ).replace("}{", "}\n{")
+        + "\n"
+    )
+    db = tmp_path / "sage.db"
+    common = ["--data", str(data), "--db", str(db), "--model", str(tiny_model_dir), "--json"]
+    assert main(["run", *common]) == 0
+    labels = _last_json(capsys)["labels"]
+    assert labels["family"] == "bbh:web_of_lies" and labels["n"] == 3
+    assert labels["columns"] == ["Yes", "No", "(none)"] and sum(map(sum, labels["confusion"])) == 3
+    assert main(["eval", *common, "--no-adapters"]) == 0
+    summary = _last_json(capsys)
+    assert summary["steps"] == 3 and summary["step_em"] == summary["labels"]["accuracy"]
+    assert (
+        main(["report", summary["run_id"], "--db", str(db), "--out", str(tmp_path / "r.html")]) == 0
+    )
+    assert "Confusion of labels" in (tmp_path / "r.html").read_text()

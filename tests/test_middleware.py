@@ -173,3 +173,27 @@ def test_the_middleware_answers_as_the_policy_decides(tiny_chat, bow_embeddings)
     # the base model was sure, so the first call kept its answer; the second went
     # straight to the adapter
     assert calls == [None, "a1"]
+
+
+def test_a_classification_step_adapts_with_a_label_reference(context) -> None:
+    """A yes / no / maybe judgement adapts as a sum does: the PubMedQA family judges the
+    answer against the label the reference gives and tags the failures."""
+    middleware = SageMiddleware(
+        context, reference=lambda _request, _answer: "yes", family="pubmedqa"
+    )
+    agent = create_agent(context.model, middleware=[middleware])
+    questions = [
+        f"Did treatment {i} help the patients?\nAnswer yes, no or maybe." for i in range(24)
+    ]
+    states = [agent.invoke({"messages": [HumanMessage(q)]}) for q in questions]
+    records = [s["sage_records"][-1] for s in states]
+    assert all(r["reference"] == "yes" and r["failed"] is not None for r in records)
+    trained = [i for i, s in enumerate(states) if s.get("sage_trained")]
+    assert trained and states[trained[0]]["sage_trained"][0]["adapters"]
+    adapter = context.store.get(states[trained[0]]["sage_trained"][0]["adapters"][0])
+    assert adapter.tag == "pubmedqa"
+    routed = [r for r in records[trained[0] + 1 :] if r["adapter"] is not None]
+    assert routed and any(not r["failed"] for r in routed)
+    # a checker of one's own decides instead of the family's judge
+    strict = SageMiddleware(context, family="pubmedqa", judge=lambda answer, ref: answer == ref)
+    assert strict.judge("Yes.", "yes") is False and middleware.judge("Yes.", "yes") is True

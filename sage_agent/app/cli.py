@@ -31,7 +31,7 @@ from sage_agent.store.config import StoreConfig
 from sage_agent.store.registry import AdapterRegistry
 
 if TYPE_CHECKING:
-    from sage_agent.agent import RunSummary, SageAgent
+    from sage_agent.agent import SageAgent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--limit", type=int, default=None, help="first N tasks only")
         command.add_argument("--db", type=Path, default=Path("sage.db"))
         command.add_argument("--model", default=None, help="hub id or local path")
+        command.add_argument(
+            "--format",
+            default=None,
+            help="task family of the file: gsm8k, pubmedqa, a BIG-Bench Hard task "
+            '(navigate, word_sorting, ...) or text ({"input", "target"}); default: '
+            "detected from the first line's fields",
+        )
         command.add_argument(
             "--decompose",
             choices=("socratic", "annotations", "llm"),
@@ -185,6 +192,7 @@ RUN_OPTIONS = {
     "limit": None,
     "strict": False,
     "model": None,
+    "format": None,
     "decompose": "socratic",
     "substitute": "references",
     "budget": 120.0,
@@ -200,10 +208,11 @@ def _run(args: argparse.Namespace) -> int:
     # The heavy stack (torch, transformers, LangChain) loads only for the commands that
     # answer or train, so `adapters list` and the like answer at once.
     from sage_agent.agent import SageAgent
-    from sage_agent.app.progress import run_with_progress
+    from sage_agent.app.progress import print_summary, run_with_progress
     from sage_agent.context import AdaptationBudget
     from sage_agent.tasks.data import read_tasks
     from sage_agent.tasks.decompose import LLMDecomposer, annotation_decomposer, socratic_decomposer
+    from sage_agent.tasks.families import family_named
 
     given = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     given = {k: given.get(k) for k in RUN_OPTIONS}
@@ -213,7 +222,10 @@ def _run(args: argparse.Namespace) -> int:
         run_id, options = _resumed(args, given)
     if options["data"] is None:
         raise DataError("--data is required")
-    tasks = read_tasks(options["data"], limit=options["limit"], strict=options["strict"])
+    family = family_named(options["format"]) if options["format"] else None
+    tasks = read_tasks(
+        options["data"], limit=options["limit"], strict=options["strict"], family=family
+    )
     if not tasks:
         raise DataError(f"{options['data']} holds no tasks")
     agent = SageAgent(args.db, options["model"], substitute=options["substitute"])
@@ -235,7 +247,7 @@ def _run(args: argparse.Namespace) -> int:
         take_over=args.take_over,
         quiet=args.json,
     )
-    _print_summary(summary, args.json)
+    print_summary(summary, args.json)
     return 0
 
 
@@ -285,25 +297,6 @@ def _apply_sizes(agent: SageAgent, buffer_size: int | None, min_cluster: int | N
             agent.store.config = replace(agent.store.config, min_train_samples=min_cluster)
     except ConfigError as error:
         raise RunError(f"--buffer-size / --min-cluster: {error}") from error
-
-
-def _print_summary(summary: RunSummary, as_json: bool) -> None:
-    data = asdict(summary)
-    if as_json:
-        print(json.dumps(data))
-        return
-    from tabulate import tabulate
-
-    shown = {k: v for k, v in data.items() if k not in ("threads", "errors", "answers")}
-    print(tabulate(shown.items(), headers=("metric", "value"), floatfmt=".3f"))
-    for task, answer in list(summary.answers.items())[:20]:  # plain questions: no reference
-        print(f"answer to {task}: {answer}")
-    if len(summary.answers) > 20:
-        print(f"... and {len(summary.answers) - 20} more answers (--json has them all)")
-    for error in data["errors"]:
-        print(f"error: {error}")
-    if data["threads"]:
-        print(f"threads: {len(data['threads'])}, latest {data['threads'][-1]}")
 
 
 # trace

@@ -1,8 +1,11 @@
-"""Progress on a terminal: a tqdm bar over a run's tasks, and the store's training events."""
+"""A run on a terminal: a tqdm bar over its tasks, the store's training events, and its
+figures at the end."""
 
 from __future__ import annotations
 
+import json
 import sys
+from dataclasses import asdict
 from typing import Any
 
 from tqdm import tqdm
@@ -48,3 +51,23 @@ def describe(event: Event) -> str:
     if kind == "adapter_kept":
         return f"adapter {event['adapter']} kept (val EM {event['val_em']:.2f})"
     return f"retry with adapter {event['adapter']}"
+
+
+def print_summary(summary: RunSummary, as_json: bool) -> None:
+    """The run's figures as a table on stdout, or one JSON object."""
+    data = asdict(summary)
+    if as_json:
+        print(json.dumps(data))
+        return
+    from tabulate import tabulate
+
+    shown = {k: v for k, v in data.items() if k not in ("threads", "errors", "answers")}
+    print(tabulate(shown.items(), headers=("metric", "value"), floatfmt=".3f"))
+    for task, answer in list(summary.answers.items())[:20]:  # plain questions: no reference
+        print(f"answer to {task}: {answer}")
+    if len(summary.answers) > 20:
+        print(f"... and {len(summary.answers) - 20} more answers (--json has them all)")
+    for error in data["errors"]:
+        print(f"error: {error}")
+    if data["threads"]:
+        print(f"threads: {len(data['threads'])}, latest {data['threads'][-1]}")

@@ -117,7 +117,7 @@ def read_run(agent: SageAgent, run_id: str) -> RunReport:
             ThreadRow(
                 thread=row["id"],
                 task=row["task_id"],
-                question=(values.get("task") or {}).get("question"),
+                question=_question(values.get("task") or {}),
                 correct=result.get("correct"),
                 steps=len(records),
                 steps_passed=sum(r["passed"] for r in records),
@@ -157,3 +157,8 @@ def read_run(agent: SageAgent, run_id: str) -> RunReport:
         searches=[Search(c, v, trials) for (c, v), trials in searches.items()],
         adapters=agent.store.adapters(status=None),
     )
+
+
+def _question(task: dict[str, Any]) -> str | None:
+    """What the task asks: GSM8K's and PubMedQA's "question", BIG-Bench Hard's "input"."""
+    return task.get("question") or task.get("input")

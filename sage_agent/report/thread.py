@@ -78,6 +78,8 @@ class ThreadTrace:
     checkpoints: list[Checkpoint]
     plan: PlanNote | None = None
     """The planner's adapter and a failed plan's fate (with an LLMDecomposer)."""
+    family: str | None = None
+    """The task family that judged the thread's answers (``sage_agent.tasks.families``)."""
 
     @property
     def seconds(self) -> float:
@@ -108,7 +110,7 @@ def read_thread(agent: SageAgent, thread_id: str) -> ThreadTrace:
         thread=thread_id,
         run_id=row["run_id"] if row else None,
         task=task.get("id"),
-        question=task.get("question"),
+        question=task.get("question") or task.get("input"),
         result=values.get("result"),
         error=values.get("error"),
         pending=list(snapshot.next),
@@ -117,6 +119,7 @@ def read_thread(agent: SageAgent, thread_id: str) -> ThreadTrace:
         timings=timings,
         checkpoints=checkpoints,
         plan=values.get("plan"),
+        family=task.get("family"),
     )
 
 

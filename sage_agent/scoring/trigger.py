@@ -9,7 +9,9 @@ Per answer (paper section 3.1):
 
 AS = sum_i w_i (1 - s_i); AS >= threshold is a failure. A missing s1 (no margin given)
 drops out and the other weights are renormalised. For numeric answers the numbers
-decide: a numeric mismatch always fails and a match never does.
+decide: a numeric mismatch always fails and a match never does. A task family's judge
+(a label, an option letter, a normalised string; ``sage_agent.tasks.families``) decides
+likewise where one is given.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sacrebleu.metrics import BLEU
 
 from sage_agent.embeddings import LazyDefaultEmbeddings
 from sage_agent.errors import ConfigError, InvalidInput
+from sage_agent.records import Judge
 from sage_agent.scoring.numeric import numbers_match, parse_number
 from sage_agent.scoring.verifier import Verifier
 
@@ -133,14 +136,17 @@ class Trigger:
         *,
         expression: str | None = None,
         logits_margin: float | Sequence[float] | None = None,
+        judge: Judge | None = None,
     ) -> TriggerResult:
         """Score one answer. ``logits_margin`` is the mean margin or the per-token list
-        (ChatSage puts both in ``response_metadata``)."""
+        (ChatSage puts both in ``response_metadata``). ``judge`` decides pass or fail
+        against the reference instead of the numbers and the anomaly score."""
         return self.score_batch(
             [prediction],
             [reference],
             expressions=[expression],
             logits_margins=[logits_margin],
+            judge=judge,
         )[0]
 
     def score_batch(
@@ -150,8 +156,9 @@ class Trigger:
         *,
         expressions: Sequence[str | None] | None = None,
         logits_margins: Sequence[float | Sequence[float] | None] | None = None,
+        judge: Judge | None = None,
     ) -> list[TriggerResult]:
-        """Score many answers with one embedding call."""
+        """Score many answers with one embedding call (``judge``: see ``score``)."""
         n = len(predictions)
         references = _per_item(references, n, "references")
         expressions = _per_item(expressions, n, "expressions")
@@ -170,9 +177,11 @@ class Trigger:
             if resolved[i] is None:
                 results.append(self._confidence_only(margins[i]))
             else:
-                results.append(
-                    self._against_reference(cleaned[i], resolved[i], margins[i], cosine_of[i])
-                )
+                result = self._against_reference(cleaned[i], resolved[i], margins[i], cosine_of[i])
+                if judge is not None:
+                    result.failed = not judge(predictions[i], resolved[i])
+                    result.numeric_match = None
+                results.append(result)
         return results
 
     def calibrate(self, in_distribution_pairs: Sequence[tuple[str, str]]) -> tuple[float, float]:

@@ -20,14 +20,14 @@ from langchain_core.messages import AIMessage
 from sage_agent.buffer import Cluster
 from sage_agent.chat import ChatSage
 from sage_agent.errors import StoreError
-from sage_agent.records import TrainingPair
+from sage_agent.records import Judge, TrainingPair
 from sage_agent.store.config import RecipeConfig
 from sage_agent.store.gate import Canaries
+from sage_agent.tasks.families import TaskFamily, family_of_tag
 from sage_agent.tasks.plans import PLAN_MAX_TOKENS, PLAN_STOP, PLAN_TAG, plan_matches
 from sage_agent.training.augment import augment_pairs, plan_pairs
 from sage_agent.training.formats import ANSWER_FORMATS, AnswerFormat
 from sage_agent.training.validation import (
-    Judge,
     TeacherForced,
     generate,
     judge_answers,
@@ -131,7 +131,13 @@ def build_recipe(
     n_val = max(2, round(len(examples) * config.validation_fraction))
     train, val = examples[n_val:], examples[:n_val]
     answer = ANSWER_FORMATS[config.answer_format]
-    variants = _plan_variants(cluster) if cluster.tag == PLAN_TAG else _step_variants(answer)
+    family = family_of_tag(cluster.tag)
+    if cluster.tag == PLAN_TAG:
+        variants = _plan_variants(cluster)
+    elif family.multi_step:
+        variants = _step_variants(answer)
+    else:
+        variants = _family_variants(family)
     unseen = frozenset(p.prompt for p, _ in gate) | {p.prompt for p, _ in val}
     rehearsal_size = round(config.train_size * config.replay_fraction) if rehearsal else 0
     replay = written(rehearsal, answer)[:rehearsal_size]
@@ -140,7 +146,8 @@ def build_recipe(
     failures = top_up(failures, train, config.train_size - rehearsal_size, rng, variants, unseen)
     training = failures + replay
     seen = {p.prompt for p in training}
-    extra = variants(val, config.val_variants, rng)
+    # Its own generator: the validation set must not move with train_size.
+    extra = variants(val, config.val_variants, random.Random(f"{seed}:{cluster.id}:validation"))
     validation = written(val, answer) + [p for p in extra if p.prompt not in seen]
     gate_written = written(gate, answer)
     if cluster.tag == PLAN_TAG:
@@ -153,6 +160,8 @@ def build_recipe(
             PLAN_STOP,
             stop_repeated_line=True,
         )
+    if not family.multi_step:
+        return Recipe(training, validation, family.max_tokens, family.judge, gate_written)
     return Recipe(training, validation, gate=gate_written)
 
 
@@ -168,6 +177,14 @@ Variants = Callable[[Sequence[Example], int, random.Random], list[TrainingPair]]
 
 def _step_variants(answer: AnswerFormat) -> Variants:
     return lambda sources, n, rng: augment_pairs(sources, n, rng, answer=answer)
+
+
+def _family_variants(family: TaskFamily) -> Variants:
+    """Items the family generates with exact labels, made like the sources (none for a
+    family without a generator: its cluster trains on its own failures)."""
+    return lambda sources, n, rng: family.variants(
+        [p.prompt for p, _ in sources], n * len(sources), rng
+    )
 
 
 def _plan_variants(cluster: Cluster) -> Variants:

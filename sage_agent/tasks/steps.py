@@ -16,6 +16,7 @@ from sage_agent.errors import MalformedTask
 from sage_agent.scoring.numeric import numbers_match, parse_number
 
 ATOMIC_PROMPT = "Compute {expression}. Reply with the number only."
+"""The atomic-step prompt: on GSM8K atoms this wording beats a terse "a-b=" by far."""
 
 MAX_STEPS = 100
 """The most steps one task may have (a GSM8K solution has at most a dozen): each step
@@ -24,7 +25,6 @@ adds checkpoints, so a task of thousands would grow the database without bound."
 ANSWER_MAX_TOKENS = 32
 """Token cap of an atomic step's answer: "1234 * 5678 = 7006652" takes 20 SmolLM2 tokens,
 and a cap of 12 cut such answers before their result."""
-"""The atomic-step prompt: on GSM8K atoms this wording beats a terse "a-b=" by far."""
 
 _OPERATORS = {"+": "+", "-": "-", "−": "-", "*": "*", "×": "*", "/": "/", "÷": "/", "%": "%"}
 _OPERATOR_ORDER = "+-*/%^"
@@ -65,6 +65,8 @@ class AtomicStep:
     reference: str | None = None
     tag: str = "default"
     depends_on: list[int] = field(default_factory=list)
+    family: str = "arithmetic"
+    """The task family that judges the step's answer (``sage_agent.tasks.families``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

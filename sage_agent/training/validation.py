@@ -11,7 +11,7 @@ generates only to confirm the adapters it keeps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,13 +20,10 @@ from langchain_core.messages import AIMessage
 
 from sage_agent.chat import ChatSage
 from sage_agent.errors import InvalidInput
-from sage_agent.records import TrainingPair
+from sage_agent.records import Judge, TrainingPair
 from sage_agent.scoring.numeric import numbers_match, parse_number
 from sage_agent.tasks.steps import ANSWER_MAX_TOKENS
 from sage_agent.training.batches import answer_logits, collate, encode_pairs
-
-Judge = Callable[[str, str], bool]
-"""(the model's answer, the reference) -> whether the answer is right."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ def bad_lines(folder: Path) -> dict[str, Path]:
         "malformed": b'{"question": "q"\n',
         "not-utf8": b'{"question": "caf\xe9"}\n',
         "not-an-object": b'["question"]\n',
+        "no-question": b'{"q": "what?"}\n',
+        "pubmedqa-no-contexts": b'{"question": "q", "final_decision": "yes"}\n',
         "duplicate-id": b'{"id": "a", "question": "q"}\n{"id": "a", "question": "r"}\n',
         "empty": b"\n\n",
         "huge": b'{"question": "' + b"x" * 60_000 + b'"}\n',
@@ -38,7 +40,13 @@ CLI_CASES = [
     # (argv after the command, the expected words)
     (["run", "--data", "{bad[malformed]}", "--strict"], "malformed.jsonl:1"),
     (["run", "--data", "{bad[not-utf8]}", "--strict"], "not UTF-8 (byte 0xe9"),
-    (["run", "--data", "{bad[not-an-object]}", "--strict"], 'string "question"'),
+    (["run", "--data", "{bad[not-an-object]}", "--strict"], "not a JSON object"),
+    (["run", "--data", "{bad[no-question]}", "--strict"], 'string "question"'),
+    (
+        ["run", "--data", "{bad[pubmedqa-no-contexts]}", "--format", "pubmedqa", "--strict"],
+        "needs the field 'contexts'",
+    ),
+    (["run", "--data", "{data}", "--format", "no-such-family"], "unknown task family"),
     (["run", "--data", "{bad[duplicate-id]}", "--strict"], "id 'a' was already used on line 1"),
     (["run", "--data", "{bad[empty]}"], "holds no tasks"),
     (["run", "--data", "{bad[huge]}", "--strict"], "a task is at most 50000"),

@@ -1,0 +1,108 @@
+"""What each task family costs: prompt length, training, ranking and answering rates, and
+the base model's accuracy, per family, on the embedded model.
+
+    python benchmarks/bench_tasks.py --data-dir ../shared/data [--items 64] [--pairs 64]
+
+For GSM8K's atomic steps, PubMedQA and each BIG-Bench Hard task beside the clone: the
+first ``--items`` items (GSM8K: its first steps) answered by the base model in batches
+(items/s and accuracy as the family judges), ``--pairs`` of them as (prompt, target)
+pairs trained one epoch with the store's default LoRA configuration (samples/s) and read
+teacher-forced as the search ranks trials (pairs/s). A PubMedQA prompt carries its
+abstract, a few hundred tokens where an atomic step's is about 25: this is what it costs
+a search of the same seconds. Writes benchmarks/results/tasks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from adapt_methods import answer_all, atoms_of, correct
+from common import results_header
+
+from sage_agent import ChatSage
+from sage_agent.records import TrainingPair
+from sage_agent.tasks.data import read_tasks
+from sage_agent.training.trainer import LoRARun, LoRATrainConfig
+from sage_agent.training.validation import teacher_forced
+
+RESULTS = Path(__file__).parent / "results"
+FILES = [
+    "gsm8k/train.jsonl",
+    "pubmedqa/pqal_train.jsonl",
+    *(
+        f"bbh/{task}.jsonl"
+        for task in (
+            "boolean_expressions",
+            "object_counting",
+            "word_sorting",
+            "navigate",
+            "web_of_lies",
+            "sports_understanding",
+            "date_understanding",
+            "multistep_arithmetic_two",
+            "dyck_languages",
+        )
+    ),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--items", type=int, default=64)
+    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=RESULTS / "tasks.md")
+    args = parser.parse_args()
+    chat = ChatSage()
+    tokenizer = chat.tokenizer
+    rows = []
+    for name in FILES:
+        path = args.data_dir / name
+        if not path.is_file():
+            print(f"{path}: not found, left out")
+            continue
+        atoms = atoms_of(read_tasks(path, limit=args.items))[: args.items]
+        family = atoms[0].family
+        tokens = [len(tokenizer(a.prompt)["input_ids"]) for a in atoms]
+        started = time.perf_counter()
+        answers = answer_all(chat, atoms)
+        answer_s = time.perf_counter() - started
+        accuracy = sum(correct(answers, atoms)) / len(atoms)
+        pairs = [TrainingPair(a.prompt, a.reference) for a in atoms[: args.pairs]]
+        run = LoRARun(chat, "cost", pairs, LoRATrainConfig(epochs=1))
+        run.train(run.steps_per_epoch)
+        train_rate = run.samples / run.seconds
+        started = time.perf_counter()
+        teacher_forced(chat, "cost", pairs)
+        rank_rate = len(pairs) / (time.perf_counter() - started)
+        chat.delete_adapter("cost")
+        rows.append(
+            f"| {family} | {sum(tokens) / len(tokens):.0f} | {max(tokens)} | "
+            f"{len(atoms) / answer_s:.1f} | {train_rate:.1f} | {rank_rate:.1f} | "
+            f"{accuracy:.1%} | {len(atoms)} |"
+        )
+        print(rows[-1], flush=True)
+    lines = results_header(
+        "What each task family costs",
+        f"Model: the embedded SmolLM2-135M-Instruct. The first {args.items} items of each "
+        f"file (GSM8K: atomic steps); training: {args.pairs} pairs, one epoch, rank 16, "
+        "batch 16, bf16 where the CPU has it; ranking: the same pairs teacher-forced.",
+    )
+    lines += [
+        "| family | prompt tokens, mean | prompt tokens, max | answered items/s | "
+        "trained samples/s | ranked pairs/s | base accuracy | items |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

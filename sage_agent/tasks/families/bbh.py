@@ -1,0 +1,94 @@
+"""BIG-Bench Hard (Suzgun et al. 2022): ``{"input", "target"}`` items, one family per
+task, judged by the task's answer form. Tasks whose items can be made with exact labels
+carry a generator (``families.generated``); sports_understanding and date_understanding
+have none."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sage_agent.tasks.families.generated as generated
+from sage_agent.tasks.families.base import TaskFamily
+
+
+def input_target(record: dict[str, Any]) -> tuple[str, str]:
+    """A BIG-Bench Hard line (and a user's own ``{"input", "target"}``)."""
+    return record["input"], str(record["target"])
+
+
+def _task(name: str, kind: Any, instruction: str, **more: Any) -> TaskFamily:
+    return TaskFamily(f"bbh:{name}", kind, instruction, input_target, **more)
+
+
+_YES_NO = ("Yes", "No")
+BBH_FAMILIES = {
+    family.name.removeprefix("bbh:"): family
+    for family in (
+        _task(
+            "boolean_expressions",
+            "label",
+            "Answer True or False.",
+            labels=("True", "False"),
+            max_tokens=8,
+            generator=generated.boolean_expression,
+        ),
+        _task(
+            "object_counting",
+            "number",
+            "Reply with the number only.",
+            max_tokens=8,
+            generator=generated.object_counting,
+        ),
+        _task(
+            "word_sorting",
+            "text",
+            "Reply with the sorted words only, separated by spaces.",
+            max_tokens=96,
+            generator=generated.word_sorting,
+        ),
+        _task(
+            "navigate",
+            "label",
+            "Answer Yes or No.",
+            labels=_YES_NO,
+            max_tokens=8,
+            generator=generated.navigate,
+        ),
+        _task(
+            "web_of_lies",
+            "label",
+            "Answer Yes or No.",
+            labels=_YES_NO,
+            max_tokens=8,
+            generator=generated.web_of_lies,
+        ),
+        _task(
+            "sports_understanding",
+            "label",
+            "Answer yes or no.",
+            labels=("yes", "no"),
+            max_tokens=8,
+        ),
+        _task(
+            "date_understanding",
+            "choice",
+            "Reply with the letter of the right option, such as (A).",
+            max_tokens=12,
+        ),
+        _task(
+            "multistep_arithmetic_two",
+            "number",
+            "Reply with the number only.",
+            max_tokens=16,
+            generator=generated.multistep_arithmetic,
+        ),
+        _task(
+            "dyck_languages",
+            "text",
+            "Reply with the closing brackets only, separated by spaces.",
+            max_tokens=48,
+            generator=generated.dyck_completion,
+        ),
+    )
+}
+"""The nine tasks beside the clone (../shared/data/bbh), by BBH's task name."""

@@ -1,0 +1,251 @@
+"""Task families beyond arithmetic: reading PubMedQA / BIG-Bench Hard / {"input",
+"target"} files, judging answers, generated items with exact labels, label metrics, and
+a label task through the graph on the tiny llama (fail, train, retry with an adapter)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sage_agent import ChatSage, SageAgent
+from sage_agent.buffer import Cluster, Sample
+from sage_agent.errors import DataError, MalformedTask
+from sage_agent.scoring.labels import NO_LABEL, label_metrics
+from sage_agent.scoring.trigger import Trigger
+from sage_agent.store.recipe import build_recipe
+from sage_agent.tasks.data import read_tasks
+from sage_agent.tasks.families import (
+    ARITHMETIC,
+    PUBMEDQA,
+    TEXT,
+    detect_family,
+    family_named,
+    family_of_tag,
+)
+from sage_agent.tasks.families.bbh import BBH_FAMILIES
+from tests.support.tiny import NINES, SMALL_BUFFER
+
+
+def pubmedqa_record(i: int, decision: str = "yes") -> dict:
+    return {
+        "id": f"p{i}",
+        "question": f"Does drug {i} help?",
+        "contexts": [f"Drug {i} was given.", "Patients improved."],
+        "final_decision": decision,
+    }
+
+
+def _jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("family", "answer", "reference", "right"),
+    [
+        (PUBMEDQA, "Yes, it does.", "yes", True),
+        (PUBMEDQA, "Maybe; the evidence is weak, but yes", "yes", False),  # the first label
+        (PUBMEDQA, "I cannot say.", "no", False),
+        (BBH_FAMILIES["boolean_expressions"], "False", "False", True),
+        (BBH_FAMILIES["boolean_expressions"], "It is true.", "False", False),
+        (BBH_FAMILIES["date_understanding"], "The answer is (B).", "(B)", True),
+        (BBH_FAMILIES["date_understanding"], "B) 12/25/1937", "(B)", True),
+        (BBH_FAMILIES["date_understanding"], "(C)", "(B)", False),
+        (BBH_FAMILIES["object_counting"], "I have 8 instruments.", "8", True),
+        (BBH_FAMILIES["word_sorting"], "Apple  banana cherry.", "apple banana cherry", True),
+        (BBH_FAMILIES["word_sorting"], "banana apple cherry", "apple banana cherry", False),
+        (BBH_FAMILIES["dyck_languages"], "] ] >\nand more", "] ] >", True),
+        (TEXT, "Paris", "paris", True),
+    ],
+)
+def test_a_family_judges_the_answer_by_its_form(family, answer, reference, right) -> None:
+    assert family.judge(answer, reference) is right
+
+
+def test_files_are_read_as_their_family(tmp_path: Path) -> None:
+    pubmed = _jsonl(tmp_path / "pqal.jsonl", [pubmedqa_record(0)])
+    bbh = _jsonl(tmp_path / "navigate.jsonl", [{"input": "Go? ", "target": "No"}])
+    own = _jsonl(tmp_path / "mine.jsonl", [{"id": "q1", "input": "Capital?", "target": "Rome"}])
+    assert read_tasks(pubmed)[0]["family"] == "pubmedqa"
+    assert read_tasks(bbh)[0]["family"] == "bbh:navigate"  # by the file's name
+    assert read_tasks(own)[0]["family"] == "text"
+    # --format overrides what the fields say
+    assert read_tasks(own, family=family_named("navigate"))[0]["family"] == "bbh:navigate"
+    with pytest.raises(DataError, match="needs the field 'contexts'"):
+        read_tasks(
+            _jsonl(tmp_path / "bad.jsonl", [{"question": "q"}]), family=PUBMEDQA, strict=True
+        )
+    with pytest.raises(DataError, match="unknown task family 'nope'"):
+        family_named("nope")
+
+
+def test_detection_and_tags() -> None:
+    assert detect_family({"id": "web_of_lies-3", "input": "x", "target": "Yes"}).name == (
+        "bbh:web_of_lies"
+    )
+    assert detect_family({"question": "q", "answer": "a"}) is ARITHMETIC
+    assert family_of_tag("+*") is ARITHMETIC and family_of_tag("pubmedqa") is PUBMEDQA
+    step = PUBMEDQA.steps(pubmedqa_record(1))[0]
+    assert step.family == step.tag == "pubmedqa" and step.reference == "yes"
+    assert step.question.startswith("Context: Drug 1 was given.")
+    assert step.question.endswith("Answer yes, no or maybe.")
+    with pytest.raises(MalformedTask):
+        BBH_FAMILIES["navigate"].steps({"input": "  ", "target": "Yes"})
+
+
+def _simulate_navigation(text: str) -> str:
+    x = y = 0
+    for n, direction in re.findall(r"Take (\d+) steps? (\w+)\.", text):
+        dx, dy = {"left": (-1, 0), "right": (1, 0), "forward": (0, 1), "backward": (0, -1)}[
+            direction
+        ]
+        x, y = x + dx * int(n), y + dy * int(n)
+    return "Yes" if x == y == 0 else "No"
+
+
+def _closes(text: str, target: str) -> bool:
+    pairs = {"(": ")", "[": "]", "{": "}", "<": ">"}
+    stack: list[str] = []
+    for token in text.split("Input: ")[1].split():
+        if token in pairs:
+            stack.append(token)
+        else:
+            assert pairs[stack.pop()] == token
+    return " ".join(pairs[b] for b in reversed(stack)) == target
+
+
+@pytest.mark.parametrize(
+    ("task", "check"),
+    [
+        # Python's own evaluation: the test may eval the strings it made itself.
+        ("boolean_expressions", lambda t, y: str(eval(t.removesuffix(" is"))) == y),
+        ("multistep_arithmetic_two", lambda t, y: str(eval(t.removesuffix(" ="))) == y),
+        ("word_sorting", lambda t, y: sorted(t.split("List: ")[1].split()) == y.split()),
+        ("navigate", lambda t, y: _simulate_navigation(t) == y),
+        ("dyck_languages", _closes),
+    ],
+)
+def test_generated_items_carry_exact_labels(task: str, check) -> None:
+    family, rng = BBH_FAMILIES[task], random.Random(0)
+    sources = ["Sort the following words alphabetically: List: kiwi fig date plum"]
+    for pair in family.variants(sources, 200, rng):
+        text = pair.prompt.removesuffix("\n" + family.instruction)
+        assert check(text, pair.answer), (text, pair.answer)
+    if task == "word_sorting":  # drawn from the sources' own words
+        assert set(pair.answer.split()) <= {"kiwi", "fig", "date", "plum"}
+
+
+def test_web_of_lies_and_object_counting_labels() -> None:
+    rng = random.Random(1)
+    for pair in BBH_FAMILIES["web_of_lies"].variants([], 100, rng):
+        sentences = re.findall(
+            r"(\w+) (tells the truth|lies|says (\w+) (tells the truth|lies))\.", pair.prompt
+        )
+        truth: dict[str, bool] = {}
+        for name, what, about, claim in sentences:
+            truth[name] = (
+                what == "tells the truth"
+                if not about
+                else (truth[about] == (claim == "tells the truth"))
+            )
+        assert pair.answer == ("Yes" if truth[sentences[-1][0]] else "No")
+    counts = {"a": 1, "an": 1, "two": 2, "three": 3, "four": 4, "five": 5}
+    for pair in BBH_FAMILIES["object_counting"].variants([], 50, rng):
+        category = re.search(r"How many ([\w ]+) do I have", pair.prompt).group(1)
+        assert category and int(pair.answer) >= 2
+        assert int(pair.answer) <= sum(
+            counts[w] for w in re.findall(r"\b(a|an|two|three|four|five) ", pair.prompt)
+        )
+    assert BBH_FAMILIES["date_understanding"].variants([], 5, rng) == []  # no generator
+
+
+def test_label_metrics_are_macro_scores_with_a_confusion_of_labels() -> None:
+    answers = ["yes", "yes", "no", "I do not know", "maybe"]
+    references = ["yes", "no", "no", "yes", "maybe"]
+    metrics = label_metrics(PUBMEDQA, answers, references)
+    assert metrics.accuracy == pytest.approx(3 / 5) and metrics.answered == pytest.approx(4 / 5)
+    assert metrics.columns == ["yes", "no", "maybe", NO_LABEL]
+    assert metrics.confusion == [[1, 0, 0, 1], [1, 1, 0, 0], [0, 0, 1, 0]]
+    # yes: P 1/2 R 1/2; no: P 1 R 1/2; maybe: P 1 R 1
+    assert metrics.macro_precision == pytest.approx((0.5 + 1 + 1) / 3)
+    assert metrics.macro_recall == pytest.approx((0.5 + 0.5 + 1) / 3)
+    numbers = label_metrics(BBH_FAMILIES["object_counting"], ["8", "x"], ["8", "3"])
+    assert numbers.accuracy == 0.5 and numbers.macro_f1 is None
+
+
+def test_the_trigger_takes_a_judge(bow_embeddings) -> None:
+    trigger = Trigger(embeddings=bow_embeddings)
+    judge = PUBMEDQA.judge
+    assert not trigger.score("Yes.", "yes", judge=judge).failed
+    assert trigger.score("no", "yes", judge=judge).failed
+    # without the judge, "Yes." against "yes" is decided by the anomaly score alone
+    assert trigger.score("Yes.", "yes").numeric_match is None
+
+
+def test_a_label_cluster_trains_on_generated_items_judged_by_the_family() -> None:
+    family = BBH_FAMILIES["navigate"]
+    items = family.variants([], 12, random.Random(2))
+    samples = [
+        Sample(i, p.prompt, family.tag, {"reference": p.answer}) for i, p in enumerate(items)
+    ]
+    cluster = Cluster(1, family.tag, 12, np.ones(4) / 2, frozenset(), 1, None, None, samples)
+    config = NINES.replace(train_size=40, val_variants=2).recipe
+    recipe = build_recipe(cluster, config, min_train_samples=4, seed=0)
+    assert len(recipe.train) == 40 and recipe.judge == family.judge
+    assert recipe.max_tokens == family.max_tokens
+    assert len(recipe.validation) == 3 + 3 * 2  # the held-out quarter and its variants
+    assert all(p.answer in ("Yes", "No") for p in recipe.train + recipe.validation)
+
+
+def test_a_pubmedqa_task_fails_trains_and_the_retry_passes(
+    tiny_model_dir: Path, tmp_path: Path, bow_embeddings
+) -> None:
+    """The tiny llama learns "every answer is yes" as it learns nines (tests/support/tiny)."""
+    chat = ChatSage(model=str(tiny_model_dir), max_tokens=4)
+    agent = SageAgent(
+        tmp_path / "sage.db",
+        chat,
+        embeddings=bow_embeddings,
+        buffer_config=SMALL_BUFFER,
+        store_config=NINES,
+    )
+    tasks = [{**pubmedqa_record(i), "family": "pubmedqa"} for i in range(24)]
+    summary = agent.run(tasks, stop_when=lambda s: s.retry_success > 0)
+    assert summary.adapters_trained >= 1 and summary.retry_success >= 1
+    assert summary.labels is not None and summary.labels["family"] == "pubmedqa"
+    assert summary.step_em == pytest.approx(summary.labels["accuracy"])
+    assert summary.step_em > summary.step_em_first
+    record = agent.state(summary.threads[-1])["records"][0]
+    assert record["family"] == "pubmedqa" and record["tag"] == "pubmedqa"
+    assert agent.store.adapters()[0].tag == "pubmedqa"
+
+
+def test_the_graph_takes_one_item_of_a_family_without_a_decomposer(
+    tiny_model_dir: Path, tmp_path: Path, bow_embeddings
+) -> None:
+    chat = ChatSage(model=str(tiny_model_dir), max_tokens=4)
+    agent = SageAgent(tmp_path / "sage.db", chat, embeddings=bow_embeddings)
+    task = {"id": "q1", "input": "Question: Ana lies. Does Ana lie?", "target": "Yes"}
+    agent.graph.invoke(
+        {"task": {**task, "family": "bbh:web_of_lies"}},
+        {"configurable": {"thread_id": "q1"}},
+        context=agent.context(train=False),
+    )
+    (record,) = agent.state("q1")["records"]
+    assert record["family"] == "bbh:web_of_lies" and record["reference"] == "Yes"
+    assert record["question"].endswith("Answer Yes or No.")
+    result = agent.state("q1")["result"]
+    assert result["reference"] == "Yes" and result["correct"] == (
+        BBH_FAMILIES["web_of_lies"].judge(result["answer"], "Yes")
+    )
+    agent.graph.invoke(
+        {"task": {"id": "q2", "family": "no-such-family"}},
+        {"configurable": {"thread_id": "q2"}},
+        context=agent.context(train=False),
+    )
+    assert "unknown task family 'no-such-family'" in agent.state("q2")["error"]
