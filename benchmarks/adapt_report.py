@@ -6,7 +6,7 @@ import json
 import os
 import platform
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -87,63 +87,67 @@ def mean_spread(values: Sequence[float], digits: int = 3) -> str:
 def atomic_table(results: Sequence[SeedResult]) -> list[str]:
     if results and results[0].family != ARITHMETIC.name:
         return label_table(results)
-    lines = [
-        "| method | EM | MAE | MSE | NER | EM where base right | EM where base wrong "
-        "| adapters | training s | routed steps |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    base_right = [np.array(r.methods["Base"].right) for r in results]
-    for name in METHODS:
-        runs = [r.methods[name] for r in results if name in r.methods]
-        if not runs:
-            continue
+
+    def cells(runs: Sequence[MethodResult]) -> str:
         metrics = [
             math_metrics(m.answers, r.references) for m, r in zip(runs, results, strict=True)
         ]
-        kept = [np.array(m.right)[b].mean() for m, b in zip(runs, base_right, strict=True)]
-        fixed = [np.array(m.right)[~b].mean() for m, b in zip(runs, base_right, strict=True)]
-        lines.append(
-            f"| {name} | {mean_spread([m.em for m in metrics])} "
+        return (
+            f"{mean_spread([m.em for m in metrics])} "
             f"| {mean_spread([m.mae or 0.0 for m in metrics])} "
             f"| {np.mean([m.mse or 0.0 for m in metrics]):.3g} "
-            f"| {mean_spread([m.ner for m in metrics])} "
-            f"| {mean_spread(kept)} | {mean_spread(fixed)} "
-            f"| {np.mean([m.adapters for m in runs]):.1f} "
-            f"| {np.mean([m.train_seconds for m in runs]):.0f} "
-            f"| {np.mean([m.routed for m in runs]):.1f} |"
+            f"| {mean_spread([m.ner for m in metrics])}"
         )
-    return lines
+
+    return _method_rows(results, "EM | MAE | MSE | NER", "routed steps", cells)
 
 
 def label_table(results: Sequence[SeedResult]) -> list[str]:
     """The paper's Table 1 columns for a task family's items: accuracy and macro
     precision / recall / F1 over the labels (``scoring.labels``), per method."""
     family = family_named(results[0].family)
-    lines = [
-        "| method | accuracy | macro P | macro R | macro F1 | answered | EM where base right "
-        "| EM where base wrong | adapters | training s | routed items |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    base_right = [np.array(r.methods["Base"].right) for r in results]
-    for name in METHODS:
-        runs = [r.methods[name] for r in results if name in r.methods]
-        if not runs:
-            continue
+
+    def cells(runs: Sequence[MethodResult]) -> str:
         metrics = [
             label_metrics(family, m.answers, r.references)
             for m, r in zip(runs, results, strict=True)
         ]
-        kept = [np.array(m.right)[b].mean() for m, b in zip(runs, base_right, strict=True)]
-        fixed = [np.array(m.right)[~b].mean() for m, b in zip(runs, base_right, strict=True)]
         macro = [
             mean_spread([getattr(m, k) for m in metrics])
             if metrics[0].macro_f1 is not None
             else "-"
             for k in ("macro_precision", "macro_recall", "macro_f1")
         ]
+        return (
+            f"{mean_spread([m.accuracy for m in metrics])} | {' | '.join(macro)} "
+            f"| {mean_spread([m.answered for m in metrics])}"
+        )
+
+    return _method_rows(
+        results, "accuracy | macro P | macro R | macro F1 | answered", "routed items", cells
+    )
+
+
+def _method_rows(
+    results: Sequence[SeedResult],
+    scores: str,
+    routed: str,
+    cells: Callable[[Sequence[MethodResult]], str],
+) -> list[str]:
+    """A row per method: ``cells`` of its runs (one per seed; the columns ``scores``
+    names), then what it kept and fixed of the base model's answers and its cost."""
+    columns = [*scores.split(" | "), "EM where base right", "EM where base wrong"]
+    columns += ["adapters", "training s", routed]
+    lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    base_right = [np.array(r.methods["Base"].right) for r in results]
+    for name in METHODS:
+        runs = [r.methods[name] for r in results if name in r.methods]
+        if not runs:
+            continue
+        kept = [np.array(m.right)[b].mean() for m, b in zip(runs, base_right, strict=True)]
+        fixed = [np.array(m.right)[~b].mean() for m, b in zip(runs, base_right, strict=True)]
         lines.append(
-            f"| {name} | {mean_spread([m.accuracy for m in metrics])} | {' | '.join(macro)} "
-            f"| {mean_spread([m.answered for m in metrics])} "
+            f"| {name} | {cells(runs)} "
             f"| {mean_spread(kept)} | {mean_spread(fixed)} "
             f"| {np.mean([m.adapters for m in runs]):.1f} "
             f"| {np.mean([m.train_seconds for m in runs]):.0f} "

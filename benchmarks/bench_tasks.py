@@ -3,9 +3,10 @@ the base model's accuracy, per family, on the embedded model.
 
     python benchmarks/bench_tasks.py --data-dir ../shared/data [--items 64] [--pairs 64]
 
-For GSM8K's atomic steps, PubMedQA and each BIG-Bench Hard task beside the clone: the
-first ``--items`` items (GSM8K: its first steps) answered by the base model in batches
-(items/s and accuracy as the family judges), ``--pairs`` of them as (prompt, target)
+For GSM8K's atomic steps, PubMedQA and each BIG-Bench Hard task beside the clone:
+``--items`` items in bench_adapt's seeded order (seed 0; GSM8K: the first steps)
+answered by the base model in batches (items/s and accuracy as the family judges),
+``--pairs`` of them as (prompt, target)
 pairs trained one epoch with the store's default LoRA configuration (samples/s) and read
 teacher-forced as the search ranks trials (pairs/s). A PubMedQA prompt carries its
 abstract, a few hundred tokens where an atomic step's is about 25: this is what it costs
@@ -21,12 +22,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from adapt_methods import answer_all, atoms_of, correct
-from common import results_header
+from adapt_methods import answer_all, atoms_of, correct, split_problems
+from common import results_header, write_results
 
 from sage_agent import ChatSage
 from sage_agent.records import TrainingPair
-from sage_agent.tasks.data import read_tasks
 from sage_agent.training.trainer import LoRARun, LoRATrainConfig
 from sage_agent.training.validation import teacher_forced
 
@@ -66,7 +66,8 @@ def main() -> None:
         if not path.is_file():
             print(f"{path}: not found, left out")
             continue
-        atoms = atoms_of(read_tasks(path, limit=args.items))[: args.items]
+        tasks, _ = split_problems(path, 0, args.items, 0)
+        atoms = atoms_of(tasks)[: args.items]
         family = atoms[0].family
         tokens = [len(tokenizer(a.prompt)["input_ids"]) for a in atoms]
         started = time.perf_counter()
@@ -89,9 +90,10 @@ def main() -> None:
         print(rows[-1], flush=True)
     lines = results_header(
         "What each task family costs",
-        f"Model: the embedded SmolLM2-135M-Instruct. The first {args.items} items of each "
-        f"file (GSM8K: atomic steps); training: {args.pairs} pairs, one epoch, rank 16, "
-        "batch 16, bf16 where the CPU has it; ranking: the same pairs teacher-forced.",
+        f"Model: the embedded SmolLM2-135M-Instruct. {args.items} items of each file in "
+        f"bench_adapt's seed-0 order (GSM8K: atomic steps); training: {args.pairs} pairs, "
+        "one epoch, rank 16, batch 16, bf16 where the CPU has it; ranking: the same pairs "
+        "teacher-forced.",
     )
     lines += [
         "| family | prompt tokens, mean | prompt tokens, max | answered items/s | "
@@ -99,9 +101,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
         *rows,
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"written to {args.out}")
+    write_results(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 from bench_formats import failures_of
-from common import cluster_of, results_header
+from common import cluster_of, results_header, write_results
 
 from sage_agent import ChatSage, default_embeddings
 from sage_agent.store.config import RecipeConfig
@@ -89,9 +89,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"written to {args.out}")
+    write_results(args.out, lines)
 
 
 if __name__ == "__main__":

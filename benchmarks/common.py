@@ -104,3 +104,10 @@ def cpu_features() -> str:
     )
     wanted = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags]
     return f"{model}; {' '.join(wanted) or 'no avx2'}"
+
+
+def write_results(out: Path, lines: Sequence[str]) -> None:
+    """Write a results file (its folder made if need be) and say where."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"written to {out}")

@@ -28,7 +28,7 @@ from sage_agent.tasks.families import (
     family_of_tag,
 )
 from sage_agent.tasks.families.bbh import BBH_FAMILIES
-from tests.support.tiny import NINES, SMALL_BUFFER
+from tests.support.tiny import NINES, nines_agent
 
 
 def pubmedqa_record(i: int, decision: str = "yes") -> dict:
@@ -206,14 +206,7 @@ def test_a_pubmedqa_task_fails_trains_and_the_retry_passes(
     tiny_model_dir: Path, tmp_path: Path, bow_embeddings
 ) -> None:
     """The tiny llama learns "every answer is yes" as it learns nines (tests/support/tiny)."""
-    chat = ChatSage(model=str(tiny_model_dir), max_tokens=4)
-    agent = SageAgent(
-        tmp_path / "sage.db",
-        chat,
-        embeddings=bow_embeddings,
-        buffer_config=SMALL_BUFFER,
-        store_config=NINES,
-    )
+    agent = nines_agent(tmp_path / "sage.db", tiny_model_dir, bow_embeddings)
     tasks = [{**pubmedqa_record(i), "family": "pubmedqa"} for i in range(24)]
     summary = agent.run(tasks, stop_when=lambda s: s.retry_success > 0)
     assert summary.adapters_trained >= 1 and summary.retry_success >= 1
