@@ -12,6 +12,7 @@ from sage_agent.agent import RunSummary, SageAgent
 from sage_agent.buffer import Cluster, FailurePoint
 from sage_agent.errors import NotFoundError
 from sage_agent.store import AdapterRecord, TrialRecord
+from sage_agent.tasks.families import question_of
 
 PHASES = {
     "route": "answering",
@@ -117,7 +118,7 @@ def read_run(agent: SageAgent, run_id: str) -> RunReport:
             ThreadRow(
                 thread=row["id"],
                 task=row["task_id"],
-                question=_question(values.get("task") or {}),
+                question=question_of(values.get("task") or {}),
                 correct=result.get("correct"),
                 steps=len(records),
                 steps_passed=sum(r["passed"] for r in records),
@@ -157,8 +158,3 @@ def read_run(agent: SageAgent, run_id: str) -> RunReport:
         searches=[Search(c, v, trials) for (c, v), trials in searches.items()],
         adapters=agent.store.adapters(status=None),
     )
-
-
-def _question(task: dict[str, Any]) -> str | None:
-    """What the task asks: GSM8K's and PubMedQA's "question", BIG-Bench Hard's "input"."""
-    return task.get("question") or task.get("input")

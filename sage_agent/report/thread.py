@@ -14,6 +14,7 @@ from sage_agent.agent import SageAgent
 from sage_agent.checkpoints import checkpoint_history
 from sage_agent.errors import NotFoundError
 from sage_agent.records import Attempt, NodeTiming, PlanNote, StepRecord, TaskResult
+from sage_agent.tasks.families import question_of
 
 METRICS = ("lm", "bleu", "rouge_l", "cosine")
 
@@ -110,7 +111,7 @@ def read_thread(agent: SageAgent, thread_id: str) -> ThreadTrace:
         thread=thread_id,
         run_id=row["run_id"] if row else None,
         task=task.get("id"),
-        question=task.get("question") or task.get("input"),
+        question=question_of(task),
         result=values.get("result"),
         error=values.get("error"),
         pending=list(snapshot.next),

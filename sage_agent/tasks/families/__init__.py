@@ -47,6 +47,12 @@ def family_of_tag(tag: str) -> TaskFamily:
     return FAMILIES.get(tag, ARITHMETIC)
 
 
+def question_of(task: dict[str, Any]) -> str | None:
+    """What a task asks, for the reports: GSM8K's and PubMedQA's "question", a BIG-Bench
+    Hard or ``text`` item's "input"."""
+    return task.get("question") or task.get("input")
+
+
 def detect_family(record: dict[str, Any], source: str = "") -> TaskFamily:
     """The family of a record by its fields: PubMedQA's "final_decision" and "contexts";
     BBH's "input" and "target", the task named by the record's id ("navigate-3") or the
@@ -72,4 +78,5 @@ __all__ = [
     "family_of_tag",
     "family_of_task",
     "normalised",
+    "question_of",
 ]
