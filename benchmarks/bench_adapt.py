@@ -84,6 +84,7 @@ import matplotlib
 import numpy as np
 from common import cluster_of
 from langchain_core.embeddings import Embeddings
+from langchain_core.messages import AIMessage
 from sklearn.cluster import KMeans
 
 from sage_agent import BufferConfig, ChatSage, SageAgent, StoreConfig, default_embeddings
@@ -95,6 +96,7 @@ matplotlib.use("Agg")
 
 
 from adapt_methods import (
+    Atom,
     MethodResult,
     SeedResult,
     Settings,
@@ -119,7 +121,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run_seed(
-    data: Path, seed: int, settings: Settings, chat: ChatSage, embeddings: Embeddings, work: Path
+    data: Path,
+    seed: int,
+    settings: Settings,
+    chat: ChatSage,
+    embeddings: Embeddings,
+    work: Path,
+    baselines: bool = True,
 ) -> SeedResult:
     stream_tasks, heldout_tasks = split_problems(data, seed, settings.stream, settings.heldout)
     stream, heldout = atoms_of(stream_tasks), atoms_of(heldout_tasks)
@@ -158,6 +166,28 @@ def run_seed(
         f"  SAGE: {summary.clusters} clusters, {summary.adapters_trained} adapters, "
         f"{summary.retry_success} retries fixed, {time.perf_counter() - started:.0f} s"
     )
+    if baselines:
+        data_of_seed = (stream, failures, passes, heldout, base_answers)
+        baselines_of_seed(seed, settings, chat, embeddings, work, data_of_seed, result, agent)
+    result.retention = retention(agent.store, heldout, base_answers)
+    result.problem_em, result.problems_scored = problem_level(agent, heldout_tasks)
+    result.trigger = trigger_separation(heldout, base_answers, embeddings)
+    return result
+
+
+def baselines_of_seed(
+    seed: int,
+    settings: Settings,
+    chat: ChatSage,
+    embeddings: Embeddings,
+    work: Path,
+    data_of_seed: tuple[list[Atom], list[Atom], list[Atom], list[Atom], list[AIMessage]],
+    result: SeedResult,
+    agent: SageAgent,
+) -> None:
+    """The paper's baselines, trained for the seconds SAGE trained: ``data_of_seed`` is the
+    stream, its failures and passes, the held-out steps and the base model's answers."""
+    stream, failures, passes, heldout, base_answers = data_of_seed
     # Every baseline trains as long as SAGE did, shared among its clusters.
     budget, rate = training_rate(agent.store)
     budget = max(budget, 1.0)
@@ -233,11 +263,6 @@ def run_seed(
     record(result, routed_answers(name, store, heldout, base_answers, by_tag=True, gate=True))
     print(f"  {name}: {len(per_tag)} clusters, {time.perf_counter() - started:.0f} s")
 
-    result.retention = retention(agent.store, heldout, base_answers)
-    result.problem_em, result.problems_scored = problem_level(agent, heldout_tasks)
-    result.trigger = trigger_separation(heldout, base_answers, embeddings)
-    return result
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -279,6 +304,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: one seed, few problems, one short trial"
+    )
+    parser.add_argument(
+        "--sage-only",
+        action="store_true",
+        help="the base model and SAGE only: the four baselines train as long as SAGE each",
     )
     parser.add_argument(
         "--out",
@@ -333,7 +363,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as work:
             for seed in seeds:
                 started = time.perf_counter()
-                result = run_seed(args.data, seed, settings, chat, embeddings, Path(work))
+                result = run_seed(
+                    args.data, seed, settings, chat, embeddings, Path(work), not args.sage_only
+                )
                 result.seconds, result.command = time.perf_counter() - started, command
                 save_seed(seeds_folder, result, settings)
     results = load_seeds(seeds_folder, settings)
