@@ -68,6 +68,10 @@ def page() -> str:
             continue
         link = f"[benchmarks/results/{results.name}](../benchmarks/results/{results.name})"
         parts += [f"Results: {link}.", "", *excerpt(results), ""]
+        others = sorted((HERE / "results").glob(f"{name}-*.md"))
+        if others:  # the same script run on other data or settings
+            links = [f"[{o.name}](../benchmarks/results/{o.name})" for o in others]
+            parts += [f"Other runs: {', '.join(links)}.", ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
