@@ -31,7 +31,9 @@ another shape."""
 Generator = Callable[[random.Random, Sequence[str]], tuple[str, str]]
 """(rng, the inputs of the items to vary) -> a new (input, target), labelled exactly."""
 
-_CHOICE = re.compile(r"\(([A-R])\)|\b([A-R])\)|^\s*([A-R])\b")
+_CHOICE = re.compile(r"\(([A-R])\)|\b([A-R])\)|^\s*([A-R])(?:[.:]|[ \t]*(?:\n|$))")
+"""An option letter: "(B)", "B)", or a bare "B" alone on the answer's first line or followed
+by "." / ":" (so an answer that starts "A man..." names no option)."""
 _SPACES = re.compile(r"\s+")
 
 
