@@ -274,7 +274,9 @@ def retention(
         passes = [heldout[i] for i in indices]
         name = store.load(adapter.id)
         kept = correct(answer_all(store.model, passes, [name] * len(passes)), passes)
-        unsure = [store.policy.adapter_answers(False, base_answers[i]) for i in indices]
+        unsure = [
+            store.policy.adapter_answers(False, base_answers[i], adapter.tag) for i in indices
+        ]
         rows.append(
             {
                 "adapter": adapter.id,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -14,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import matplotlib
 import numpy as np
+from common import cpu_features
 from scipy.stats import wilcoxon
 
 from sage_agent.scoring.labels import label_metrics
@@ -316,7 +316,7 @@ def report(
     seeds = ", ".join(str(r.seed) for r in results)
     commands = sorted({r.command for r in results})
     seconds = sum(r.seconds for r in results)
-    machine = f"{os.cpu_count()} CPU cores ({platform.machine()})"
+    machine = f"{os.cpu_count()} CPU cores ({cpu_features()})"
     made = plots(results, out.with_suffix(""))
     lines = [
         "# Does it adapt?",

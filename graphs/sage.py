@@ -129,7 +129,8 @@ def answer(state: SageState, runtime: Ctx) -> SageState:
     policy = context.policy
     max_tokens = _max_tokens(state, context.max_tokens)
     if attempt["routed"]:
-        route = Route((attempt["adapter"],), route_all=bool(attempt.get("route_all")))
+        tag = state["steps"][state["index"]]["tag"]
+        route = Route((attempt["adapter"],), bool(attempt.get("route_all")), tag)
         if policy.base_first(route):
             base = context.model.invoke(attempt["prompt"], adapter=None, max_tokens=max_tokens)
             if policy.choose(route, base) is None:

@@ -102,7 +102,7 @@ def test_bench_adapt_routes_to_more_adapters_than_stay_loaded(
             model.loaded = [f"loaded-{adapter_id}"]  # loading one evicts the others
             return model.loaded[0]
 
-        def unsure(self, _: AIMessage) -> bool:
+        def unsure(self, _: AIMessage, _tag: str | None = None) -> bool:
             return True
 
         def adapters(self) -> list[str]:

@@ -70,6 +70,21 @@ def test_a_family_judges_the_answer_by_its_form(family, answer, reference, right
     assert family.judge(answer, reference) is right
 
 
+@pytest.mark.parametrize(
+    ("family", "answer", "said"),
+    [
+        (PUBMEDQA, "I think yes.", "yes"),
+        (BBH_FAMILIES["date_understanding"], "The answer is (B).", "(B)"),
+        (BBH_FAMILIES["object_counting"], "There are 8 instruments.", "8"),
+        (BBH_FAMILIES["dyck_languages"], "  ] ] >\nmore", "] ] >"),
+        (PUBMEDQA, "I cannot say.", None),
+    ],
+)
+def test_the_answer_span_is_what_the_answer_says(family, answer, said) -> None:
+    span = family.answer_span(answer)
+    assert (answer[slice(*span)] if span else None) == said
+
+
 def test_files_are_read_as_their_family(tmp_path: Path) -> None:
     pubmed = _jsonl(tmp_path / "pqal.jsonl", [pubmedqa_record(0)])
     bbh = _jsonl(tmp_path / "navigate.jsonl", [{"input": "Go? ", "target": "No"}])

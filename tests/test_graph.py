@@ -62,7 +62,7 @@ def test_a_sure_base_answer_is_kept_and_its_adapter_saved_for_the_retry(
     agent.run([nine_task(i) for i in range(24)], stop_when=lambda s: s.adapters_trained > 0)
     adapters = [a.id for a in agent.store.route("Compute 2+7. Reply with the number only.")]
     assert adapters
-    agent.store.unsure = lambda _answer: False  # the base model is sure of every answer
+    agent.store.unsure = lambda _answer, _tag=None: False  # the base model is sure of every answer
     agent.run([nine_task(3)])
     first, *retries = agent.state(agent.threads()[-1]["id"])["records"][0]["attempts"]
     assert first["adapter"] is None and first["note"] == "the base model is sure; not routed"
@@ -73,7 +73,7 @@ def test_a_sure_base_answer_is_kept_and_its_adapter_saved_for_the_retry(
     last = agent.buffer.points()[-1].sample
     assert "adapter" in last.payload and last.payload["adapter"] is None
 
-    agent.store.unsure = lambda _answer: True
+    agent.store.unsure = lambda _answer, _tag=None: True
     agent.run([nine_task(4)], train=False)
     (first, *_) = agent.state(agent.threads()[-1]["id"])["records"][0]["attempts"]
     assert first["routed"] and first["adapter"] == adapters[0] and "base_answer" in first
@@ -81,7 +81,7 @@ def test_a_sure_base_answer_is_kept_and_its_adapter_saved_for_the_retry(
     # An adapter whose gate chose to answer every step routed to it skips the base model.
     with agent.db.conn:
         agent.db["adapters"].update(adapters[0], {"route_all": 1})
-    agent.store.unsure = lambda _answer: False
+    agent.store.unsure = lambda _answer, _tag=None: False
     agent.run([nine_task(5)], train=False)
     (first, *_) = agent.state(agent.threads()[-1]["id"])["records"][0]["attempts"]
     assert first["routed"] and first["route_all"] and first["adapter"] == adapters[0]
@@ -185,7 +185,7 @@ def test_an_adapter_removed_mid_run_is_noted_and_the_base_model_answers(
     for record in agent.store.adapters():  # another process removes them ...
         agent.store.registry.remove(record.id)
     agent.store.route = lambda text, tag=None, **_: routed  # ... right after this step was routed
-    agent.store.unsure = lambda _answer: True
+    agent.store.unsure = lambda _answer, _tag=None: True
     summary = agent.run([nine_task(5)], train=False)
     first = agent.state(summary.threads[0])["records"][0]["attempts"][0]
     assert first["adapter"] is None and f"adapter {routed[0].id} not used" in first["note"]

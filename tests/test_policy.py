@@ -35,7 +35,7 @@ def test_the_gate_decides_who_answers(
         FakeStore(route_all=route_all, unsure=unsure, route_below=route_below)
     )
     route = policy.route("Compute 4+5.", "+")
-    assert route == Route(("a1",), route_all=route_all)
+    assert route == Route(("a1",), route_all=route_all, tag="+")
     assert policy.base_first(route) is base_first
     assert policy.choose(route, BASE if base_first else None) == adapter
 

@@ -285,6 +285,18 @@ def test_unsure_routes_only_doubtful_base_answers(chat, tmp_path, bow_embeddings
     assert store.unsure(answer("3+4 = 8", -2.5))
     assert store.unsure(answer("seven", -0.1))  # no number: nothing the base model is sure of
     assert store.unsure(AIMessage("7"))  # no logprobs: cannot tell, so route
+    # a label family: the confidence is the label's, and a label answer has no number
+    sure_label = AIMessage(
+        "Yes, it is.",
+        response_metadata={
+            "logprobs": {
+                "content": [{"token": "Yes", "logprob": -0.1}, {"token": ", it is.", "logprob": -3}]
+            }
+        },
+    )
+    assert not store.unsure(sure_label, "pubmedqa")
+    assert store.unsure(sure_label)  # read as arithmetic: no number, so routed
+    assert store.unsure(answer("Perhaps.", -0.1), "pubmedqa")  # names no label
     (tmp_path / "every").mkdir()
     every = _store_with(chat, tmp_path / "every", bow_embeddings, route_below=None)
     assert every.unsure(answer("3+4 = 7", -0.2))
@@ -480,7 +492,7 @@ def test_the_gate_judges_only_the_canaries_routing_hands_the_adapter(
     # of every canary: routing keeps its answers, so forgetting them costs nothing.
     store = _store_with(chat, tmp_path, bow_embeddings, replay_fraction=0.0, canary_margin=0.05)
     _add_own_answers_as_canaries(store, chat, 6)
-    monkeypatch.setattr(store.router, "unsure", lambda _answer: False)
+    monkeypatch.setattr(store.router, "unsure", lambda _answer, _tag=None: False)
     kept = store.optimize(make_cluster(bow_embeddings))
     assert kept and all(record.canary_em == 1.0 for record in kept)
 

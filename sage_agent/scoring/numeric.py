@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from sage_agent.errors import InvalidInput
@@ -46,21 +46,34 @@ def _answer_match(text: str) -> re.Match[str] | None:
     return matches[-1] if matches else None
 
 
+def number_span(text: str) -> tuple[int, int] | None:
+    """Where the number parse_number reads lies in ``text`` (its digits), or None."""
+    found = _answer_match(text)
+    return None if found is None else (found.start("num"), found.end())
+
+
 def number_logprob(tokens: Sequence[dict]) -> float | None:
-    """The log-probability the model gave the number parse_number reads from its answer:
-    the sum over the tokens that overlap the number's digits. ``tokens`` are the OpenAI
-    ``logprobs["content"]`` entries ChatSage reports (their ``token`` strings join to the
-    answer). None when the answer holds no number.
+    """The log-probability the model gave the number parse_number reads from its answer
+    (``span_logprob`` of ``number_span``); None when the answer holds no number.
 
     A sure answer scores near 0; prose and trailing chatter do not lower it, only doubt
     about the digits does, which is why it separates right from wrong answers better
     than the whole answer's log-probability.
     """
-    text = "".join(t["token"] for t in tokens)
-    found = _answer_match(text)
-    if found is None:
+    return span_logprob(tokens, number_span)
+
+
+def span_logprob(
+    tokens: Sequence[dict], span_of: Callable[[str], tuple[int, int] | None]
+) -> float | None:
+    """The log-probability the model gave the part of its answer ``span_of`` finds (what
+    the answer says: its number, its label): the sum over the tokens that overlap it.
+    ``tokens`` are the OpenAI ``logprobs["content"]`` entries ChatSage reports (their
+    ``token`` strings join to the answer). None when ``span_of`` finds nothing."""
+    span = span_of("".join(t["token"] for t in tokens))
+    if span is None:
         return None
-    start, end = found.start("num"), found.end()
+    start, end = span
     total, position = 0.0, 0
     for token in tokens:
         following = position + len(token["token"])

@@ -36,6 +36,8 @@ class Route:
     adapters: tuple[str, ...] = ()
     route_all: bool = False
     """The best adapter answers every prompt routed to it, sure base answers too."""
+    tag: str | None = None
+    """The tag of the step routed: its family says how sure a base answer is."""
 
     @property
     def adapter(self) -> str | None:
@@ -77,7 +79,7 @@ class AdaptationPolicy:
         found = self.store.route(prompt, tag=tag, nearest=nearest)
         if not found:
             return Route()
-        return Route(tuple(a.id for a in found[:limit]), route_all=found[0].route_all)
+        return Route(tuple(a.id for a in found[:limit]), found[0].route_all, tag)
 
     @property
     def gated(self) -> bool:
@@ -89,14 +91,17 @@ class AdaptationPolicy:
         routed; with an adapter, only when the gate can keep its answer."""
         return route.adapter is None or (self.gated and not route.route_all)
 
-    def adapter_answers(self, route_all: bool, base: AIMessage | None) -> bool:
+    def adapter_answers(
+        self, route_all: bool, base: AIMessage | None, tag: str | None = None
+    ) -> bool:
         """The rule itself: an adapter answers when it routes all, when the base model was
-        not asked (``base_first`` was False), or when the base answer is unsure."""
-        return route_all or base is None or self.store is None or self.store.unsure(base)
+        not asked (``base_first`` was False), or when the base answer to a step of ``tag``
+        is unsure."""
+        return route_all or base is None or self.store is None or self.store.unsure(base, tag)
 
     def choose(self, route: Route, base: AIMessage | None) -> str | None:
         """The adapter that answers (not yet loaded), or None to keep the base answer."""
-        if route.adapter is None or not self.adapter_answers(route.route_all, base):
+        if route.adapter is None or not self.adapter_answers(route.route_all, base, route.tag):
             return None
         return route.adapter
 
@@ -140,7 +145,11 @@ class AdaptationPolicy:
             )
         return Observed(buffer=failed)
 
-    def answered_by_adapter(self, route_all: bool, base: Sequence[AIMessage]) -> list[int]:
-        """Which of these base answers an adapter would take over (by index): how a trial
-        is evaluated as routing will use it."""
-        return [i for i, message in enumerate(base) if self.adapter_answers(route_all, message)]
+    def answered_by_adapter(
+        self, route_all: bool, base: Sequence[AIMessage], tag: str | None = None
+    ) -> list[int]:
+        """Which of these base answers to steps of ``tag`` an adapter would take over (by
+        index): how a trial is evaluated as routing will use it."""
+        return [
+            i for i, message in enumerate(base) if self.adapter_answers(route_all, message, tag)
+        ]

@@ -20,9 +20,10 @@ from langchain_core.messages import AIMessage
 from sage_agent.chat import ChatSage
 from sage_agent.embeddings import LazyDefaultEmbeddings
 from sage_agent.errors import CorruptAdapter
-from sage_agent.scoring.numeric import number_logprob
+from sage_agent.scoring.numeric import span_logprob
 from sage_agent.store.config import RouterConfig
 from sage_agent.store.registry import AdapterRecord, AdapterRegistry
+from sage_agent.tasks.families import ARITHMETIC, family_of_tag
 from sage_agent.tasks.steps import operators_within
 
 
@@ -67,15 +68,18 @@ class Router:
                 best, best_cosine = cluster_id, cosine
         return [] if best is None else self.registry.adapters(best)
 
-    def unsure(self, answer: AIMessage) -> bool:
-        """Whether a base-model answer should go to a routed adapter (``route_below``):
-        the log-probability of its number is below the threshold, or it has no number."""
+    def unsure(self, answer: AIMessage, tag: str | None = None) -> bool:
+        """Whether a base-model answer to a step of ``tag`` should go to a routed adapter
+        (``route_below``): the log-probability of what it says (its number; a label,
+        letter or line for the tag's family: ``TaskFamily.answer_span``) is below the
+        threshold, or it says nothing in its family's form."""
         if self.config.route_below is None:
             return True
         tokens = answer.response_metadata.get("logprobs", {}).get("content")
         if not tokens:
             return True
-        confidence = number_logprob(tokens)
+        family = family_of_tag(tag) if tag is not None else ARITHMETIC
+        confidence = span_logprob(tokens, family.answer_span)
         return confidence is None or confidence < self.config.route_below
 
     def load(self, adapter_id: str) -> str:

@@ -79,8 +79,8 @@ class LoRAStore:
     ) -> list[AdapterRecord]:
         return self.router.route(text, tag, nearest=nearest)
 
-    def unsure(self, answer: AIMessage) -> bool:
-        return self.router.unsure(answer)
+    def unsure(self, answer: AIMessage, tag: str | None = None) -> bool:
+        return self.router.unsure(answer, tag)
 
     def load(self, adapter_id: str) -> str:
         return self.router.load(adapter_id)
@@ -215,7 +215,9 @@ class LoRAStore:
         if canaries:
             on_canaries, canary_right = self._base_answered(recipe, canaries)
             # A planner adapter gets every question: it routes all.
-            routed = tuple(self.policy.answered_by_adapter(cluster.tag == PLAN_TAG, on_canaries))
+            routed = tuple(
+                self.policy.answered_by_adapter(cluster.tag == PLAN_TAG, on_canaries, cluster.tag)
+            )
         on_validation, val_right = self._base_answered(recipe, recipe.validation)
         return Baseline(
             em=sum(val_right) / len(val_right),
@@ -223,7 +225,7 @@ class LoRAStore:
             canary_right=canary_right,
             routed=routed,
             val_right=val_right,
-            val_unsure=tuple(self.policy.answered_by_adapter(False, on_validation)),
+            val_unsure=tuple(self.policy.answered_by_adapter(False, on_validation, cluster.tag)),
             tag_accuracy=self.canaries.tag_accuracy(cluster.tag, failures),
         )
 

@@ -31,7 +31,7 @@ class FakeStore:
     ) -> list[SimpleNamespace]:
         return [SimpleNamespace(id="a1", route_all=self.route_all)]
 
-    def unsure(self, _answer: Any) -> bool:
+    def unsure(self, _answer: Any, _tag: str | None = None) -> bool:
         return self._unsure if self.config.router.route_below is not None else True
 
     def load(self, adapter_id: str) -> str:

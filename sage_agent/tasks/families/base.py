@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from sage_agent.errors import MalformedTask
 from sage_agent.records import TrainingPair
-from sage_agent.scoring.numeric import numbers_match, parse_number
+from sage_agent.scoring.numeric import number_span, numbers_match, parse_number
 from sage_agent.tasks.steps import AtomicStep
 
 AnswerKind = Literal["label", "choice", "number", "text"]
@@ -118,6 +118,21 @@ class TaskFamily:
         text = answer.strip().splitlines()[0] if answer.strip() else ""
         return normalised(text) or None
 
+    def answer_span(self, answer: str) -> tuple[int, int] | None:
+        """Where in ``answer`` what it says lies (``answer_of``'s label, letter, number or
+        first line), or None: the model's confidence in an answer is that part's
+        log-probability (``RouterConfig.route_below``)."""
+        if self.kind == "number":
+            return number_span(answer)
+        if self.kind == "label":
+            found = _first_label_match(answer, self.labels)
+            return None if found is None else found[0].span()
+        if self.kind == "choice":
+            match = _CHOICE.search(answer)
+            return None if match is None else match.span()
+        line = re.match(r"\s*(\S[^\n]*)", answer)
+        return None if line is None else line.span(1)
+
     def judge(self, answer: str, reference: str) -> bool:
         """Whether ``answer`` says ``reference``."""
         if self.kind == "number":
@@ -145,10 +160,19 @@ def normalised(text: str) -> str:
 
 def _first_label(answer: str, labels: Sequence[str]) -> str | None:
     """The label the answer names first (whole words, any case)."""
+    found = _first_label_match(answer, labels)
+    return None if found is None else found[1]
+
+
+def _first_label_match(answer: str, labels: Sequence[str]) -> tuple[re.Match[str], str] | None:
+    """The match of the label the answer names first, and that label."""
     lowered = answer.lower()
     found = []
     for label in labels:
         match = re.search(rf"(?<![\w]){re.escape(label.lower())}(?![\w])", lowered)
         if match:
-            found.append((match.start(), label))
-    return min(found)[1] if found else None
+            found.append((match.start(), match, label))
+    if not found:
+        return None
+    _, match, label = min(found, key=lambda f: f[0])
+    return match, label
