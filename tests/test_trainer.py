@@ -17,6 +17,7 @@ from sage_agent.training.batches import (
     answer_loss,
     collate,
     encode_pairs,
+    passes,
     shared_prefix,
 )
 from sage_agent.training.trainer import (
@@ -170,6 +171,36 @@ def test_a_run_trained_in_pieces_is_the_run_trained_at_once(chat: ChatSage) -> N
     for name, param in weights.items():
         if ".whole." in name:
             assert torch.allclose(param, weights[name.replace(".whole.", ".pieces.")])
+
+
+def test_passes_bound_the_padded_tokens_of_one_pass() -> None:
+    assert passes([10, 10, 10], limit=30) == [[0, 1, 2]]
+    assert passes([10, 20, 5, 40], limit=40) == [[0, 1], [2], [3]]
+    assert passes([50, 3], limit=40) == [[0], [1]]  # a long row alone; none is dropped
+
+
+@pytest.mark.parametrize("last_layers", [None, 1])
+def test_a_batch_in_several_passes_trains_as_in_one(
+    chat: ChatSage, monkeypatch, last_layers
+) -> None:
+    """Long prompts split a batch into passes (``PASS_TOKENS``): the gradients add up to
+    the one-pass batch's, so the losses and the adapter are the same."""
+    config = LoRATrainConfig(**{**FAST.__dict__, "last_layers": last_layers})
+    whole = train_lora(chat, "one-pass", PAIRS, config)
+    runs: list[list[int]] = []
+
+    def small_passes(lengths: list[int]) -> list[list[int]]:
+        runs.extend(passes(lengths, limit=2 * max(lengths)))
+        return passes(lengths, limit=2 * max(lengths))
+
+    monkeypatch.setattr("sage_agent.training.trainer.passes", small_passes)
+    split = train_lora(chat, "passes", PAIRS, config)
+    assert len(runs) > len(whole.losses)  # batches did run in several passes
+    assert split.losses == pytest.approx(whole.losses, rel=1e-4)
+    weights = dict(chat.hf_model.named_parameters())
+    for name, param in weights.items():
+        if ".one-pass." in name:
+            assert torch.allclose(param, weights[name.replace(".one-pass.", ".passes.")], atol=1e-5)
 
 
 def test_length_grouped_batches_pad_less_and_cover_every_pair(chat: ChatSage) -> None:

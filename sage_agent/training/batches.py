@@ -36,6 +36,29 @@ def encode_pairs(
     return encoded
 
 
+PASS_TOKENS = 8192
+"""Padded tokens one forward and backward pass holds at most. A batch of long prompts
+(PubMedQA's abstracts: 346 tokens on average, 601 at most) runs as several passes whose
+gradients add up: sixteen such rows in one pass kept attention and MLP activations of
+every layer for the backward pass and ran out of 24 GiB."""
+
+
+def passes(lengths: Sequence[int], limit: int = PASS_TOKENS) -> list[list[int]]:
+    """The rows of a batch (positions in ``lengths``, their token counts) in consecutive
+    runs whose padded size, rows times the longest row, stays within ``limit`` tokens; a
+    row longer than ``limit`` has a pass of its own."""
+    runs: list[list[int]] = []
+    width = 0
+    for row, length in enumerate(lengths):
+        if runs and max(width, length) * (len(runs[-1]) + 1) <= limit:
+            runs[-1].append(row)
+            width = max(width, length)
+        else:
+            runs.append([row])
+            width = length
+    return runs
+
+
 def collate(
     batch: Sequence[tuple[list[int], list[int]]], chat: ChatSage
 ) -> dict[str, torch.Tensor]:

@@ -44,7 +44,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from sage_agent.chat import ChatSage
 from sage_agent.errors import ConfigError, InvalidInput, NotFoundError
 from sage_agent.records import TrainingPair
-from sage_agent.training.batches import answer_loss, collate, encode_pairs
+from sage_agent.training.batches import answer_loss, collate, encode_pairs, passes
 
 DEFAULT_TARGET_MODULES = (
     "q_proj",
@@ -323,11 +323,18 @@ class LoRARun:
     def _steps(self, end: int, total: int, progress: Progress | None) -> None:
         model = self.chat.hf_model
         for chosen in self.batches[len(self.losses) : end]:
-            batch = collate([self.encoded[i] for i in chosen], self.chat)
-            if self.states is not None:
-                batch = _with_hidden(batch, [self.states[i] for i in chosen], self.first)
-            loss, _ = answer_loss(model, batch)
-            loss.backward()
+            # The batch's mean loss over its answer tokens, pass by pass (``passes``).
+            rows = [self.encoded[i] for i in chosen]
+            answer_tokens = sum(sum(label != -100 for label in labels) for _, labels in rows)
+            loss_value = 0.0
+            for run in passes([len(ids) for ids, _ in rows]):
+                batch = collate([rows[r] for r in run], self.chat)
+                if self.states is not None:
+                    states = [self.states[chosen[r]] for r in run]
+                    batch = _with_hidden(batch, states, self.first)
+                loss, count = answer_loss(model, batch)
+                (loss * (count / answer_tokens)).backward()
+                loss_value += loss.item() * count / answer_tokens
             if self.bf16:
                 for param, master in zip(self.trainable, self.masters, strict=True):
                     master.grad, param.grad = param.grad.float(), None
@@ -337,7 +344,7 @@ class LoRARun:
                 with torch.no_grad():
                     for param, master in zip(self.trainable, self.masters, strict=True):
                         param.copy_(master)
-            self.losses.append(loss.item())
+            self.losses.append(loss_value)
             self.samples += len(chosen)
             if progress is not None:
                 progress(len(self.losses), total, self.losses[-1])
