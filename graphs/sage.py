@@ -132,7 +132,7 @@ def answer(state: SageState, runtime: Ctx) -> SageState:
         tag = state["steps"][state["index"]]["tag"]
         route = Route((attempt["adapter"],), bool(attempt.get("route_all")), tag)
         if policy.base_first(route):
-            base = context.model.invoke(attempt["prompt"], adapter=None, max_tokens=max_tokens)
+            base = context.answerer.invoke(attempt["prompt"], adapter=None, max_tokens=max_tokens)
             if policy.choose(route, base) is None:
                 candidates = [attempt["adapter"], *(state.get("candidates") or [])]
                 attempt.update(
@@ -146,7 +146,7 @@ def answer(state: SageState, runtime: Ctx) -> SageState:
             name, failure = held.enter_context(policy.loaded(attempt["adapter"]))
             if failure is not None:
                 attempt.update(note=failure, adapter=None)
-        message = context.model.invoke(attempt["prompt"], adapter=name, max_tokens=max_tokens)
+        message = context.answerer.invoke(attempt["prompt"], adapter=name, max_tokens=max_tokens)
     return {"attempt": _answered(attempt, message, runtime)}
 
 

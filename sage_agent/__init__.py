@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         DataError,
         DecompositionError,
         EmbeddedModelMissing,
+        EngineError,
         ExpressionError,
         InvalidInput,
         MalformedTask,
@@ -46,14 +47,15 @@ if TYPE_CHECKING:
     from sage_agent.scoring.numeric import MathMetrics, format_number, math_metrics, parse_number
     from sage_agent.scoring.trigger import Trigger, TriggerConfig, TriggerResult
     from sage_agent.scoring.verifier import arithmetic_verifier, evaluate_expression
+    from sage_agent.serving import VLLMEngine
     from sage_agent.store import AdaptationPolicy, AdapterRecord, LoRAStore, StoreConfig
     from sage_agent.tasks.data import read_tasks
     from sage_agent.tasks.steps import AtomicStep, steps_from_gsm8k
 
 _ERRORS = (
     "AdapterError ConfigError ContextError CorruptAdapter DatabaseError DatabaseLocked "
-    "DataError DecompositionError EmbeddedModelMissing ExpressionError InvalidInput "
-    "MalformedTask NotFoundError RunError SageError SchemaVersionError StoreError "
+    "DataError DecompositionError EmbeddedModelMissing EngineError ExpressionError "
+    "InvalidInput MalformedTask NotFoundError RunError SageError SchemaVersionError StoreError "
     "UnknownModelError UnsafeCheckpoint"
 )
 _PUBLIC: dict[str, str] = {
@@ -74,6 +76,7 @@ _PUBLIC: dict[str, str] = {
     ),
     **dict.fromkeys(["Trigger", "TriggerConfig", "TriggerResult"], "sage_agent.scoring.trigger"),
     **dict.fromkeys(["arithmetic_verifier", "evaluate_expression"], "sage_agent.scoring.verifier"),
+    "VLLMEngine": "sage_agent.serving",
     **dict.fromkeys(
         ["AdapterRecord", "AdaptationPolicy", "LoRAStore", "StoreConfig"], "sage_agent.store"
     ),

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
@@ -25,7 +27,7 @@ from sage_agent.chat import ChatSage
 from sage_agent.checkpoints import checkpoint_history, prune_thread, sqlite_checkpointer
 from sage_agent.context import SageContext, build_context
 from sage_agent.database import LOCK_TIMEOUT, Heartbeat, this_owner
-from sage_agent.errors import DatabaseLocked, DataError
+from sage_agent.errors import DatabaseLocked, DataError, InvalidInput
 from sage_agent.graphs import SageState, build_sage_graph
 from sage_agent.graphs.store_calls import adaptation_seconds
 from sage_agent.records import SageEvent, Task, TaskResult
@@ -36,6 +38,9 @@ from sage_agent.scoring.trigger import Trigger
 from sage_agent.store import LoRAStore, StoreConfig
 from sage_agent.tasks.decompose import Decomposer, socratic_decomposer
 from sage_agent.tasks.families import ARITHMETIC, family_named
+
+if TYPE_CHECKING:
+    from sage_agent.serving import VLLMEngine
 
 Event = SageEvent
 """A custom stream event of the graph (``sage_agent.records.SageEvent``)."""
@@ -89,6 +94,8 @@ class SageAgent:
 
     ``model`` is a ChatSage or a model id / path (default: the embedded SmolLM2-135M).
     Adapters go to ``adapters`` (default: ``<db stem>-adapters/`` beside the database).
+    ``engine`` (a vLLM server's URL, or a VLLMEngine) answers the steps, with the adapters
+    registered with it; ``model`` then only trains.
     A finished thread keeps its last checkpoint and the history of the others, which are
     pruned; ``keep_checkpoints`` keeps them all (to replay a finished thread from any).
     """
@@ -106,6 +113,7 @@ class SageAgent:
         adapters: str | Path | None = None,
         substitute: Literal["answers", "references"] = "references",
         keep_checkpoints: bool = False,
+        engine: str | VLLMEngine | None = None,
     ) -> None:
         self.db_path = Path(db).absolute()
         self.keep_checkpoints = keep_checkpoints
@@ -121,6 +129,7 @@ class SageAgent:
             adapters=adapters,
             decomposer=decomposer,
             substitute=substitute,
+            engine=engine,
         )
         self.checkpointer = sqlite_checkpointer(self.db_path)
         self.graph = build_sage_graph().compile(checkpointer=self.checkpointer)
@@ -204,13 +213,18 @@ class SageAgent:
         run_id: str | None = None,
         stop_when: Callable[[RunSummary], bool] | None = None,
         take_over: bool = False,
+        concurrency: int = 1,
     ) -> RunSummary:
         """Stream ``tasks`` through the graph, one thread each. With ``run_id`` of an
         unfinished run, its finished threads are skipped and the interrupted one resumes
         from its checkpoint; the run is leased to this thread while it runs (with a
         heartbeat), so a second resume of it is refused (RunError) unless ``take_over``.
         ``stop_when`` ends the run early once it returns True. Task ids must be unique
-        (DataError)."""
+        (DataError). ``concurrency`` tasks run at once, each in a thread of its own (worth
+        it with an ``engine``, which batches their answers; in process the model answers
+        one at a time); the callbacks are then called from those threads, one at a time."""
+        if concurrency < 1:
+            raise InvalidInput(f"concurrency must be at least 1, not {concurrency}")
         tasks = list(tasks)
         _check_unique_ids(tasks)
         owner = this_owner()
@@ -220,7 +234,7 @@ class SageAgent:
         else:
             self.runs.lease(run_id, owner, take_over=take_over)
         with Heartbeat(lambda: self.runs.beat(run_id, owner), LEASE_BEAT):
-            return self._run(run_id, tasks, train, route, on_event, on_task, stop_when)
+            return self._run(run_id, tasks, train, route, on_event, on_task, stop_when, concurrency)
 
     def _run(
         self,
@@ -231,6 +245,7 @@ class SageAgent:
         on_event: Callable[[Event], None] | None,
         on_task: Callable[[TaskResult | None], None] | None,
         stop_when: Callable[[RunSummary], bool] | None,
+        concurrency: int,
     ) -> RunSummary:
         started = time.perf_counter()
         context = self.context(train=train, route=route)
@@ -240,15 +255,41 @@ class SageAgent:
             planner = sum(adaptation_seconds(s, planner=True) for s in states)
             budget = replace(context.adaptation, spent=spent, planner_spent=planner)
             context = replace(context, adaptation=budget)
-        for position, task in enumerate(tasks):
+        callbacks = threading.Lock()  # the caller's callbacks run one at a time
+
+        def event(chunk: Event) -> None:
+            if on_event is not None:
+                with callbacks:
+                    on_event(chunk)
+
+        def task_done(result: TaskResult | None) -> bool:
+            """Report a finished task; True when the run should stop."""
+            with callbacks:
+                if on_task is not None:
+                    on_task(result)
+                return stop_when is not None and stop_when(self.summarize(run_id))
+
+        def solve(position: int, task: Task) -> TaskResult | None:
             thread_id = f"{run_id}:{task['id']}"
             self.runs.start_thread(thread_id, run_id, task["id"], position)
-            result = self.solve(task, thread_id=thread_id, context=context, on_event=on_event)
+            result = self.solve(task, thread_id=thread_id, context=context, on_event=event)
             self._finish_thread(thread_id, finished=result is not None)
-            if on_task is not None:
-                on_task(result)
-            if stop_when is not None and stop_when(self.summarize(run_id)):
-                break
+            return result
+
+        if concurrency == 1:
+            for position, task in enumerate(tasks):
+                if task_done(solve(position, task)):
+                    break
+        else:
+            with ThreadPoolExecutor(concurrency, thread_name_prefix="sage-run") as pool:
+                futures = [pool.submit(solve, p, t) for p, t in enumerate(tasks)]
+                try:
+                    for future in as_completed(futures):
+                        if task_done(future.result()):
+                            break
+                finally:  # stopping (or a failure): the tasks not started never start
+                    for future in futures:
+                        future.cancel()
         summary = self.summarize(run_id, wall_s=time.perf_counter() - started)
         self.runs.finish(run_id, summary.__dict__)
         return summary

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from langchain_core.embeddings import Embeddings
 from langgraph.config import get_config
@@ -25,6 +25,9 @@ from sage_agent.scoring.verifier import arithmetic_verifier
 from sage_agent.store import AdaptationPolicy, LoRAStore, StoreConfig, adapter_root
 from sage_agent.tasks.decompose import Decomposer, LLMDecomposer, socratic_decomposer
 from sage_agent.tasks.steps import ANSWER_MAX_TOKENS, ATOMIC_PROMPT
+
+if TYPE_CHECKING:
+    from sage_agent.serving import VLLMEngine
 
 MIN_SEARCH_SECONDS = 60.0
 """A run with less adaptation time left than this starts no search: the base model's
@@ -83,6 +86,7 @@ class SageContext:
     """What the graph runs with (LangGraph ``context_schema``); never part of the state."""
 
     model: ChatSage
+    """The base model: it trains the adapters, and answers unless ``engine`` does."""
     trigger: Trigger
     buffer: TriggerBuffer | None = None
     """Where failures are clustered; None: failures are only recorded."""
@@ -106,6 +110,14 @@ class SageContext:
     prompt: str = ATOMIC_PROMPT
     max_tokens: int = ANSWER_MAX_TOKENS
     """Answer length limit (an atomic step's answer is a number, often after its equation)."""
+    engine: VLLMEngine | None = None
+    """A vLLM server that answers the steps, with the store's adapters registered with
+    it; None: ``model`` answers in this process."""
+
+    @property
+    def answerer(self) -> ChatSage | VLLMEngine:
+        """What answers a step: ``answerer.invoke(prompt, adapter=name, max_tokens=n)``."""
+        return self.engine if self.engine is not None else self.model
 
     @property
     def policy(self) -> AdaptationPolicy:
@@ -134,21 +146,30 @@ def build_context(
     adapters: str | Path | None = None,
     decomposer: Decomposer = socratic_decomposer,
     substitute: Literal["answers", "references"] = "references",
+    engine: str | VLLMEngine | None = None,
 ) -> SageContext:
     """The components of a SAGE run on the SQLite file ``db``: ``model`` (a ChatSage, a
     model id or path; default the embedded SmolLM2-135M), the Trigger with the arithmetic
     verifier, the buffer and the LoRA Store (adapters in ``adapters``, default
-    ``adapter_root(db)``), sharing one lazily loaded embedder."""
+    ``adapter_root(db)``), sharing one lazily loaded embedder. ``engine`` (a vLLM
+    server's URL or a VLLMEngine) answers instead of ``model``, which then loads its
+    weights only to train."""
     if not isinstance(model, ChatSage):
         model = ChatSage(model=model) if model else ChatSage()
+    if isinstance(engine, str):
+        from sage_agent.serving import VLLMEngine
+
+        engine = VLLMEngine(engine)
     embeddings = embeddings or LazyDefaultEmbeddings()
+    root = adapters or adapter_root(db)
     return SageContext(
         model=model,
         trigger=trigger or Trigger(embeddings=embeddings, verifier=arithmetic_verifier),
         buffer=TriggerBuffer(db, buffer_config, embeddings=embeddings),
-        store=LoRAStore(db, adapters or adapter_root(db), model, store_config, embeddings),
+        store=LoRAStore(db, root, model, store_config, embeddings, engine=engine),
         decomposer=decomposer,
         substitute=substitute,
+        engine=engine,
     )
 
 

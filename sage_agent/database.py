@@ -21,7 +21,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from sage_agent.errors import DatabaseError, DatabaseLocked, SchemaVersionError
+from sage_agent.errors import DatabaseError, DatabaseLocked, NotFoundError, SchemaVersionError
 
 SCHEMA_VERSION = 6
 """2: adapters.rank became adapters.position (the LoRA rank is in its config), and
@@ -119,6 +119,13 @@ def adapter_root(db: str | Path) -> Path:
     beside it (``sage.db`` keeps them in ``sage-adapters/``)."""
     db = Path(db).absolute()
     return db.with_name(f"{db.stem}-adapters")
+
+
+def existing_database(db: Path) -> Path:
+    """``db``, which a command reads: a NotFoundError when no file is there."""
+    if not db.is_file():
+        raise NotFoundError(f"no database at {db}; pass --db or run `sage-agent run` first")
+    return db
 
 
 def snapshot(path: Path, to: Path) -> Path:

@@ -88,5 +88,10 @@ class RunError(SageError, RuntimeError):
     """A run cannot start or resume; the message says why."""
 
 
+class EngineError(SageError, RuntimeError):
+    """An answering server (vLLM's OpenAI-compatible API) is unreachable, did not start,
+    or refused a request; the message names the server and what it said."""
+
+
 class ContextError(SageError, TypeError):
     """The SAGE graph was given no usable context; the message says what to pass."""

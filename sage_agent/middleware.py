@@ -44,6 +44,7 @@ from sage_agent.errors import (
     StoreError,
 )
 from sage_agent.records import Judge
+from sage_agent.scoring.numeric import mean_margin
 from sage_agent.scoring.verifier import arithmetic_verifier
 from sage_agent.store import AdaptationPolicy, Route, needs_training, train_cluster
 from sage_agent.tasks.families import TaskFamily, family_named
@@ -153,7 +154,7 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
             # Loaded and kept loaded while it answers: another turn cannot evict it.
             with self.policy.loaded(chosen) as (name, note):
                 if name is not None:
-                    answer = handler(_with_adapter(request, name))
+                    answer = handler(self._with_adapter(request, name))
                     return self._scored(request, answer, chosen, None)
         response = base if base is not None else handler(request)
         return self._scored(request, response, None, note)
@@ -170,7 +171,7 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
                 loading = self.policy.loaded(chosen)
                 name, note = await asyncio.to_thread(held.enter_context, loading)
                 if name is not None:
-                    answer = await handler(_with_adapter(request, name))
+                    answer = await handler(self._with_adapter(request, name))
                     return await asyncio.to_thread(self._scored, request, answer, chosen, None)
         response = base if base is not None else await handler(request)
         return await asyncio.to_thread(self._scored, request, response, None, note)
@@ -216,7 +217,7 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
         )
         ready = list(request.state.get("sage_ready") or [])
         if reference is not None and prompt:
-            margin = message.response_metadata.get("logits_margin_mean")
+            margin = mean_margin(message.response_metadata)
             result = self.context.trigger.score(
                 message.text, reference, logits_margin=margin, judge=self.judge
             )
@@ -263,13 +264,24 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
         cluster = buffer.cluster(assignment.cluster_id)
         return [cluster.id] if self.context.train and needs_training(cluster, store) else []
 
+    def _with_adapter(self, request: ModelRequest, adapter: str) -> ModelRequest:
+        """The request answered with ``adapter``: ChatSage's ``adapter=`` setting, or on
+        a vLLM server the adapter's model name."""
+        engine = self.context.engine
+        settings = engine.settings(adapter) if engine is not None else {"adapter": adapter}
+        return request.override(model_settings={**request.model_settings, **settings})
+
     def _adapts(self, model: Any) -> bool:
-        if model is self.context.model and isinstance(model, ChatSage):
+        engine = self.context.engine
+        if engine is not None and model is engine.chat_model:
+            return True
+        if engine is None and model is self.context.model and isinstance(model, ChatSage):
             return True
         if not self._warned:
             warnings.warn(
                 f"SageMiddleware: the agent's model ({type(model).__name__}) is not the "
-                "context's ChatSage; failures are recorded, nothing is routed or trained",
+                "context's answering model (its ChatSage, or its engine's chat_model); "
+                "failures are recorded, nothing is routed or trained",
                 stacklevel=3,
             )
             self._warned = True
@@ -307,7 +319,3 @@ def _prompt(messages: list[AnyMessage]) -> str:
 
 def _message(response: ModelResponse) -> AIMessage:
     return next(m for m in reversed(response.result) if isinstance(m, AIMessage))
-
-
-def _with_adapter(request: ModelRequest, adapter: str) -> ModelRequest:
-    return request.override(model_settings={**request.model_settings, "adapter": adapter})

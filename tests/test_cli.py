@@ -118,6 +118,24 @@ def test_bad_input_exits_1_with_one_line(data, tmp_path, tiny_model_dir, capsys)
         ([*["run", "--data", str(data), "--db", str(db)], "--budget", "nan"], "--budget must"),
         ([*["run", "--data", str(data), "--db", str(db)], "--budget", "-5"], "--budget must"),
         ([*["run", "--data", str(data), "--db", str(db)], "--limit", "0"], "--limit must"),
+        (
+            [*["eval", "--data", str(data), "--db", str(db)], "--concurrency", "0"],
+            "--concurrency must be at least 1",
+        ),
+        (
+            [
+                *["eval", "--data", str(data), "--db", str(db)],
+                *["--model", str(tiny_model_dir), "--engine", "http://127.0.0.1:9"],
+            ],
+            "no vLLM server answers at http://127.0.0.1:9",
+        ),
+        (
+            [
+                *["serve", "--model", str(tiny_model_dir), "--port", "9"],
+                *["--vllm-python", str(tmp_path / "no-python")],
+            ],
+            "cannot start vLLM",
+        ),
     ]
     for argv, message in cases:
         assert main(argv) == 1, argv

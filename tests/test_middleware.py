@@ -80,7 +80,7 @@ def test_another_chat_model_is_recorded_but_never_routed(context) -> None:
         warnings.simplefilter("always")
         for i in range(3):
             state = agent.invoke({"messages": [HumanMessage(_question(i))]})
-    assert sum("not the context's ChatSage" in str(w.message) for w in caught) == 1
+    assert sum("not the context's answering model" in str(w.message) for w in caught) == 1
     record = state["sage_records"][-1]
     assert record["failed"] is True and record["adapter"] is None
     assert context.buffer.buffered()  # failures are still recorded
@@ -153,6 +153,7 @@ def test_the_middleware_answers_as_the_policy_decides(tiny_chat, bow_embeddings)
         store = FakeStore(route_all=route_all, unsure=False)
         context = SimpleNamespace(
             model=tiny_chat,
+            engine=None,
             store=store,
             buffer=None,
             train=False,

@@ -16,19 +16,19 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sage_agent.app import listing
+from sage_agent.app.serve import add_serve_parser
 from sage_agent.buffer.config import BufferConfig
-from sage_agent.database import adapter_root, reading
+from sage_agent.database import existing_database, reading
 from sage_agent.errors import (
     ConfigError,
     DataError,
     InvalidInput,
-    NotFoundError,
     RunError,
     SageError,
 )
 from sage_agent.runs import unfinished_run
 from sage_agent.store.config import StoreConfig
-from sage_agent.store.registry import AdapterRegistry
 
 if TYPE_CHECKING:
     from sage_agent.agent import SageAgent
@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--problems", type=int, default=80, help="most generated problems to run")
     demo.add_argument("--seed", type=int, default=0, help="seed of the problem generator")
     demo.add_argument("--db", type=Path, default=Path("sage-demo.db"))
+    _add_engine(demo)
     demo.set_defaults(handler=_demo)
 
     for name, text in (
@@ -94,6 +95,14 @@ def _parser() -> argparse.ArgumentParser:
             "--strict", action="store_true", default=None, help="stop at a malformed line"
         )
         command.add_argument("--json", action="store_true", help="one JSON object on stdout")
+        _add_engine(command)
+        command.add_argument(
+            "--concurrency",
+            type=int,
+            default=None,
+            help="tasks answered at once (default 8 with --engine, which batches them; "
+            "1 in process)",
+        )
         command.add_argument(
             "--resume",
             action="store_true",
@@ -142,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
             )
         command.set_defaults(handler=_run)
 
+    add_serve_parser(sub)
+
     trace = sub.add_parser("trace", help="a thread step by step")
     trace.add_argument("thread", nargs="?", help="thread id (default: the latest)")
     trace.add_argument("--db", type=Path, default=Path("sage.db"))
@@ -168,20 +179,23 @@ def _parser() -> argparse.ArgumentParser:
     adapters.add_argument("--to", type=Path, help="export: the new folder")
     adapters.add_argument("--db", type=Path, default=Path("sage.db"))
     adapters.add_argument("--json", action="store_true")
-    adapters.set_defaults(handler=_adapters)
+    adapters.set_defaults(handler=listing.adapters_command)
 
     clusters = sub.add_parser("clusters", help="the failure clusters")
     clusters.add_argument("action", choices=("list",))
     clusters.add_argument("--db", type=Path, default=Path("sage.db"))
     clusters.add_argument("--json", action="store_true")
-    clusters.set_defaults(handler=_clusters)
+    clusters.set_defaults(handler=listing.clusters_command)
     return parser
 
 
-def _existing(db: Path) -> Path:
-    if not db.is_file():
-        raise NotFoundError(f"no database at {db}; pass --db or run `sage-agent run` first")
-    return db
+def _add_engine(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--engine",
+        default=None,
+        metavar="URL",
+        help="answer through this vLLM server (sage-agent serve); training stays here",
+    )
 
 
 # run / eval
@@ -217,6 +231,8 @@ def _run(args: argparse.Namespace) -> int:
     given = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     given = {k: given.get(k) for k in RUN_OPTIONS}
     _check_options(given)
+    if args.concurrency is not None and args.concurrency < 1:
+        raise InvalidInput(f"--concurrency must be at least 1, not {args.concurrency}")
     run_id, options = None, {k: v if v is not None else RUN_OPTIONS[k] for k, v in given.items()}
     if args.resume:
         run_id, options = _resumed(args, given)
@@ -228,7 +244,9 @@ def _run(args: argparse.Namespace) -> int:
     )
     if not tasks:
         raise DataError(f"{options['data']} holds no tasks")
-    agent = SageAgent(args.db, options["model"], substitute=options["substitute"])
+    agent = SageAgent(
+        args.db, options["model"], substitute=options["substitute"], engine=args.engine
+    )
     decomposers = {"annotations": annotation_decomposer, "socratic": socratic_decomposer}
     decomposer = decomposers.get(options["decompose"]) or LLMDecomposer(agent.model)
     agent.configure(
@@ -246,6 +264,7 @@ def _run(args: argparse.Namespace) -> int:
         run_id=run_id,
         take_over=args.take_over,
         quiet=args.json,
+        concurrency=args.concurrency or (8 if args.engine else 1),
     )
     print_summary(summary, args.json)
     return 0
@@ -267,7 +286,7 @@ def _resumed(args: argparse.Namespace, given: dict[str, Any]) -> tuple[str, dict
     options it started with; an option given now that differs from them is refused."""
     from sage_agent.database import open_database
 
-    unfinished = unfinished_run(open_database(_existing(args.db)))
+    unfinished = unfinished_run(open_database(existing_database(args.db)))
     if unfinished is None:
         raise RunError(f"{args.db} has no unfinished run to resume")
     if unfinished["mode"] != args.command:
@@ -312,7 +331,7 @@ def _trace(args: argparse.Namespace) -> int:
         thread_file,
     )
 
-    with reading(_existing(args.db)) as (db, adapters):
+    with reading(existing_database(args.db)) as (db, adapters):
         agent = SageAgent(db, adapters=adapters)
         if args.format == "mermaid":
             text = agent.graph.get_graph().draw_mermaid()
@@ -340,86 +359,11 @@ def _report(args: argparse.Namespace) -> int:
     from sage_agent.agent import SageAgent
     from sage_agent.report import latest_run, write_run_report
 
-    with reading(_existing(args.db)) as (db, adapters):
+    with reading(existing_database(args.db)) as (db, adapters):
         agent = SageAgent(db, adapters=adapters)
         run_id = args.run or latest_run(agent)
         out = (args.out or Path(f"report-{run_id}.html")).absolute()
         print(write_run_report(agent, run_id, out))
-    return 0
-
-
-# adapters / clusters
-
-
-def _adapters(args: argparse.Namespace) -> int:
-    db = _existing(args.db)
-    if args.action == "rm":
-        return _remove_adapter(AdapterRegistry(db, adapter_root(db)), args.id)
-    with reading(db) as (readable, _):
-        return _read_adapters(AdapterRegistry(readable, adapter_root(db)), args)
-
-
-def _remove_adapter(registry: AdapterRegistry, adapter_id: str | None) -> int:
-    if not adapter_id:
-        raise InvalidInput("adapters rm needs an adapter id")
-    registry.remove(adapter_id)
-    print(f"removed adapter {adapter_id}")
-    return 0
-
-
-def _read_adapters(registry: AdapterRegistry, args: argparse.Namespace) -> int:
-    """``adapters list | show | export``: they read the registry, never write it."""
-    if args.action == "list":
-        records = registry.adapters(status=None)
-        if args.json:
-            print(json.dumps([asdict(r) for r in records]))
-            return 0
-        from tabulate import tabulate
-
-        columns = ("id", "cluster_id", "tag", "position", "val_em", "base_val_em", "uses")
-        columns += ("wins", "route_all", "status")
-        rows = [[getattr(r, c) for c in columns] for r in records]
-        print(tabulate(rows, headers=columns, floatfmt=".2f"))
-        return 0
-    if not args.id:
-        raise InvalidInput(f"adapters {args.action} needs an adapter id")
-    if args.action == "show":
-        print(json.dumps(asdict(registry.get(args.id)), indent=1))
-    elif args.action == "export":
-        if args.to is None:
-            raise InvalidInput("adapters export needs --to FOLDER")
-        from sage_agent.store.export import export_adapter
-
-        folder = export_adapter(registry.get(args.id), args.to)
-        config = json.loads((folder / "adapter_config.json").read_text())
-        print(f"exported adapter {args.id} to {folder} (base {config['base_model_name_or_path']})")
-    return 0
-
-
-def _clusters(args: argparse.Namespace) -> int:
-    from sage_agent.buffer import TriggerBuffer
-
-    with reading(_existing(args.db)) as (db, _):
-        buffer = TriggerBuffer(db)
-        clusters, waiting = buffer.clusters(with_samples=False), len(buffer.buffered())
-    rows = [
-        {
-            "id": c.id,
-            "tag": c.tag,
-            "size": c.size,
-            "keywords": sorted(c.keywords)[:8],
-            "version": c.version,
-            "trained_version": c.trained_version,
-        }
-        for c in clusters
-    ]
-    if args.json:
-        print(json.dumps({"clusters": rows, "buffered": waiting}))
-        return 0
-    from tabulate import tabulate
-
-    print(tabulate([list(r.values()) for r in rows], headers=list(rows[0]) if rows else ()))
-    print(f"{waiting} samples waiting in the buffer")
     return 0
 
 
@@ -429,7 +373,7 @@ def _clusters(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from sage_agent.app.demo import run_demo
 
-    return run_demo(problems=args.problems, seed=args.seed, db=args.db)
+    return run_demo(problems=args.problems, seed=args.seed, db=args.db, engine=args.engine)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,11 @@ DEMO_BUFFER = BufferConfig(buffer_size=10)
 """Cluster a tag's failures after 10 of them (the default waits for 25)."""
 
 
-def run_demo(problems: int = 80, seed: int = 0, db: str | Path = "sage-demo.db") -> int:
+def run_demo(
+    problems: int = 80, seed: int = 0, db: str | Path = "sage-demo.db", engine: str | None = None
+) -> int:
+    """The demo; with ``engine`` (a vLLM server's URL) the steps are answered there and
+    the adapter the demo keeps is registered with it before its retry."""
     started = time.perf_counter()
     db = Path(db)
     _start_afresh(db)
@@ -64,9 +68,9 @@ def run_demo(problems: int = 80, seed: int = 0, db: str | Path = "sage-demo.db")
     ]
     print(
         f"sage-agent demo: up to {problems} generated word problems, the embedded "
-        f"SmolLM2-135M-Instruct, database {db}"
+        f"SmolLM2-135M-Instruct, database {db}" + (f", answers from {engine}" if engine else "")
     )
-    agent = SageAgent(db, buffer_config=DEMO_BUFFER, store_config=DEMO_STORE)
+    agent = SageAgent(db, buffer_config=DEMO_BUFFER, store_config=DEMO_STORE, engine=engine)
     with transaction(agent.db):
         agent.db["meta"].upsert({"key": "demo", "value": "1"}, pk="key")
     summary = run_with_progress(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from sage_agent.errors import InvalidInput
 
@@ -81,6 +82,31 @@ def span_logprob(
             total += token["logprob"]
         position = following
     return total
+
+
+def mean_margin(metadata: Mapping[str, Any]) -> float | None:
+    """The Trigger's confidence signal of an answer, from its ``response_metadata``:
+    ChatSage's ``logits_margin_mean``, else (any chat model that reports OpenAI
+    ``logprobs`` with ``top_logprobs`` >= 2: ChatOpenAI on a vLLM server) the mean over
+    the answer's tokens of the top-1 minus top-2 log-probability. The two are the same
+    number: a log-softmax shifts every logit of a step by the same amount. None when
+    neither is reported."""
+    if metadata.get("logits_margin_mean") is not None:
+        return float(metadata["logits_margin_mean"])
+    margins = logprob_margins((metadata.get("logprobs") or {}).get("content") or [])
+    return sum(margins) / len(margins) if margins else None
+
+
+def logprob_margins(tokens: Sequence[dict]) -> list[float]:
+    """Per token of OpenAI ``logprobs["content"]``, its best alternative's log-probability
+    minus the second best's (tokens reported with fewer than two alternatives are left
+    out)."""
+    margins = []
+    for token in tokens:
+        best = sorted((t["logprob"] for t in token.get("top_logprobs") or []), reverse=True)
+        if len(best) >= 2:
+            margins.append(best[0] - best[1])
+    return margins
 
 
 def _to_float(match: re.Match[str] | None) -> float | None:

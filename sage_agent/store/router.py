@@ -1,6 +1,7 @@
 """Routing: which registered adapters answer a step, whether the base model's own answer
-is sure enough to keep, and the adapters loaded in the chat model (least recently used
-leave first).
+is sure enough to keep, and the adapters loaded where answers come from (an
+``AdapterHost``: the in-process ChatSage, or a vLLM server's ``VLLMEngine``; least
+recently used leave first).
 
 Threads share a router: loading and unloading hold its lock, and an adapter in use
 (``pinned``) is never unloaded under a thread that answers with it; an unload asked
@@ -12,12 +13,13 @@ import contextlib
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
 from langchain_core.messages import AIMessage
 
-from sage_agent.chat import ChatSage
 from sage_agent.embeddings import LazyDefaultEmbeddings
 from sage_agent.errors import CorruptAdapter
 from sage_agent.scoring.numeric import span_logprob
@@ -27,17 +29,28 @@ from sage_agent.tasks.families import ARITHMETIC, family_of_tag
 from sage_agent.tasks.steps import operators_within
 
 
+class AdapterHost(Protocol):
+    """Where routed adapters answer from: ChatSage, or a VLLMEngine."""
+
+    @property
+    def adapters(self) -> dict[str, str | None]: ...
+
+    def load_adapter(self, path: str | Path, name: str) -> None: ...
+
+    def delete_adapter(self, name: str) -> None: ...
+
+
 class Router:
-    """Routes texts to the registry's adapters and loads them into ``model``."""
+    """Routes texts to the registry's adapters and loads them into ``host``."""
 
     def __init__(
         self,
         registry: AdapterRegistry,
-        model: ChatSage,
+        host: AdapterHost,
         config: RouterConfig | None = None,
         embeddings: Embeddings | None = None,
     ) -> None:
-        self.registry, self.model = registry, model
+        self.registry, self.host = registry, host
         self.config = config or RouterConfig()
         self.embeddings: Embeddings = embeddings or LazyDefaultEmbeddings()
         self._loaded: OrderedDict[str, None] = OrderedDict()
@@ -83,7 +96,7 @@ class Router:
         return confidence is None or confidence < self.config.route_below
 
     def load(self, adapter_id: str) -> str:
-        """Load a registered adapter into the chat model (verifying its checksum) and
+        """Load a registered adapter into the host (verifying its checksum) and
         return the name it is loaded under; keeps at most ``max_loaded`` in memory (more
         while more are pinned)."""
         record = self.registry.get(adapter_id)
@@ -91,8 +104,8 @@ class Router:
             raise CorruptAdapter(f"adapter {adapter_id} is {record.status}; it is not loaded")
         with self._lock:
             self._doomed.discard(adapter_id)
-            if adapter_id in self._loaded and adapter_id not in self.model.adapters:
-                # The chat model is shared; its owner may have deleted the adapter directly.
+            if adapter_id in self._loaded and adapter_id not in self.host.adapters:
+                # The host is shared; its owner may have deleted the adapter directly.
                 del self._loaded[adapter_id]
             if adapter_id in self._loaded:
                 self._loaded.move_to_end(adapter_id)
@@ -103,7 +116,7 @@ class Router:
                     f"adapter {adapter_id} at {record.path} does not match its checksum "
                     "(missing or changed files); marked broken and not loaded"
                 )
-            self.model.load_adapter(record.path, adapter_id)
+            self.host.load_adapter(record.path, adapter_id)
             self._loaded[adapter_id] = None
             evictable = [a for a in self._loaded if not self._pins[a] and a != adapter_id]
             for oldest in evictable[: max(0, len(self._loaded) - self.config.max_loaded)]:
@@ -142,6 +155,6 @@ class Router:
         if adapter_id not in self._loaded:
             return
         # ChatSage.delete_adapter falls back to the base model if this one was active.
-        if adapter_id in self.model.adapters:
-            self.model.delete_adapter(adapter_id)
+        if adapter_id in self.host.adapters:
+            self.host.delete_adapter(adapter_id)
         del self._loaded[adapter_id]

@@ -12,17 +12,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.messages import AIMessage
 
 from sage_agent.buffer import Cluster
 from sage_agent.chat import ChatSage
-from sage_agent.errors import StoreError
+from sage_agent.errors import AdapterError, EngineError, StoreError
 from sage_agent.records import AdapterKept, TrainingPair
 from sage_agent.store.config import StoreConfig
 from sage_agent.store.gate import CanarySet, expected_accuracy
@@ -35,6 +37,9 @@ from sage_agent.store.search import Emit, Trial, config_dict, run_search
 from sage_agent.tasks.plans import PLAN_TAG
 from sage_agent.training.trainer import save_adapter
 from sage_agent.training.validation import judge_answers
+
+if TYPE_CHECKING:
+    from sage_agent.serving import VLLMEngine
 
 BASE_ANSWERS_KEPT = 20_000
 """Base-model answers a store keeps (the oldest leave first): a few megabytes."""
@@ -58,19 +63,23 @@ class LoRAStore:
         model: ChatSage,
         config: StoreConfig | None = None,
         embeddings: Embeddings | None = None,
+        engine: VLLMEngine | None = None,
     ) -> None:
         self.config = config or StoreConfig()
         self.model = model
+        self.engine = engine
+        """A vLLM server that answers with the kept adapters (None: ``model`` does)."""
         self.registry = AdapterRegistry(db, root, self.config.registry)
         self.registry.writable()
         self.registry.sweep()
         self.canaries = CanarySet(
             db, self.config.gate, seed=self.config.seed, timeout=self.config.registry.lock_timeout
         )
-        self.router = Router(self.registry, model, self.config.router, embeddings)
+        self.router = Router(self.registry, engine or model, self.config.router, embeddings)
         self.policy = AdaptationPolicy(self)
         """When a routed adapter answers: the rule a trial is evaluated by."""
         self._base_answers: dict[tuple[str, tuple[int | None, tuple[str, ...]]], AIMessage] = {}
+        self._base_answers_lock = threading.Lock()
 
     # what the graph calls
 
@@ -111,9 +120,12 @@ class LoRAStore:
         self.canaries.add(pairs, tag, expressions)
 
     def remove(self, adapter_id: str) -> None:
-        """Unload an adapter and delete it from the registry and the disk."""
+        """Unload an adapter and delete it from the registry, the disk and the server."""
         self.router.unload(adapter_id)
         self.registry.remove(adapter_id)
+        if self.engine is not None:
+            with _server_may_fail("retire", adapter_id):
+                self.engine.retire(adapter_id)
 
     # CLO
 
@@ -199,6 +211,10 @@ class LoRAStore:
         if kept:  # the new adapters saw the cluster's current members; retire the old ones
             for old in previous:
                 self.remove(old.id)
+        for record in kept:  # every worker of a server answers with it from now on
+            if self.engine is not None:  # (a failure here is retried on the first load)
+                with _server_may_fail("register", record.id):
+                    self.engine.load_adapter(record.path, record.id)
         for adapter_id in self.registry.over_limit():
             log.info("evicting adapter %s (pool limit)", adapter_id)
             self.remove(adapter_id)
@@ -238,14 +254,13 @@ class LoRAStore:
         tag's canaries and a grown cluster's members come back search after search."""
         how = (recipe.max_tokens, recipe.stop)
         cache = self._base_answers
-        missing = list(dict.fromkeys(p.prompt for p in pairs if (p.prompt, how) not in cache))
-        if missing:
-            answers = recipe.generate(self.model, None, missing)
-            cache.update(((prompt, how), a) for prompt, a in zip(missing, answers, strict=True))
-        messages = [cache[(p.prompt, how)] for p in pairs]
-        excess = len(cache) - BASE_ANSWERS_KEPT
-        if excess > 0:
-            for oldest in list(cache)[:excess]:
+        with self._base_answers_lock:  # threads training two clusters share the cache
+            missing = list(dict.fromkeys(p.prompt for p in pairs if (p.prompt, how) not in cache))
+            if missing:
+                answers = recipe.generate(self.model, None, missing)
+                cache.update(((prompt, how), a) for prompt, a in zip(missing, answers, strict=True))
+            messages = [cache[(p.prompt, how)] for p in pairs]
+            for oldest in list(cache)[: max(0, len(cache) - BASE_ANSWERS_KEPT)]:
                 del cache[oldest]
         return messages, judge_answers(messages, pairs, recipe.judge)
 
@@ -422,3 +437,12 @@ class LoRAStore:
             return bound
         routed = [base.canaries[i] for i in base.routed]
         return base.canary_em_as_routed(recipe.answers_right(self.model, trial.name, routed))
+
+
+@contextlib.contextmanager
+def _server_may_fail(what: str, adapter_id: str) -> Iterator[None]:
+    """A server that is down or refuses must not undo the store's own bookkeeping."""
+    try:
+        yield
+    except (AdapterError, EngineError) as error:
+        log.warning("could not %s adapter %s on the server: %s", what, adapter_id, error)
