@@ -6,7 +6,7 @@ with its answers from the server. The real server: tests/test_vllm.py."""
 from __future__ import annotations
 
 import threading
-import time
+import warnings
 from pathlib import Path
 
 import httpx
@@ -16,9 +16,9 @@ from sage_agent import AdapterError, ChatSage, EngineError, NotFoundError, SageA
 from sage_agent.scoring.numeric import mean_margin
 from sage_agent.serving import VLLMEngine
 from sage_agent.store import LoRAStore
-from tests.support.fake_vllm import BASE, FakeVLLM
+from tests.support.fake_vllm import BASE, FakeVLLM, Overlapping
 from tests.support.stores import LEARNABLE, make_cluster
-from tests.support.tiny import NINES, SMALL_BUFFER, nine_task
+from tests.support.tiny import nine_task, nines_agent
 
 
 def nines(model: str, prompt: str) -> str:
@@ -130,15 +130,7 @@ def test_the_graph_answers_through_the_server_and_retries_with_a_registered_adap
     tiny_model_dir: Path, tmp_path: Path, bow_embeddings
 ) -> None:
     server = FakeVLLM(nines)
-    chat = ChatSage(model=str(tiny_model_dir), max_tokens=4)
-    agent = SageAgent(
-        tmp_path / "sage.db",
-        chat,
-        embeddings=bow_embeddings,
-        buffer_config=SMALL_BUFFER,
-        store_config=NINES,
-        engine=server.engine(),
-    )
+    agent = nines_agent(tmp_path / "sage.db", tiny_model_dir, bow_embeddings, server.engine())
     summary = agent.run([nine_task(i) for i in range(24)], stop_when=lambda s: s.retry_success > 0)
     assert summary.adapters_trained >= 1 and summary.retry_success >= 1
     assert BASE in server.asked and set(server.asked) - {BASE}  # adapters answered too
@@ -152,18 +144,7 @@ def test_the_graph_answers_through_the_server_and_retries_with_a_registered_adap
 def test_a_run_answers_its_tasks_concurrently_through_the_server(
     tiny_model_dir: Path, tmp_path: Path, bow_embeddings
 ) -> None:
-    in_flight, most = [0], [0]
-    lock = threading.Lock()
-
-    def slow_eights(model: str, prompt: str) -> str:
-        with lock:
-            in_flight[0] += 1
-            most[0] = max(most[0], in_flight[0])
-        time.sleep(0.05)
-        with lock:
-            in_flight[0] -= 1
-        return "8"
-
+    slow_eights = Overlapping("8")
     server = FakeVLLM(slow_eights)
     chat = ChatSage(model=str(tiny_model_dir), max_tokens=4)
     agent = SageAgent(tmp_path / "sage.db", chat, embeddings=bow_embeddings, engine=server.engine())
@@ -175,5 +156,75 @@ def test_a_run_answers_its_tasks_concurrently_through_the_server(
         on_task=lambda result: finished.append(result["answer"]),
     )
     assert summary.problems == 8 and finished == ["8"] * 8
-    assert 1 < most[0] <= 4  # answers overlapped, never more than the run's threads
+    assert 1 < slow_eights.most <= 4  # answers overlapped, never more than the run's threads
     assert chat._model is None  # nothing trained, so the base weights never loaded here
+
+
+def test_middleware_turns_answer_concurrently_through_the_server(
+    tiny_model_dir: Path, tmp_path: Path, bow_embeddings
+) -> None:
+    from langchain.agents import create_agent
+
+    from sage_agent import SageMiddleware, build_context
+
+    slow_eights = Overlapping("8")
+    engine = FakeVLLM(slow_eights).engine()
+    chat = ChatSage(model=str(tiny_model_dir), max_tokens=4)
+    context = build_context(tmp_path / "sage.db", chat, embeddings=bow_embeddings, engine=engine)
+    agent = create_agent(engine.chat_model, middleware=[SageMiddleware(context, train="never")])
+    questions = [
+        {"messages": [{"role": "user", "content": f"Compute {a}+{9 - a}."}]} for a in range(1, 5)
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the engine's model is the context's: no warning
+        states = agent.batch(questions)
+    records = [state["sage_records"][0] for state in states]
+    assert [r["answer"] for r in records] == ["8"] * 4
+    assert all(r["failed"] and r["reference"] == "9" for r in records)
+    assert slow_eights.most > 1  # the turns' model calls overlapped
+    assert chat._model is None
+
+
+def test_the_server_command_enables_runtime_lora_within_the_machines_limits(
+    tiny_model_dir: Path,
+) -> None:
+    from sage_agent.serving import ServerSpec, served_weights
+    from sage_agent.training.trainer import supports_bf16
+
+    assert served_weights(str(tiny_model_dir)) == tiny_model_dir  # a folder serves as it is
+    spec = ServerSpec(tiny_model_dir, "tiny", port=8123, python="/opt/vllm/bin/python")
+    command = spec.command()
+    assert command[:3] == ["/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+
+    def flag(name: str) -> str:
+        return command[command.index(name) + 1]
+
+    assert flag("--model") == str(tiny_model_dir) and flag("--served-model-name") == "tiny"
+    assert flag("--dtype") == ("bfloat16" if supports_bf16("cpu") else "float32")
+    assert "--enable-lora" in command and int(flag("--max-lora-rank")) >= 32
+    environment = spec.environment()
+    assert environment["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert 1 <= int(environment["VLLM_CPU_KVCACHE_SPACE"]) <= 8
+
+
+def test_a_port_that_answers_already_is_refused(tiny_model_dir: Path) -> None:
+    import http.server
+
+    from sage_agent.serving import ServerSpec, VLLMServer
+
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    squatter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthy)
+    threading.Thread(target=squatter.serve_forever, daemon=True).start()
+    try:
+        spec = ServerSpec(tiny_model_dir, "tiny", port=squatter.server_address[1])
+        with pytest.raises(EngineError, match="something already answers"):
+            VLLMServer(spec).start()
+    finally:
+        squatter.shutdown()

@@ -275,6 +275,18 @@ def test_route_finds_the_nearest_cluster(store: LoRAStore, bow_embeddings) -> No
     assert [a.id for a in far] == [a.id for a in kept]
 
 
+def test_a_one_step_familys_tag_routes_to_its_nearest_cluster(store, bow_embeddings) -> None:
+    kept = store.optimize(make_cluster(bow_embeddings))
+    with transaction(store.registry.db):  # as if trained on PubMedQA's failures
+        for adapter in kept:
+            store.registry.db["adapters"].update(adapter.id, {"tag": "pubmedqa"})
+    far = "an abstract about a trial of a new drug"  # no word in common with the cluster
+    assert [a.id for a in store.route(far, tag="pubmedqa")] == [a.id for a in kept]
+    assert store.route(far, tag="navigate") == []  # another family's tag: its own clusters
+    store.router.config = RouterConfig(route_whole_families=False)
+    assert store.route(far, tag="pubmedqa") == []
+
+
 def test_unsure_routes_only_doubtful_base_answers(chat, tmp_path, bow_embeddings) -> None:
     def answer(text: str, logprob: float) -> AIMessage:
         tokens = [{"token": text, "logprob": logprob}]

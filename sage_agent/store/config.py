@@ -226,6 +226,15 @@ class RouterConfig:
             "their own."
         },
     )
+    route_whole_families: bool = field(
+        default=True,
+        metadata={
+            "help": "A step of a one-step family (PubMedQA, a BIG-Bench Hard task, your "
+            "labels), whose tag is the task itself, goes to its tag's nearest cluster "
+            "however far: the family's items share a form, not a topic, so their cosine to "
+            "a cluster's centroid says little. Arithmetic steps keep route_threshold."
+        },
+    )
     max_loaded: int = field(default=4, metadata={"help": "M: adapters loaded in memory (LRU)."})
 
     def __post_init__(self) -> None:

@@ -64,7 +64,10 @@ class Router:
     ) -> list[AdapterRecord]:
         """The adapters of the cluster whose centroid is nearest to ``text`` (cosine at least
         ``route_threshold``, or any with ``nearest``; same tag when one is given, else one
-        of its operators' with ``route_by_operators``), best first; [] when none is."""
+        of its operators' with ``route_by_operators``; a one-step family's tag routes to
+        its nearest with ``route_whole_families``), best first; [] when none is."""
+        if tag is not None and self.config.route_whole_families:
+            nearest = nearest or not family_of_tag(tag).multi_step
         centroids = self.registry.centroids(tag)
         if not centroids and tag is not None and self.config.route_by_operators:
             parts = [part for part in self.registry.tags() if operators_within(part, tag)]

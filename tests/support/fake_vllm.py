@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,25 @@ def _tokens(text: str, logprob: float, runner_up: float) -> list[dict]:
         }
         for char in text
     ]
+
+
+class Overlapping:
+    """An answer that takes a while, always ``text``; ``most`` is how many overlapped."""
+
+    def __init__(self, text: str, seconds: float = 0.05) -> None:
+        self.text, self.seconds = text, seconds
+        self.most = 0
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, model: str, prompt: str) -> str:
+        with self._lock:
+            self._in_flight += 1
+            self.most = max(self.most, self._in_flight)
+        time.sleep(self.seconds)
+        with self._lock:
+            self._in_flight -= 1
+        return self.text
 
 
 class FakeVLLM:

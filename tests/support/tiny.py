@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,9 +112,15 @@ def nine_task(i: int) -> dict:
     }
 
 
-def nines_agent(db: Path, tiny_model_dir: Path, embeddings) -> SageAgent:
-    """A SageAgent on the tiny llama that learns "every answer is 9" (NINES)."""
+def nines_agent(db: Path, tiny_model_dir: Path, embeddings, engine: Any = None) -> SageAgent:
+    """A SageAgent on the tiny llama that learns "every answer is 9" (NINES); ``engine``
+    answers instead of it when given."""
     chat = ChatSage(model=str(tiny_model_dir), max_tokens=4)
     return SageAgent(
-        db, chat, embeddings=embeddings, buffer_config=SMALL_BUFFER, store_config=NINES
+        db,
+        chat,
+        embeddings=embeddings,
+        buffer_config=SMALL_BUFFER,
+        store_config=NINES,
+        engine=engine,
     )
