@@ -7,7 +7,9 @@ database, never a place: ``db`` is a relative path resolved under the operator's
 (an absolute path, ``..``, a symlink out) is refused before anything is created. ``model``
 is the embedded model or one the operator allows (``SAGE_STUDIO_MODELS``, comma-separated
 ids or paths). Every context of one model shares that model; the contexts themselves are
-kept for the ``SAGE_STUDIO_MAX_DATABASES`` (8) databases used last.
+kept for the ``SAGE_STUDIO_MAX_DATABASES`` (8) databases used last. ``SAGE_STUDIO_ENGINE``
+(a vLLM server's URL) makes every context answer through that server; a client cannot
+name a server, so the graph never calls an address a client chose.
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ def _context(root: Path, db: str, model: str | None) -> SageContext:
     for target in (path, adapter_root(path)):
         if not target.resolve().is_relative_to(root):
             raise ContextError(f"db {db!r} leads outside the server's root (a symlink)")
-    return build_context(str(path), _model(model))
+    return build_context(
+        str(path), _model(model), engine=os.environ.get("SAGE_STUDIO_ENGINE") or None
+    )
 
 
 @functools.cache

@@ -228,3 +228,16 @@ def test_a_port_that_answers_already_is_refused(tiny_model_dir: Path) -> None:
             VLLMServer(spec).start()
     finally:
         squatter.shutdown()
+
+
+def test_studio_answers_through_the_operators_server_only(tmp_path: Path, monkeypatch) -> None:
+    from pydantic import ValidationError
+
+    from sage_agent.graphs import studio
+
+    with pytest.raises(ValidationError, match="engine"):  # a client cannot name a server
+        studio.StudioContext(db="sage.db", engine="http://attacker.example")  # type: ignore[call-arg]
+    monkeypatch.setenv("SAGE_STUDIO_ENGINE", "http://127.0.0.1:8000")
+    context = studio._context.__wrapped__(tmp_path, "sage.db", None)
+    assert context.engine is not None and context.engine.url == "http://127.0.0.1:8000"
+    assert context.store is not None and context.store.engine is context.engine
