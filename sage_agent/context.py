@@ -9,7 +9,8 @@ Store tool both read the context with ``context_of``, so neither imports the oth
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -53,6 +54,10 @@ class AdaptationBudget:
     spent: float = 0.0
     planner_spent: float = 0.0
     """Of ``spent``, what the plan cluster's searches spent."""
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+    """Threads of one run (``concurrency``) charge it at once."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.seconds) and self.seconds > 0):
@@ -76,9 +81,10 @@ class AdaptationBudget:
 
     def charge(self, seconds: float, *, planner: bool = False) -> None:
         """Count a store call's wall ``seconds`` (``planner``: the plan cluster's)."""
-        self.spent += seconds
-        if planner:
-            self.planner_spent += seconds
+        with self._lock:
+            self.spent += seconds
+            if planner:
+                self.planner_spent += seconds
 
 
 @dataclass
