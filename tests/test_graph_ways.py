@@ -153,9 +153,14 @@ def test_a_context_as_json_resolves_on_its_database(tmp_path: Path, monkeypatch)
 
     made = []
     monkeypatch.setenv("SAGE_STUDIO_ROOT", str(tmp_path))
-    monkeypatch.setattr(studio, "build_context", lambda db, model: made.append((db, model)))
+    monkeypatch.delenv("SAGE_STUDIO_ENGINE", raising=False)
+
+    def build_context(db: str, model, engine=None) -> None:
+        made.append((db, model, engine))
+
+    monkeypatch.setattr(studio, "build_context", build_context)
     studio._context.cache_clear()
     context = studio.StudioContext(db="s.db")
     context.resolve()
     context.resolve()
-    assert made == [(str(tmp_path.resolve() / "s.db"), studio._model(None))]  # built once
+    assert made == [(str(tmp_path.resolve() / "s.db"), studio._model(None), None)]  # once
