@@ -85,6 +85,15 @@ def test_workers_share_a_registration_and_a_retired_adapter_is_gone(adapter_fold
     second.retire("a1")  # retired twice: nothing left to do
 
 
+def test_an_adapter_the_restarted_server_forgot_is_registered_again(adapter_folder) -> None:
+    server = FakeVLLM(nines)
+    engine = server.engine()
+    engine.load_adapter(adapter_folder, "a1")
+    server.adapters.clear()  # a restart: registered here, unknown there
+    assert engine.invoke("q", adapter="a1").text == "9"
+    assert server.adapters == {"a1": str(adapter_folder.absolute())}
+
+
 def test_a_refused_adapter_and_an_absent_server_say_what_is_wrong(tmp_path: Path) -> None:
     engine = FakeVLLM(nines).engine()
     with pytest.raises(AdapterError, match=r"refused the adapter 'a1'.*No adapter found"):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import AIMessage
 from langchain_openai import ChatOpenAI
@@ -105,11 +106,31 @@ class VLLMEngine:
         """Answer ``prompt`` with ``adapter`` (None: the base model), as ChatSage does:
         ``response_metadata`` carries ``logprobs``, ``logits_margin`` (per token),
         ``logits_margin_mean`` and ``adapter``."""
-        import openai
-
         settings = self.settings(adapter)
         if max_tokens is not None:
             settings["max_tokens"] = max_tokens
+        try:
+            message = self._ask(prompt, stop, settings)
+        except NotFoundError:
+            folder = self._registered.get(adapter) if adapter is not None else None
+            if folder is None:
+                raise
+            # Registered here, unknown there: the server restarted. Register it again.
+            self.load_adapter(folder, str(adapter))
+            message = self._ask(prompt, stop, settings)
+        tokens = _answer_tokens(message)
+        margins = logprob_margins(tokens)
+        message.response_metadata.update(
+            logprobs={"content": tokens},
+            logits_margin=margins,
+            logits_margin_mean=sum(margins) / len(margins) if margins else None,
+            adapter=adapter,
+        )
+        return message
+
+    def _ask(
+        self, prompt: LanguageModelInput, stop: list[str] | None, settings: dict[str, Any]
+    ) -> AIMessage:
         try:
             message = self.chat_model.invoke(prompt, stop=stop, **settings)
         except openai.NotFoundError as error:
@@ -119,14 +140,6 @@ class VLLMEngine:
         except (openai.APIConnectionError, openai.APIStatusError) as error:
             raise EngineError(f"{self.url} did not answer: {_said(error)}") from error
         assert isinstance(message, AIMessage)  # ChatOpenAI answers with one
-        tokens = _answer_tokens(message)
-        margins = logprob_margins(tokens)
-        message.response_metadata.update(
-            logprobs={"content": tokens},
-            logits_margin=margins,
-            logits_margin_mean=sum(margins) / len(margins) if margins else None,
-            adapter=adapter,
-        )
         return message
 
     # adapters: the router's protocol, as on ChatSage
