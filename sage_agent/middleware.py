@@ -36,7 +36,6 @@ from langgraph.types import Command, interrupt
 from typing_extensions import NotRequired, TypedDict
 
 from sage_agent.buffer import default_tag, first_expression
-from sage_agent.chat import ChatSage
 from sage_agent.context import SageContext, current_thread_id
 from sage_agent.errors import (
     ConfigError,
@@ -267,15 +266,12 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
     def _with_adapter(self, request: ModelRequest, adapter: str) -> ModelRequest:
         """The request answered with ``adapter``: ChatSage's ``adapter=`` setting, or on
         a vLLM server the adapter's model name."""
-        engine = self.context.engine
-        settings = engine.settings(adapter) if engine is not None else {"adapter": adapter}
+        settings = self.context.answerer.call_settings(adapter)
         return request.override(model_settings={**request.model_settings, **settings})
 
     def _adapts(self, model: Any) -> bool:
         engine = self.context.engine
-        if engine is not None and model is engine.chat_model:
-            return True
-        if engine is None and model is self.context.model and isinstance(model, ChatSage):
+        if model is (engine.chat_model if engine is not None else self.context.model):
             return True
         if not self._warned:
             warnings.warn(

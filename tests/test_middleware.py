@@ -154,6 +154,7 @@ def test_the_middleware_answers_as_the_policy_decides(tiny_chat, bow_embeddings)
         context = SimpleNamespace(
             model=tiny_chat,
             engine=None,
+            answerer=tiny_chat,
             store=store,
             buffer=None,
             train=False,

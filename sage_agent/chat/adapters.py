@@ -17,6 +17,11 @@ class AdapterSlots:
     attributes ``_model``, ``_adapters`` (name -> folder), ``_active_adapter`` and
     ``_lock``, and loads the model in ``_ensure_loaded``."""
 
+    def call_settings(self, adapter: str | None) -> dict[str, Any]:
+        """The call settings that answer with ``adapter`` (None: the base model), for
+        ``bind(**settings)`` or a middleware's ``model_settings``."""
+        return {"adapter": adapter}
+
     @property
     def active_adapter(self) -> str | None:
         """The adapter in use, or None for the base model."""

@@ -91,8 +91,9 @@ class VLLMEngine:
             http_client=self._http,
         )
 
-    def settings(self, adapter: str | None) -> dict[str, Any]:
-        """The call settings that answer with ``adapter`` (None: the base model)."""
+    def call_settings(self, adapter: str | None) -> dict[str, Any]:
+        """The call settings that answer with ``adapter`` (None: the base model): its
+        model name on the server."""
         return {"model": adapter or self.model_name}
 
     def invoke(
@@ -106,7 +107,7 @@ class VLLMEngine:
         """Answer ``prompt`` with ``adapter`` (None: the base model), as ChatSage does:
         ``response_metadata`` carries ``logprobs``, ``logits_margin`` (per token),
         ``logits_margin_mean`` and ``adapter``."""
-        settings = self.settings(adapter)
+        settings = self.call_settings(adapter)
         if max_tokens is not None:
             settings["max_tokens"] = max_tokens
         try:
