@@ -35,7 +35,7 @@ from sage_agent.context import SageContext, context_of, current_thread_id
 from sage_agent.errors import DataError, DecompositionError
 from sage_agent.graphs.planning import decompose_task, judge_plan, route_planner
 from sage_agent.graphs.prompting import step_prompt
-from sage_agent.graphs.state import Ctx, SageInput, SageOutput, SageState, timed
+from sage_agent.graphs.state import BASE_MODEL, Ctx, SageInput, SageOutput, SageState, timed
 from sage_agent.graphs.store_calls import pending, run_store_call, store_call, training_note
 from sage_agent.records import (
     Answered,
@@ -147,7 +147,13 @@ def answer(state: SageState, runtime: Ctx) -> SageState:
             if failure is not None:
                 attempt.update(note=failure, adapter=None)
         message = context.answerer.invoke(attempt["prompt"], adapter=name, max_tokens=max_tokens)
-    return {"attempt": _answered(attempt, message, runtime)}
+    update: SageState = {"attempt": _answered(attempt, message, runtime)}
+    if attempt["routed"] and attempt["adapter"] is not None:
+        # The adapter answered past the base model (unsure, or not asked): should every
+        # routed answer fail the Trigger, the base model answers last, so that routing
+        # never costs a step the base model gets right.
+        update["candidates"] = [*(state.get("candidates") or []), BASE_MODEL]
+    return update
 
 
 def _family(state: SageState) -> TaskFamily:
@@ -262,7 +268,9 @@ def attach(state: SageState, runtime: Ctx) -> SageState:
     note = training_note(state["store_calls"][-1])
     attempts = list(state["attempts"])
     attempts[-1] = {**attempts[-1], "training": note}
-    candidates = note["adapters"][: context_of(runtime).max_retries]
+    candidates: list[str | None] = note["adapters"][: context_of(runtime).max_retries]
+    if BASE_MODEL in (state.get("candidates") or []):
+        candidates.append(BASE_MODEL)  # the new adapters first; the base model stays last
     runtime.stream_writer(Attached(event="attached", adapters=candidates, summary=note["summary"]))
     return {"attempts": attempts, "candidates": candidates}
 
@@ -287,7 +295,7 @@ def advance(state: SageState, runtime: Ctx) -> SageState:
         "passed": not last["failed"],
         "first_passed": not first["failed"],
         "retries": sum(a["kind"] == "retry" for a in attempts),
-        "retry_success": len(attempts) > 1 and not last["failed"],
+        "retry_success": len(attempts) > 1 and not last["failed"] and last["adapter"] is not None,
         "adapter": last["adapter"],
     }
     runtime.stream_writer(

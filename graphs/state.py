@@ -60,8 +60,9 @@ class SageState(TypedDict, total=False):
     """The attempt under way (between route and trigger)."""
     attempts: list[Attempt]
     """The current step's attempts so far."""
-    candidates: list[str]
-    """Adapters left to retry the current step with, best first."""
+    candidates: list[str | None]
+    """Adapters left to retry the current step with, best first; ``BASE_MODEL`` (None):
+    the base model, last, after a routed adapter answered past it."""
     records: Annotated[list[StepRecord], operator.add]
     store_calls: Annotated[list[AnyMessage], add_messages]
     """The LoRA Store's tool calls and results (its own key, so that the graph can be a
@@ -73,6 +74,9 @@ class SageState(TypedDict, total=False):
     error: str | None
     result: TaskResult | None
 
+
+BASE_MODEL = None
+"""The candidate that retries a step with the base model."""
 
 Ctx = Runtime[SageContext]
 Node = Callable[[SageState, Ctx], SageState]

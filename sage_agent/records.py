@@ -210,7 +210,8 @@ class Attached(TypedDict):
 
 class Retry(TypedDict):
     event: Literal["retry"]
-    adapter: str
+    adapter: str | None
+    """None: the base model answers last, every routed adapter's answer having failed."""
     left: int
 
 

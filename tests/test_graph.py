@@ -88,6 +88,25 @@ def test_a_sure_base_answer_is_kept_and_its_adapter_saved_for_the_retry(
     assert "base_answer" not in first
 
 
+def test_when_every_routed_adapter_fails_the_base_model_answers_last(agent: SageAgent) -> None:
+    agent.run([nine_task(i) for i in range(24)], stop_when=lambda s: s.adapters_trained > 0)
+    agent.store.unsure = lambda _answer, _tag=None: True  # every step goes to its adapters
+    five = {"id": "five", "question": "Add 2 and 3.", "answer": "** 2+3 = <<2+3=5>>5\n#### 5"}
+    events: list[dict] = []
+    agent.run([five], on_event=events.append)
+    record = agent.state(agent.threads()[-1]["id"])["records"][0]
+    first, *retries = record["attempts"]
+    # the adapters learned "9": each fails, then the base model answers, once and last
+    assert first["routed"] and first["adapter"] is not None and first["failed"]
+    assert retries and retries[-1]["adapter"] is None and retries[-1]["kind"] == "retry"
+    assert all(a["adapter"] is not None for a in retries[:-1])
+    assert [e["adapter"] for e in events if e["event"] == "retry"][-1] is None
+    # a pass by the base model's answer would not count as an adapter's fix
+    assert not record["retry_success"]
+    outcome = read_thread(agent, agent.threads()[-1]["id"]).rows[-1].outcome
+    assert outcome in ("retry failed", "base model's answer kept")
+
+
 def test_state_holds_records_not_dependencies(agent: SageAgent) -> None:
     agent.run([nine_task(1)])
     values = agent.state(agent.threads()[-1]["id"])

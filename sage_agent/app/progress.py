@@ -50,6 +50,8 @@ def describe(event: Event) -> str:
         )
     if kind == "adapter_kept":
         return f"adapter {event['adapter']} kept (val EM {event['val_em']:.2f})"
+    if event["adapter"] is None:
+        return "retry with the base model"
     return f"retry with adapter {event['adapter']}"
 
 

@@ -192,7 +192,9 @@ def _outcome(attempt: Attempt) -> str:
     if attempt.get("failed") is None:
         return "-"
     if not attempt["failed"]:
-        return "pass" if attempt["kind"] == "answer" else "retry fixed it"
+        if attempt["kind"] == "answer":
+            return "pass"
+        return "retry fixed it" if attempt["adapter"] is not None else "base model's answer kept"
     return "fail" if attempt["kind"] == "answer" else "retry failed"
 
 
