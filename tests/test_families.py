@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 from sage_agent import ChatSage, SageAgent
 from sage_agent.buffer import Cluster, Sample
 from sage_agent.errors import DataError, MalformedTask
+from sage_agent.records import TrainingPair
 from sage_agent.scoring.labels import NO_LABEL, label_metrics
 from sage_agent.scoring.trigger import Trigger
 from sage_agent.store.recipe import build_recipe
@@ -218,6 +221,29 @@ def test_a_label_cluster_trains_on_generated_items_judged_by_the_family() -> Non
     assert recipe.max_tokens == family.max_tokens
     assert len(recipe.validation) == 3 + 3 * 2  # the held-out quarter and its variants
     assert all(p.answer in ("Yes", "No") for p in recipe.train + recipe.validation)
+
+
+def test_a_label_clusters_training_pairs_are_balanced_by_label() -> None:
+    # failures the base model got wrong are mostly "yes"; the canaries are its right "no"s
+    labels = ["yes"] * 15 + ["maybe"] * 3 + ["no"] * 2
+    samples = [
+        Sample(i, f"Abstract {i}.\n{PUBMEDQA.instruction}", PUBMEDQA.tag, {"reference": label})
+        for i, label in enumerate(labels)
+    ]
+    cluster = Cluster(1, PUBMEDQA.tag, 20, np.ones(4) / 2, frozenset(), 1, None, None, samples)
+    canaries = [(TrainingPair(f"Other {i}.", "no"), None) for i in range(4)]
+    config = NINES.replace(train_size=60, replay_fraction=0.2).recipe
+    recipe = build_recipe(cluster, config, min_train_samples=4, seed=0, rehearsal=canaries)
+    counts = Counter(p.answer for p in recipe.train)
+    assert set(counts) == {"yes", "maybe", "no"} and len(set(counts.values())) == 1
+    unbalanced = build_recipe(
+        cluster,
+        replace(config, balance_labels=False),
+        min_train_samples=4,
+        seed=0,
+        rehearsal=canaries,
+    )
+    assert Counter(p.answer for p in unbalanced.train).most_common(1)[0][0] == "yes"
 
 
 def test_a_pubmedqa_task_fails_trains_and_the_retry_passes(

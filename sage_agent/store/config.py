@@ -157,6 +157,15 @@ class RecipeConfig:
     validation_fraction: float = field(
         default=0.25, metadata={"help": "Share of a cluster's samples held out for ranking."}
     )
+    balance_labels: bool = field(
+        default=True,
+        metadata={
+            "help": "For a task family with a label space (PubMedQA's yes / no / maybe, a "
+            "BIG-Bench Hard task's True / False): each label found among the training "
+            "pairs takes an equal share of them, so that an adapter does not learn the "
+            "label prior of its cluster's failures."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.validation_fraction < 1:

@@ -3,7 +3,8 @@
 Training: the cluster's training failures (each ``failure_repeats`` times) topped up with
 verifier-labelled variants of them (a plan's: its question with other numbers and its
 plan computed again, ``augment.plan_variant``), plus a ``replay_fraction`` share of rehearsal
-(canaries and their variants), ``train_size`` pairs in all. Validation: the held-out
+(canaries and their variants), ``train_size`` pairs in all; for a label task, each label
+takes an equal share of them (``balance_labels``). Validation: the held-out
 failures and variants of them (a few held-out samples alone make the ranking and the gate
 noise). No training pair is a gate canary or a held-out failure.
 """
@@ -145,6 +146,8 @@ def build_recipe(
     failures = written(train, answer) * config.failure_repeats
     failures = top_up(failures, train, config.train_size - rehearsal_size, rng, variants, unseen)
     training = failures + replay
+    if config.balance_labels and family.labels:
+        training = balanced_by_label(training, family, rng)
     seen = {p.prompt for p in training}
     # Its own generator: the validation set must not move with train_size.
     extra = variants(val, config.val_variants, random.Random(f"{seed}:{cluster.id}:validation"))
@@ -163,6 +166,26 @@ def build_recipe(
     if not family.multi_step:
         return Recipe(training, validation, family.max_tokens, family.judge, gate_written)
     return Recipe(training, validation, gate=gate_written)
+
+
+def balanced_by_label(
+    pairs: Sequence[TrainingPair], family: TaskFamily, rng: random.Random
+) -> list[TrainingPair]:
+    """As many pairs as given, each label that occurs among them taking an equal share:
+    a label's own pairs, repeated in turn where it has fewer than its share, and drawn
+    at random where it has more. Without this, a cluster of a label task's failures is
+    mostly the labels the base model does not say, and its adapter learns to say those
+    instead (PubMedQA: "no" to nearly everything became "yes" to nearly everything)."""
+    by_label: dict[str | None, list[TrainingPair]] = {}
+    for pair in pairs:
+        by_label.setdefault(family.answer_of(pair.answer), []).append(pair)
+    share = len(pairs) // len(by_label)
+    balanced = []
+    for own in by_label.values():
+        rng.shuffle(own)
+        balanced += [own[i % len(own)] for i in range(share)]
+    rng.shuffle(balanced)
+    return balanced
 
 
 def written(examples: Sequence[Example], answer: AnswerFormat) -> list[TrainingPair]:
