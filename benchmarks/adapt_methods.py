@@ -214,9 +214,10 @@ def routed_answers(
 ) -> MethodResult:
     """Each step answered as the product's adaptation policy decides (``store.policy``,
     the graph's and the middleware's rule): by the nearest cluster's best adapter when
-    there is one and it routes all or the base model is unsure of its answer, otherwise by
-    the base model (whose answers are reused). Without ``gate`` the base answer is not
-    consulted: the routed adapter answers every step it is routed."""
+    there is one and it routes all or the base model is unsure of its answer, and its
+    answer stands where the model is surer of it than of the base answer (the contest);
+    otherwise by the base model (whose answers are reused). Without ``gate`` the base
+    answer is not consulted: the routed adapter answers every step it is routed."""
     routes: list[str | None] = []
     for atom, base in zip(atoms, base_answers, strict=True):
         route = store.policy.route(atom.prompt, tag=atom.tag if by_tag else None)
@@ -229,7 +230,8 @@ def routed_answers(
         loaded = store.load(adapter_id)
         adapted = answer_all(store.model, [atoms[i] for i in chosen], [loaded] * len(chosen))
         for i, message in zip(chosen, adapted, strict=True):
-            answers[i] = message
+            if store.policy.keeps(message, base_answers[i] if gate else None, atoms[i].tag):
+                answers[i] = message
     routed = [r for r in routes if r is not None]
     result = MethodResult(
         name,

@@ -128,17 +128,15 @@ def answer(state: SageState, runtime: Ctx) -> SageState:
     context, attempt = context_of(runtime), _current(state)
     policy = context.policy
     max_tokens = _max_tokens(state, context.max_tokens)
+    tag, base = state["steps"][state["index"]]["tag"], None
     if attempt["routed"]:
-        tag = state["steps"][state["index"]]["tag"]
         route = Route((attempt["adapter"],), bool(attempt.get("route_all")), tag)
         if policy.base_first(route):
             base = context.answerer.invoke(attempt["prompt"], adapter=None, max_tokens=max_tokens)
             if policy.choose(route, base) is None:
-                candidates = [attempt["adapter"], *(state.get("candidates") or [])]
-                attempt.update(
-                    adapter=None, routed=False, note="the base model is sure; not routed"
+                return _base_kept(
+                    state, attempt, base, runtime, "the base model is sure; not routed"
                 )
-                return {"attempt": _answered(attempt, base, runtime), "candidates": candidates}
             attempt["base_answer"] = base.text
     with contextlib.ExitStack() as held:
         name = None  # per call, so threads sharing the model never see each other's adapter
@@ -147,6 +145,9 @@ def answer(state: SageState, runtime: Ctx) -> SageState:
             if failure is not None:
                 attempt.update(note=failure, adapter=None)
         message = context.answerer.invoke(attempt["prompt"], adapter=name, max_tokens=max_tokens)
+    if base is not None and attempt["adapter"] is not None and not policy.keeps(message, base, tag):
+        note = f"the base model is surer of its answer than adapter {attempt['adapter']}'s"
+        return _base_kept(state, attempt, base, runtime, note, adapted=message.text)
     update: SageState = {"attempt": _answered(attempt, message, runtime)}
     if attempt["routed"] and attempt["adapter"] is not None:
         # The adapter answered past the base model (unsure, or not asked): should every
@@ -154,6 +155,24 @@ def answer(state: SageState, runtime: Ctx) -> SageState:
         # never costs a step the base model gets right.
         update["candidates"] = [*(state.get("candidates") or []), BASE_MODEL]
     return update
+
+
+def _base_kept(
+    state: SageState,
+    attempt: Attempt,
+    base: AIMessage,
+    runtime: Ctx,
+    note: str,
+    adapted: str | None = None,
+) -> SageState:
+    """The base model's answer stands for a routed first attempt; its adapter goes back to
+    the candidates, for a retry should that answer fail."""
+    candidates = [attempt["adapter"], *(state.get("candidates") or [])]
+    attempt.update(adapter=None, routed=False, note=note)
+    attempt.pop("base_answer", None)
+    if adapted is not None:
+        attempt["adapter_answer"] = adapted
+    return {"attempt": _answered(attempt, base, runtime), "candidates": candidates}
 
 
 def _family(state: SageState) -> TaskFamily:

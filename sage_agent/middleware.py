@@ -154,7 +154,9 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
             with self.policy.loaded(chosen) as (name, note):
                 if name is not None:
                     answer = handler(self._with_adapter(request, name))
-                    return self._scored(request, answer, chosen, None)
+                    if self._stands(answer, base, route):
+                        return self._scored(request, answer, chosen, None)
+                    note = _surer_note(chosen)
         response = base if base is not None else handler(request)
         return self._scored(request, response, None, note)
 
@@ -171,9 +173,17 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
                 name, note = await asyncio.to_thread(held.enter_context, loading)
                 if name is not None:
                     answer = await handler(self._with_adapter(request, name))
-                    return await asyncio.to_thread(self._scored, request, answer, chosen, None)
+                    if self._stands(answer, base, route):
+                        return await asyncio.to_thread(self._scored, request, answer, chosen, None)
+                    note = _surer_note(chosen)
         response = base if base is not None else await handler(request)
         return await asyncio.to_thread(self._scored, request, response, None, note)
+
+    def _stands(self, answer: ModelResponse, base: ModelResponse | None, route: Route) -> bool:
+        """Whether the adapter's answer stands against the base model's (the contest)."""
+        return self.policy.keeps(
+            _message(answer), _message(base) if base is not None else None, route.tag
+        )
 
     def _route(self, request: ModelRequest) -> Route:
         """The adapters routed to the prompt (none unless the agent's model is ours)."""
@@ -311,6 +321,10 @@ class SageMiddleware(AgentMiddleware[SageAgentState, Any, Any]):
 def _prompt(messages: list[AnyMessage]) -> str:
     """The text of the last user message ("" when there is none)."""
     return next((m.text for m in reversed(messages) if m.type == "human"), "")
+
+
+def _surer_note(adapter: str) -> str:
+    return f"the base model is surer of its answer than adapter {adapter}'s; its answer kept"
 
 
 def _message(response: ModelResponse) -> AIMessage:

@@ -95,6 +95,9 @@ class Attempt(TypedDict):
     note: str | None
     base_answer: NotRequired[str]
     """The base model's unsure answer, when the attempt was routed past it."""
+    adapter_answer: NotRequired[str]
+    """The routed adapter's answer, when the base model's stood against it (the model
+    was surer of the base answer: ``RouterConfig.contest``)."""
     answer: NotRequired[str]
     logits_margin: NotRequired[float | None]
     anomaly_score: NotRequired[float]

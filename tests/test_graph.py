@@ -78,14 +78,29 @@ def test_a_sure_base_answer_is_kept_and_its_adapter_saved_for_the_retry(
     (first, *_) = agent.state(agent.threads()[-1]["id"])["records"][0]["attempts"]
     assert first["routed"] and first["adapter"] == adapters[0] and "base_answer" in first
 
-    # An adapter whose gate chose to answer every step routed to it skips the base model.
+    # An adapter whose gate chose to answer every step routed to it answers sure base
+    # answers too; its answer stands where the model is surer of it (the contest).
     with agent.db.conn:
         agent.db["adapters"].update(adapters[0], {"route_all": 1})
     agent.store.unsure = lambda _answer, _tag=None: False
+    agent.store.surer = lambda _adapted, _base, _tag=None: True
     agent.run([nine_task(5)], train=False)
     (first, *_) = agent.state(agent.threads()[-1]["id"])["records"][0]["attempts"]
     assert first["routed"] and first["route_all"] and first["adapter"] == adapters[0]
-    assert "base_answer" not in first
+    assert "base_answer" in first
+
+    # ... and where the model is surer of the base answer, that answer stands
+    agent.store.surer = lambda _adapted, _base, _tag=None: False
+    agent.run([nine_task(6)], train=False)
+    (first, *_) = agent.state(agent.threads()[-1]["id"])["records"][0]["attempts"]
+    assert first["adapter"] is None and not first["routed"] and "adapter_answer" in first
+    assert first["note"].startswith("the base model is surer of its answer than adapter")
+
+    # Without the contest, a route-all adapter skips the base model.
+    agent.store.config = agent.store.config.replace(contest=False)
+    agent.run([nine_task(7)], train=False)
+    (first, *_) = agent.state(agent.threads()[-1]["id"])["records"][0]["attempts"]
+    assert first["routed"] and first["adapter"] == adapters[0] and "base_answer" not in first
 
 
 def test_when_every_routed_adapter_fails_the_base_model_answers_last(agent: SageAgent) -> None:

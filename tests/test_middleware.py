@@ -176,6 +176,16 @@ def test_the_middleware_answers_as_the_policy_decides(tiny_chat, bow_embeddings)
     # straight to the adapter
     assert calls == [None, "a1"]
 
+    # With the contest, a route-all adapter answers after the base model, and where the
+    # model is surer of the base answer, that answer is the turn's.
+    calls.clear()
+    store = FakeStore(route_all=True, unsure=False, contest=True, surer=False)
+    context.store, context.policy = store, AdaptationPolicy(store)
+    answered = SageMiddleware(context).wrap_model_call(request, handler)  # type: ignore[arg-type]
+    record = answered.command.update["sage_records"][0]
+    assert calls == [None, "a1"] and record["adapter"] is None and not store.uses
+    assert "surer" in record["note"]
+
 
 def test_a_classification_step_adapts_with_a_label_reference(context) -> None:
     """A yes / no / maybe judgement adapts as a sum does: the PubMedQA family judges the

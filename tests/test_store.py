@@ -313,6 +313,13 @@ def test_unsure_routes_only_doubtful_base_answers(chat, tmp_path, bow_embeddings
     every = _store_with(chat, tmp_path / "every", bow_embeddings, route_below=None)
     assert every.unsure(answer("3+4 = 7", -0.2))
 
+    # the contest: an adapter's answer stands where the model is surer of what it says
+    assert store.surer(answer("3+4 = 7", -0.2), answer("3+4 = 8", -2.5))
+    assert not store.surer(answer("3+4 = 8", -2.5), answer("3+4 = 7", -0.2))
+    assert not store.surer(answer("seven", -0.01), answer("3+4 = 8", -2.5))  # says no number
+    assert store.surer(answer("3+4 = 7", -3.0), answer("seven", -0.01))
+    assert store.surer(sure_label, answer("Perhaps.", -0.01), "pubmedqa")
+
 
 def test_load_verifies_the_checksum(store: LoRAStore, chat: ChatSage, bow_embeddings) -> None:
     best, second, _ = store.optimize(make_cluster(bow_embeddings))

@@ -8,6 +8,8 @@ a trial and the benchmarks:
   way), when the confidence gate is off (``RouterConfig.route_below`` None), or when the
   base model's own answer is unsure; otherwise the base model's answer is kept. So the
   base model answers first only where its answer can still decide (``base_first``).
+  With the contest (``RouterConfig.contest``), the adapter's answer then stands only
+  if the model is surer of it than of the base answer (``keeps``).
 - **observe**: an adapter's answer counts toward its wins; a passing base answer becomes
   a canary of its tag (what an adapter must not break); a failed answer is to be
   buffered (``Observed.buffer``), which the caller does with its own payload.
@@ -86,10 +88,16 @@ class AdaptationPolicy:
         """Whether the confidence gate is on: a sure base answer is kept."""
         return self.store is not None and self.store.config.router.route_below is not None
 
+    @property
+    def contested(self) -> bool:
+        """Whether a routed adapter's answer must be surer than the base model's to
+        replace it (``RouterConfig.contest``, with the gate on)."""
+        return self.gated and self.store is not None and self.store.config.router.contest
+
     def base_first(self, route: Route) -> bool:
         """Whether the base model answers before the routed adapter: always when nothing is
-        routed; with an adapter, only when the gate can keep its answer."""
-        return route.adapter is None or (self.gated and not route.route_all)
+        routed; with an adapter, when the gate or the contest can keep its answer."""
+        return route.adapter is None or (self.gated and (not route.route_all or self.contested))
 
     def adapter_answers(
         self, route_all: bool, base: AIMessage | None, tag: str | None = None
@@ -98,6 +106,15 @@ class AdaptationPolicy:
         not asked (``base_first`` was False), or when the base answer to a step of ``tag``
         is unsure."""
         return route_all or base is None or self.store is None or self.store.unsure(base, tag)
+
+    def keeps(self, adapted: AIMessage, base: AIMessage | None, tag: str | None = None) -> bool:
+        """Whether the adapter's answer stands against the base model's (``base`` None:
+        the base model was not asked): without the contest always, with it when the
+        model is surer of what the adapter's answer says."""
+        if base is None or not self.contested:
+            return True
+        assert self.store is not None  # contested implies a store
+        return self.store.surer(adapted, base, tag)
 
     def choose(self, route: Route, base: AIMessage | None) -> str | None:
         """The adapter that answers (not yet loaded), or None to keep the base answer."""

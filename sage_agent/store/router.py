@@ -91,12 +91,24 @@ class Router:
         threshold, or it says nothing in its family's form."""
         if self.config.route_below is None:
             return True
+        confidence = self.confidence(answer, tag)
+        return confidence is None or confidence < self.config.route_below
+
+    def confidence(self, answer: AIMessage, tag: str | None = None) -> float | None:
+        """The log-probability of what an answer to a step of ``tag`` says (its number; a
+        label, letter or line for the tag's family: ``TaskFamily.answer_span``); None when
+        it reports no log-probabilities or says nothing in its family's form."""
         tokens = answer.response_metadata.get("logprobs", {}).get("content")
         if not tokens:
-            return True
+            return None
         family = family_of_tag(tag) if tag is not None else ARITHMETIC
-        confidence = span_logprob(tokens, family.answer_span)
-        return confidence is None or confidence < self.config.route_below
+        return span_logprob(tokens, family.answer_span)
+
+    def surer(self, adapted: AIMessage, base: AIMessage, tag: str | None = None) -> bool:
+        """Whether the model is surer of what the adapter's answer says than of what the
+        base model's says (``contest``); an answer that says nothing loses."""
+        theirs, ours = self.confidence(adapted, tag), self.confidence(base, tag)
+        return theirs is not None and (ours is None or theirs > ours)
 
     def load(self, adapter_id: str) -> str:
         """Load a registered adapter into the host (verifying its checksum) and

@@ -91,6 +91,9 @@ class LoRAStore:
     def unsure(self, answer: AIMessage, tag: str | None = None) -> bool:
         return self.router.unsure(answer, tag)
 
+    def surer(self, adapted: AIMessage, base: AIMessage, tag: str | None = None) -> bool:
+        return self.router.surer(adapted, base, tag)
+
     def load(self, adapter_id: str) -> str:
         return self.router.load(adapter_id)
 

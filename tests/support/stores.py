@@ -15,13 +15,22 @@ from sage_agent.store import StoreConfig
 
 
 class FakeStore:
-    """Routes every prompt to adapter ``a1``; says every base answer is (un)sure."""
+    """Routes every prompt to adapter ``a1``; says every base answer is (un)sure, and, with
+    ``contest``, whether the adapter's answer is ``surer``."""
 
     def __init__(
-        self, *, route_all: bool = False, unsure: bool = True, route_below: float | None = -1.0
+        self,
+        *,
+        route_all: bool = False,
+        unsure: bool = True,
+        route_below: float | None = -1.0,
+        contest: bool = False,
+        surer: bool = True,
     ) -> None:
-        self.route_all, self._unsure = route_all, unsure
-        self.config = SimpleNamespace(router=SimpleNamespace(route_below=route_below))
+        self.route_all, self._unsure, self._surer = route_all, unsure, surer
+        self.config = SimpleNamespace(
+            router=SimpleNamespace(route_below=route_below, contest=contest)
+        )
         self.uses: list[tuple[str, bool]] = []
         self.canaries: list[tuple[Any, ...]] = []
         self.loaded: list[str] = []
@@ -33,6 +42,9 @@ class FakeStore:
 
     def unsure(self, _answer: Any, _tag: str | None = None) -> bool:
         return self._unsure if self.config.router.route_below is not None else True
+
+    def surer(self, _adapted: Any, _base: Any, _tag: str | None = None) -> bool:
+        return self._surer
 
     def load(self, adapter_id: str) -> str:
         self.loaded.append(adapter_id)
