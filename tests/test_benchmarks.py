@@ -92,11 +92,14 @@ def test_bench_adapt_routes_to_more_adapters_than_stay_loaded(
         def __init__(self) -> None:
             self.model = model
             self.registry = SimpleNamespace(trials=lambda: [])
-            self.config = SimpleNamespace(router=SimpleNamespace(route_below=-1.0))
+            self.config = SimpleNamespace(router=SimpleNamespace(route_below=-1.0, contest=True))
             self.policy = AdaptationPolicy(self)  # type: ignore[arg-type]
 
         def route(self, prompt: str, tag: str | None = None, **_: object) -> list[object]:
             return [SimpleNamespace(id=prompt, route_all=True)]
+
+        def surer(self, adapted: AIMessage, _base: AIMessage, _tag: str | None = None) -> bool:
+            return adapted.text != "loaded-c"  # the contest gives c's step back
 
         def load(self, adapter_id: str) -> str:
             model.loaded = [f"loaded-{adapter_id}"]  # loading one evicts the others
@@ -116,7 +119,7 @@ def test_bench_adapt_routes_to_more_adapters_than_stay_loaded(
         "method", Store(), atoms, [AIMessage("0")] * 4, by_tag=True, gate=True
     )
     assert result.name == "method"
-    assert result.answers == ["loaded-a", "loaded-b", "loaded-c", "loaded-a"]
+    assert result.answers == ["loaded-a", "loaded-b", "0", "loaded-a"]
     assert result.routed == 4
 
 

@@ -3,9 +3,8 @@
 ``optimize(cluster)`` builds the cluster's recipe (training and validation pairs), runs
 the search on the one base model (trials ranked teacher-forced), and keeps the best
 ``keep`` whose generated answers beat the base model's and that pass the regression gate:
-each is written in peft's format and registered (see ``registry``). Every trial is logged
-whether kept or not, with how often its teacher-forced and generated verdicts agreed.
-"""
+each is written in peft's format and registered (see ``registry``). Every trial is logged,
+kept or not, with how often its teacher-forced and generated verdicts agreed."""
 
 from __future__ import annotations
 
