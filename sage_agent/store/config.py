@@ -233,8 +233,9 @@ class RouterConfig:
             "routes all), its answer replaces the base model's only if the model is surer "
             "of what it says: the log-probability of its number (or label) above that of "
             "the base answer's. On held-out GSM8K steps this kept every right base answer "
-            "and nearly every fix (benchmarks/results/contest.md). The base model then "
-            "answers every routed step first. Needs route_below set (the gate on)."
+            "(4 of 66 lost without it) and 37 of the 45 fixes (benchmarks/results/"
+            "contest.md). The base model then answers every routed step first. Needs "
+            "route_below set (the gate on)."
         },
     )
     route_by_operators: bool = field(
