@@ -63,6 +63,7 @@ def test_lora_store_tool_trains_and_returns_records(parts) -> None:
 
     routed = _call(RouteAdapterTool(store=store), {"text": "Compute 2+5. apples"})
     assert [r["id"] for r in routed.artifact] == [record["id"]]
+    assert "base model first" in routed.content and "surer" in routed.content  # the contest
     nothing = _call(RouteAdapterTool(store=store), {"text": "weather report for Tuesday"})
     assert nothing.artifact == [] and "base model" in nothing.content
 

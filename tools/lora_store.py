@@ -115,12 +115,16 @@ class RouteAdapterTool(BaseTool):
         if route.adapter is None:
             return "No adapter is close enough; answer with the base model.", []
         routed = [self.store.get(adapter_id) for adapter_id in route.adapters]
-        how = (
-            "answer with the best adapter"
-            if not policy.base_first(route)
-            else "answer with the base model first, and with the best adapter if the base "
-            "model is unsure (the log-probability of its number)"
-        )
+        how = "answer with the best adapter"
+        if policy.base_first(route):
+            when = (
+                ""
+                if route.route_all
+                else " if the base model is unsure (the log-probability of its number)"
+            )
+            how = f"answer with the base model first, then with the best adapter{when}"
+            if policy.contested:
+                how += ", keeping the adapter's answer only where the model is surer of it"
         return (
             f"{len(routed)} adapters of cluster {routed[0].cluster_id}: "
             + ", ".join(f"{r.id} (EM {r.val_em:.2f})" for r in routed)
