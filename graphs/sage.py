@@ -144,7 +144,12 @@ def answer(state: SageState, runtime: Ctx) -> SageState:
             name, failure = held.enter_context(policy.loaded(attempt["adapter"]))
             if failure is not None:
                 attempt.update(note=failure, adapter=None)
-        message = context.answerer.invoke(attempt["prompt"], adapter=name, max_tokens=max_tokens)
+        if name is None and base is not None:
+            message = base  # the adapter could not be loaded: the base model already answered
+        else:
+            message = context.answerer.invoke(
+                attempt["prompt"], adapter=name, max_tokens=max_tokens
+            )
     if base is not None and attempt["adapter"] is not None and not policy.keeps(message, base, tag):
         note = f"the base model is surer of its answer than adapter {attempt['adapter']}'s"
         return _base_kept(state, attempt, base, runtime, note, adapted=message.text)
