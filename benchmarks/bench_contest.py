@@ -55,8 +55,8 @@ def _unsure(step: Step) -> bool:
     return _lp(step["base_lp"]) < UNSURE
 
 
-def _surer(step: Step) -> bool:
-    return _lp(step["adapter_lp"]) > _lp(step["base_lp"])
+def _surer(step: Step, by: float = 0.0) -> bool:
+    return _lp(step["adapter_lp"]) > _lp(step["base_lp"]) + by
 
 
 RULES: dict[str, Rule] = {
@@ -71,6 +71,20 @@ RULES: dict[str, Rule] = {
     "the adapter answers when the base model is unsure, and stands where surer": (
         lambda s: _unsure(s) and _surer(s)
     ),
+    "the adapter answers when the base model is unsure; where it routes all, stands where "
+    "surer": lambda s: _unsure(s) or (bool(s["route_all"]) and _surer(s)),
+    **{
+        f"the contest, the adapter surer by {by} or more": (
+            lambda s, by=by: (bool(s["route_all"]) or _unsure(s)) and _surer(s, by)
+        )
+        for by in (0.25, 0.5, 1.0)
+    },
+    **{
+        f"the contest, or the base model unsure below {below}": (
+            lambda s, below=below: (bool(s["route_all"]) and _surer(s)) or _lp(s["base_lp"]) < below
+        )
+        for below in (-2.0, -4.0)
+    },
 }
 
 
