@@ -10,14 +10,18 @@ answered by the base model in batches (items/s and accuracy as the family judges
 pairs trained one epoch with the store's default LoRA configuration (samples/s) and read
 teacher-forced as the search ranks trials (pairs/s). A PubMedQA prompt carries its
 abstract, a few hundred tokens where an atomic step's is about 25: this is what it costs
-a search of the same seconds. Writes benchmarks/results/tasks.md.
+a search of the same seconds. The training's memory is the process's peak resident size
+while it trains, less its size before (freed memory given back first), sampled every
+20 ms. Writes benchmarks/results/tasks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,6 +31,7 @@ from common import results_header, write_results
 
 from sage_agent import ChatSage
 from sage_agent.records import TrainingPair
+from sage_agent.training.batches import release_freed_memory
 from sage_agent.training.trainer import LoRARun, LoRATrainConfig
 from sage_agent.training.validation import teacher_forced
 
@@ -49,6 +54,32 @@ FILES = [
         )
     ),
 ]
+
+
+def _rss_bytes() -> int:
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) * 1024
+
+
+def added_peak_memory(work: Callable[[], object]) -> int:
+    """Bytes the process's resident size rose to at most above its size before ``work``."""
+    release_freed_memory()
+    before = peak = _rss_bytes()
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.02):
+            peak = max(peak, _rss_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        work()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak, _rss_bytes()) - before
 
 
 def main() -> None:
@@ -76,7 +107,7 @@ def main() -> None:
         accuracy = sum(correct(answers, atoms)) / len(atoms)
         pairs = [TrainingPair(a.prompt, a.reference) for a in atoms[: args.pairs]]
         run = LoRARun(chat, "cost", pairs, LoRATrainConfig(epochs=1))
-        run.train(run.steps_per_epoch)
+        memory = added_peak_memory(lambda run=run: run.train(run.steps_per_epoch))
         train_rate = run.samples / run.seconds
         started = time.perf_counter()
         teacher_forced(chat, "cost", pairs)
@@ -84,8 +115,8 @@ def main() -> None:
         chat.delete_adapter("cost")
         rows.append(
             f"| {family} | {sum(tokens) / len(tokens):.0f} | {max(tokens)} | "
-            f"{len(atoms) / answer_s:.1f} | {train_rate:.1f} | {rank_rate:.1f} | "
-            f"{accuracy:.1%} | {len(atoms)} |"
+            f"{len(atoms) / answer_s:.1f} | {train_rate:.1f} | {memory / 2**30:.1f} | "
+            f"{rank_rate:.1f} | {accuracy:.1%} | {len(atoms)} |"
         )
         print(rows[-1], flush=True)
     lines = results_header(
@@ -97,8 +128,8 @@ def main() -> None:
     )
     lines += [
         "| family | prompt tokens, mean | prompt tokens, max | answered items/s | "
-        "trained samples/s | ranked pairs/s | base accuracy | items |",
-        "|---|---|---|---|---|---|---|---|",
+        "trained samples/s | training memory, GiB | ranked pairs/s | base accuracy | items |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
     write_results(args.out, lines)

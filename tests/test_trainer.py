@@ -3,21 +3,27 @@ saving, and bad input."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sage_agent import ChatSage
 from sage_agent.records import TrainingPair
 from sage_agent.training.batches import (
     MIN_SHARED_PREFIX,
+    SHORT_ROWS,
     answer_loss,
     collate,
     encode_pairs,
+    pass_attention,
     passes,
+    release_freed_memory,
     shared_prefix,
 )
 from sage_agent.training.trainer import (
@@ -201,6 +207,55 @@ def test_a_batch_in_several_passes_trains_as_in_one(
     for name, param in weights.items():
         if ".one-pass." in name:
             assert torch.allclose(param, weights[name.replace(".one-pass.", ".passes.")], atol=1e-5)
+
+
+def test_long_rows_leave_the_math_attention_kernel_with_the_same_loss_and_gradients(
+    chat: ChatSage,
+) -> None:
+    """In bf16 the math kernel runs short rows only: a long row's backward would keep its
+    attention matrices. PyTorch's own choice gives the math kernel's loss and gradients on
+    padded long rows (computed here in float32, where the two compare exactly)."""
+    assert not isinstance(pass_attention(SHORT_ROWS, True), contextlib.nullcontext)
+    assert isinstance(pass_attention(SHORT_ROWS + 1, True), contextlib.nullcontext)
+    assert isinstance(pass_attention(8, False), contextlib.nullcontext)
+    pairs = [TrainingPair("word " * (SHORT_ROWS + 40 * i), str(i)) for i in range(3)]
+    batch = collate(encode_pairs(chat, pairs), chat)
+    width = batch["input_ids"].shape[1]
+    assert width > SHORT_ROWS and not bool(batch["attention_mask"].all())  # padded rows
+    run = LoRARun(chat, "long", pairs, FAST)
+    run._freeze_all_but(run.trainable)
+    found = []
+    with chat.using_adapter("long"):
+        for kernel in (sdpa_kernel(SDPBackend.MATH), pass_attention(width, True)):
+            with kernel:
+                loss, _ = answer_loss(chat.hf_model, batch)
+            loss.backward()
+            found.append((loss.item(), [p.grad.clone() for p in run.trainable]))
+            for param in run.trainable:
+                param.grad = None
+    run._freeze_all_but(())
+    (math_loss, math_grads), (loss, grads) = found
+    assert loss == pytest.approx(math_loss, abs=1e-5)
+    for expected, got in zip(math_grads, grads, strict=True):
+        assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc_trim")
+def test_freed_memory_goes_back_to_the_system() -> None:
+    """Freed blocks between live ones stay in the C heap until the heap is trimmed, as a
+    training's activations do."""
+
+    def rss_mb() -> int:
+        status = Path("/proc/self/status").read_text().splitlines()
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) // 1024
+
+    blocks = [bytearray(64 * 1024) for _ in range(4000)]  # 250 MB on the heap
+    kept = blocks[::50]  # live blocks: the heap cannot simply shrink from its top
+    del blocks
+    before = rss_mb()
+    release_freed_memory()
+    assert rss_mb() < before - 100
+    assert len(kept) == 80
 
 
 def test_length_grouped_batches_pad_less_and_cover_every_pair(chat: ChatSage) -> None:

@@ -3,6 +3,9 @@ training (``trainer``) and teacher-forced validation (``validation``) run."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -10,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from langchain_core.messages import HumanMessage
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sage_agent.chat import ChatSage
 from sage_agent.errors import InvalidInput
@@ -36,11 +40,36 @@ def encode_pairs(
     return encoded
 
 
-PASS_TOKENS = 8192
+PASS_TOKENS = 4096
 """Padded tokens one forward and backward pass holds at most. A batch of long prompts
 (PubMedQA's abstracts: 346 tokens on average, 601 at most) runs as several passes whose
-gradients add up: sixteen such rows in one pass kept attention and MLP activations of
-every layer for the backward pass and ran out of 24 GiB."""
+gradients add up: a pass keeps every layer's activations for its backward pass, so its
+size sets a training's peak memory (benchmarks/bench_tasks.py measures it per family).
+Sixteen such rows in one pass ran out of 24 GiB; a batch of atomic steps (about 60
+tokens a row) is one pass even at batch 64."""
+
+SHORT_ROWS = 256
+"""Widest pass (tokens a row) whose attention runs PyTorch's math kernel in bf16."""
+
+
+def pass_attention(width: int, bf16: bool) -> contextlib.AbstractContextManager[None]:
+    """The attention kernel of a training pass whose rows are ``width`` tokens wide. In
+    bf16 on short rows, PyTorch's math kernel: its backward beat the flash kernel's on a
+    batch of atomic steps. On long rows (and in float32) PyTorch's own choice: the math
+    kernel keeps each row's attention matrix, width squared per head and layer, for the
+    backward pass, and on PubMedQA's rows it was both slower and larger."""
+    return (
+        sdpa_kernel(SDPBackend.MATH) if bf16 and width <= SHORT_ROWS else contextlib.nullcontext()
+    )
+
+
+def release_freed_memory() -> None:
+    """Give the pages a training freed back to the operating system (glibc's
+    ``malloc_trim``; nothing elsewhere). Freed activations stay in the C heap, so a
+    process that trained on long prompts would otherwise hold its peak for good."""
+    name = ctypes.util.find_library("c")
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(name).malloc_trim(0)
 
 
 def passes(lengths: Sequence[int], limit: int = PASS_TOKENS) -> list[list[int]]:

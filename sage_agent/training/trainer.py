@@ -8,8 +8,8 @@ What makes it fast (each measured in benchmarks/bench_trainer.py):
 * bf16 end to end where the CPU supports it (float32 otherwise): the whole model is held
   in bf16 while a run trains and the optimiser steps float32 masters of the LoRA weights
   (mixed precision without autocast's casts at every use), and attention goes through
-  PyTorch's math kernel, whose backward is faster than the flash kernel's on the short
-  rows of a step's batch;
+  PyTorch's math kernel on short rows, whose backward is faster than the flash kernel's
+  on a step's batch (``batches.pass_attention``);
 * one base model for every trial: adapters are added to and deleted from ChatSage's
   model, never a new wrapped copy;
 * with ``last_layers`` set, LoRA sits on the last N layers only, and the hidden states
@@ -38,13 +38,19 @@ import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from sage_agent.chat import ChatSage
 from sage_agent.errors import ConfigError, InvalidInput, NotFoundError
 from sage_agent.records import TrainingPair
-from sage_agent.training.batches import answer_loss, collate, encode_pairs, passes
+from sage_agent.training.batches import (
+    answer_loss,
+    collate,
+    encode_pairs,
+    pass_attention,
+    passes,
+    release_freed_memory,
+)
 
 DEFAULT_TARGET_MODULES = (
     "q_proj",
@@ -179,13 +185,6 @@ def model_in_bf16(model: torch.nn.Module, enabled: bool = True) -> Iterator[None
             param.data = original
 
 
-def _attention_for_training(bf16: bool) -> contextlib.AbstractContextManager[None]:
-    """PyTorch's math attention in bf16: on a training batch's short rows its backward
-    beat the flash kernel's (a step's attention took 19% of it with flash); float32 keeps
-    the default choice."""
-    return sdpa_kernel(SDPBackend.MATH) if bf16 else contextlib.nullcontext()
-
-
 class FrozenPrefix:
     """The hidden states that enter decoder layer ``first`` for each pair, computed once.
 
@@ -312,12 +311,13 @@ class LoRARun:
             self._freeze_all_but(self.trainable)
             model.train()
             try:
-                with model_in_bf16(model, self.bf16), _attention_for_training(self.bf16):
+                with model_in_bf16(model, self.bf16):
                     self._steps(end, total, progress)
             finally:
                 model.eval()
                 self._freeze_all_but(())
                 self.seconds += time.perf_counter() - started
+                release_freed_memory()
         return self.result()
 
     def _steps(self, end: int, total: int, progress: Progress | None) -> None:
@@ -332,7 +332,8 @@ class LoRARun:
                 if self.states is not None:
                     states = [self.states[chosen[r]] for r in run]
                     batch = _with_hidden(batch, states, self.first)
-                loss, count = answer_loss(model, batch)
+                with pass_attention(batch["input_ids"].shape[1], self.bf16):
+                    loss, count = answer_loss(model, batch)
                 (loss * (count / answer_tokens)).backward()
                 loss_value += loss.item() * count / answer_tokens
             if self.bf16:
