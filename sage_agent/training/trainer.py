@@ -317,7 +317,8 @@ class LoRARun:
                 model.eval()
                 self._freeze_all_but(())
                 self.seconds += time.perf_counter() - started
-                release_freed_memory()
+        if self.done:  # not between a search's rungs: the next rung would fault it all in
+            release_freed_memory()
         return self.result()
 
     def _steps(self, end: int, total: int, progress: Progress | None) -> None:
