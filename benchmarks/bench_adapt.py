@@ -68,6 +68,7 @@ The methods and records are in adapt_methods.py, the tables and plots in adapt_r
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import shlex
 import sys
@@ -303,6 +304,14 @@ def main() -> None:
         f"{StoreConfig().min_train_samples})",
     )
     parser.add_argument(
+        "--store-set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a StoreConfig setting for every method, as a Python literal (e.g. "
+        "warm_start=False: one lever off); may be repeated",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="smoke run: one seed, few problems, one short trial"
     )
     parser.add_argument(
@@ -329,6 +338,9 @@ def main() -> None:
         buffer = replace(buffer, buffer_size=args.buffer_size)
     if args.min_cluster is not None:
         store = store.replace(min_train_samples=args.min_cluster)
+    for setting in args.store_set:
+        name, _, value = setting.partition("=")
+        store = store.replace(**{name.strip(): ast.literal_eval(value.strip())})
     seeds = [int(s) for s in args.seeds.split(",")]
     max_clusters = args.max_clusters
     if args.quick:

@@ -37,7 +37,7 @@ from sage_agent.chat import ChatSage
 from sage_agent.errors import MalformedTask
 from sage_agent.serving import ServerSpec, VLLMEngine, VLLMServer, served_weights
 from sage_agent.tasks.steps import ANSWER_MAX_TOKENS, ATOMIC_PROMPT, steps_from_gsm8k
-from sage_agent.training.trainer import save_adapter
+from sage_agent.training.adapter_files import save_adapter
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -29,13 +29,13 @@ def _store(chat, tmp_path: Path, embeddings, **changes) -> LoRAStore:
 def test_a_full_disk_while_saving_an_adapter_registers_nothing(
     chat, tmp_path, bow_embeddings, monkeypatch
 ) -> None:
-    import sage_agent.training.trainer as trainer
+    import sage_agent.training.adapter_files as adapter_files
 
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     store = _store(chat, tmp_path, bow_embeddings, max_trials=2, n_random=2, keep=1)
-    monkeypatch.setattr(trainer, "save_file", full)
+    monkeypatch.setattr(adapter_files, "save_file", full)
     with pytest.raises(OSError, match="No space left"):
         store.optimize(make_cluster(bow_embeddings))
     assert store.adapters(status=None) == []

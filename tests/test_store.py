@@ -18,8 +18,9 @@ from sage_agent.records import TrainingPair
 from sage_agent.store import LoRAStore, RouterConfig, StoreConfig, affordable_loss
 from sage_agent.store import recipe as recipe_module
 from sage_agent.store.judging import Baseline
+from sage_agent.store.pace import bracket_seconds, expected_seconds
 from sage_agent.store.recipe import Recipe, build_recipe
-from sage_agent.store.search import Trial, bracket_seconds, expected_seconds, first_bracket
+from sage_agent.store.search import Trial, first_bracket
 from sage_agent.tasks.steps import ANSWER_MAX_TOKENS
 from sage_agent.training.validation import generate
 from tests.support.stores import LEARNABLE, make_cluster
@@ -235,6 +236,31 @@ def test_a_retrain_starts_from_the_tags_best_configuration(store, bow_embeddings
     best = first[0].config
     started = retrain[0].config
     assert (started["rank"], started["learning_rate"]) == (best["rank"], best["learning_rate"])
+    assert started["init_from"] == first[0].path  # from the kept adapter's weights
+    assert not Path(first[0].path).exists()  # retired once the retrain kept its own
+
+
+def test_a_retrain_without_warm_start_trains_afresh(chat, tmp_path, bow_embeddings) -> None:
+    store = _store_with(chat, tmp_path, bow_embeddings, warm_start=False)
+    first = store.optimize(make_cluster(bow_embeddings, version=1))
+    _set_lift(store, first, 0.1, 0.1)
+    store.optimize(make_cluster(bow_embeddings, version=2))
+    retrain = [t for t in store.registry.trials(1) if t.cluster_version == 2]
+    assert retrain[0].config["rank"] == first[0].config["rank"]
+    assert all(t.config["init_from"] is None for t in retrain)
+
+
+def test_a_retrain_whose_earlier_adapter_is_corrupt_searches_on(store, bow_embeddings) -> None:
+    first = store.optimize(make_cluster(bow_embeddings, version=1))
+    _set_lift(store, first, 0.1, 0.1)
+    for record in first:
+        (Path(record.path) / "adapter_model.safetensors").write_bytes(b"not weights")
+    store.optimize(make_cluster(bow_embeddings, version=2))
+    retrain = [t for t in store.registry.trials(1) if t.cluster_version == 2]
+    failed = [t for t in retrain if t.outcome.startswith("failed: AdapterError")]
+    # the kept configuration and its neighbours of the same rank start from its weights
+    assert failed and {t.config["init_from"] for t in failed} == {first[0].path}
+    assert len(retrain) > len(failed)  # the search went on without them
 
 
 def test_the_first_bracket_is_the_earlier_best_and_its_neighbourhood() -> None:
@@ -245,6 +271,7 @@ def test_the_first_bracket_is_the_earlier_best_and_its_neighbourhood() -> None:
     fresh = first_bracket(config, [], rng, seed=3)
     assert len(fresh) == 6 and all(c.seed == 3 for c in fresh)
     earlier = {"rank": 16, "alpha": 32.0, "learning_rate": 1e-3, "epochs": 99, "batch_size": 4}
+    earlier["init_from"] = "kept/adapter"
     reused = first_bracket(config, [earlier, earlier], rng, seed=3)
     assert [(c.rank, c.learning_rate) for c in reused[:5]] == [
         (16, 1e-3),
@@ -254,6 +281,8 @@ def test_the_first_bracket_is_the_earlier_best_and_its_neighbourhood() -> None:
         (16, 2e-3),
     ]
     assert reused[1].alpha == 16.0  # alpha follows the rank
+    # the earlier adapter's weights where the shape is its own: not at another rank
+    assert [c.init_from for c in reused[:5]] == ["kept/adapter", None, None] + ["kept/adapter"] * 2
     # this search's epochs and batch size, not the earlier one's; topped up at random
     assert (reused[0].epochs, reused[0].batch_size) == (config.epochs[0], config.batch_size)
     assert len(reused) == 6
@@ -666,6 +695,58 @@ def test_the_search_budget_counts_the_base_model_evaluation(
     # (100 s) it would be trained to the end.
     logged = store.registry.trials()
     assert (len(logged), sum(t.rung == 1 for t in logged)) == (1, 0)
+
+
+def test_the_leader_trains_on_with_the_seconds_the_brackets_left(
+    store: LoRAStore, bow_embeddings, monkeypatch
+) -> None:
+    clock = _training_clock(monkeypatch)
+    store.optimize(make_cluster(bow_embeddings), max_seconds=50.0)
+    # The first rung (2 steps, 20 s) leaves 30 s: not the 40 s of its second rung, but
+    # three more optimiser steps of 10 s, ranked again.
+    (logged,) = store.registry.trials()
+    assert len(logged.curve) == 5 and logged.rung == 0
+    assert clock[0] == 50.0
+
+
+def test_a_leader_that_ranks_worse_after_training_on_gets_its_weights_back(
+    chat: ChatSage, bow_embeddings, monkeypatch
+) -> None:
+    from sage_agent.store.config import SearchConfig
+    from sage_agent.store.search import run_search
+    from sage_agent.training.validation import TeacherForced
+
+    _training_clock(monkeypatch)
+    pairs = [TrainingPair(f"Compute {i} + 1.", str(i + 1)) for i in range(16)]
+    recipe = Recipe(pairs, pairs[:4])
+    seen: list[dict[str, object]] = []
+
+    def rank(chat_model, adapter):  # the second ranking, after training on, is worse
+        weights = {
+            n: p.detach().clone()
+            for n, p in chat_model.hf_model.named_parameters()
+            if f".{adapter}." in n
+        }
+        seen.append(weights)
+        em = 0.5 if len(seen) == 1 else 0.25
+        return TeacherForced(em, 1.0, (True, False, False, False))
+
+    monkeypatch.setattr(Recipe, "rank", lambda self, c, a: rank(c, a))
+    config = SearchConfig(epochs=(6,), n_random=1, max_trials=1, rungs=(0.25, 1.0), batch_size=16)
+    (trial,), _ = run_search(
+        chat,
+        recipe,
+        config,
+        rng=random.Random(0),
+        train_seed=0,
+        cluster_id=1,
+        max_seconds=50.0,
+        emit=lambda _e: None,
+    )
+    assert len(seen) == 2 and (trial.val_em, trial.rung) == (0.5, 0)
+    now = {n: p for n, p in chat.hf_model.named_parameters() if f".{trial.name}." in n}
+    assert any(not (seen[1][n] == seen[0][n]).all() for n in now)  # training on moved them
+    assert all((now[n] == seen[0][n]).all() for n in now)  # and they went back
 
 
 def test_expected_trial_seconds_scale_with_samples_and_layers() -> None:

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from sage_agent import ChatSage
+from sage_agent import AdapterError, ChatSage
 from sage_agent.records import TrainingPair
+from sage_agent.training.adapter_files import save_adapter
 from sage_agent.training.batches import (
     MIN_SHARED_PREFIX,
     SHORT_ROWS,
@@ -32,7 +33,6 @@ from sage_agent.training.trainer import (
     LoRATrainConfig,
     _with_hidden,
     model_in_bf16,
-    save_adapter,
     train_lora,
 )
 from sage_agent.training.validation import evaluate, teacher_forced
@@ -162,6 +162,27 @@ def test_same_seed_same_adapter(chat: ChatSage, tmp_path: Path) -> None:
     assert weights[0].keys() == weights[2].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+def test_a_run_starts_from_a_saved_adapters_weights(chat: ChatSage, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    first = train_lora(chat, "first", PAIRS, FAST)
+    folder = save_adapter(chat, "first", tmp_path / "first")
+    saved = load_file(folder / "adapter_model.safetensors")
+    warm = LoRARun(chat, "warm", PAIRS, replace(FAST, init_from=str(folder)))
+    start = save_adapter(chat, "warm", tmp_path / "start") / "adapter_model.safetensors"
+    assert all(torch.equal(v, saved[k]) for k, v in load_file(start).items())
+    on = warm.train()
+    fresh = train_lora(chat, "fresh", PAIRS, FAST)
+    # It goes on where the first run ended, not from a fresh adapter's loss.
+    assert on.losses[0] < (first.losses[-1] + fresh.losses[0]) / 2
+    # A saved adapter of another shape is refused, naming what differs; nothing is left.
+    with pytest.raises(AdapterError, match=r"rank 4 \(the run's 8\)"):
+        LoRARun(chat, "other", PAIRS, replace(FAST, rank=8, init_from=str(folder)))
+    with pytest.raises(AdapterError, match="no peft adapter"):
+        LoRARun(chat, "gone", PAIRS, replace(FAST, init_from=str(tmp_path / "gone")))
+    assert "other" not in chat.adapters and "gone" not in chat.adapters
 
 
 def test_a_run_trained_in_pieces_is_the_run_trained_at_once(chat: ChatSage) -> None:

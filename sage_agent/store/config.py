@@ -69,6 +69,14 @@ class SearchConfig:
         default=2, metadata={"help": "k: configurations whose neighbourhood is searched."}
     )
     keep: int = field(default=3, metadata={"help": "Adapters kept per cluster."})
+    warm_start: bool = field(
+        default=True,
+        metadata={
+            "help": "A retrain's first candidates, the tag's kept configurations, train on "
+            "from those adapters' weights, so that successive searches add up (the "
+            "neighbours of another rank start afresh). False: from peft's initialisation."
+        },
+    )
     confirm_all: bool = field(
         default=False,
         metadata={

@@ -34,7 +34,7 @@ from sage_agent.store.registry import AdapterRecord, AdapterRegistry, NewAdapter
 from sage_agent.store.router import Router
 from sage_agent.store.search import Emit, Trial, config_dict, run_search
 from sage_agent.tasks.plans import PLAN_TAG
-from sage_agent.training.trainer import save_adapter
+from sage_agent.training.adapter_files import save_adapter
 from sage_agent.training.validation import judge_answers
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 BASE_ANSWERS_KEPT = 20_000
 """Base-model answers a store keeps (the oldest leave first): a few megabytes."""
-
 log = logging.getLogger(__name__)
 
 
@@ -164,7 +163,8 @@ class LoRAStore:
         failures = cluster.size if tag_failures is None else max(tag_failures, cluster.size)
         base = self._baseline(cluster, recipe, [pair for pair, _ in gate], failures)
         # The tag's kept adapters, the largest lift over the base model first: where a
-        # retrain or a new cluster of the tag starts its search.
+        # retrain or a new cluster of the tag starts its search (from their weights, warm).
+        warm = self.config.search.warm_start
         earlier = sorted(
             (a for a in self.registry.adapters() if a.tag == cluster.tag),
             key=lambda a: a.base_val_em - a.val_em,
@@ -178,7 +178,7 @@ class LoRAStore:
             cluster_id=cluster.id,
             max_seconds=max(0.0, budget - (time.perf_counter() - started)),
             emit=emit,
-            earlier=[a.config for a in earlier],
+            earlier=[{**a.config, "init_from": a.path if warm else None} for a in earlier],
         )
         if not trials:
             raise StoreError(f"time budget of {budget:g} s was used up before the first trial")

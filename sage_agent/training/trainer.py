@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import random
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +34,12 @@ from typing import Any
 
 import torch
 from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
-from safetensors.torch import save_file
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from sage_agent.chat import ChatSage
-from sage_agent.errors import ConfigError, InvalidInput, NotFoundError
+from sage_agent.errors import ConfigError, InvalidInput
 from sage_agent.records import TrainingPair
+from sage_agent.training.adapter_files import start_adapter
 from sage_agent.training.batches import (
     answer_loss,
     collate,
@@ -95,6 +92,14 @@ class LoRATrainConfig:
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed of initialisation and shuffling."})
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "A saved adapter's folder whose weights the run starts from (of the "
+            "same rank, alpha, modules and layers), to train on what it learned; None: "
+            "peft's initialisation."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.rank < 1 or self.epochs < 1 or self.batch_size < 1:
@@ -270,7 +275,7 @@ class LoRARun:
         else:
             self.encoded = encode_pairs(chat, pairs)
         torch.manual_seed(config.seed)
-        chat.add_adapter(name, config.lora_config(layers))
+        start_adapter(chat, name, config.lora_config(layers), config.init_from)
         self.trainable = [
             param for param_name, param in model.named_parameters() if f".{name}." in param_name
         ]
@@ -401,38 +406,3 @@ def train_lora(
     the configured epochs (a ``LoRARun`` trained to its end). The same seed gives the
     same adapter."""
     return LoRARun(chat, name, pairs, config, prefix).train(progress=progress)
-
-
-_PEFT_PREFIX = "base_model.model."
-
-
-def save_adapter(chat: ChatSage, name: str, folder: str | Path) -> Path:
-    """Write adapter ``name`` in peft's format (adapter_config.json and
-    adapter_model.safetensors), loadable by ``ChatSage.load_adapter`` and by peft."""
-    if name not in chat.adapters:
-        raise NotFoundError(f"no adapter named {name!r} is loaded")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model = chat.hf_model
-    with warnings.catch_warnings():
-        # peft looks for the base model's config.json to check the vocabulary; a GGUF
-        # folder has none, and LoRA leaves the vocabulary alone anyway.
-        warnings.filterwarnings("ignore", "Could not find a config file", UserWarning)
-        weights = get_peft_model_state_dict(model, adapter_name=name)
-    # peft's own key names ("base_model.model." + the module path), so that plain
-    # PeftModel.from_pretrained reads the file too (transformers reads either form).
-    save_file(
-        {
-            _PEFT_PREFIX + k.removeprefix(_PEFT_PREFIX): v.detach().contiguous()
-            for k, v in weights.items()
-        },
-        folder / "adapter_model.safetensors",
-    )
-    config = model.peft_config[name]
-    config.save_pretrained(str(folder))
-    # peft reads base_model_name_or_path only as a hint; record the chat model's id.
-    path = folder / "adapter_config.json"
-    data = json.loads(path.read_text())
-    data["base_model_name_or_path"] = chat.model_name
-    path.write_text(json.dumps(data, indent=2))
-    return folder
