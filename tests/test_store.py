@@ -709,6 +709,16 @@ def test_the_leader_trains_on_with_the_seconds_the_brackets_left(
     assert clock[0] == 50.0
 
 
+def test_without_training_the_leader_on_the_seconds_stay_unspent(
+    chat, tmp_path, bow_embeddings, monkeypatch
+) -> None:
+    store = _store_with(chat, tmp_path, bow_embeddings, train_leader_on=False)
+    clock = _training_clock(monkeypatch)
+    store.optimize(make_cluster(bow_embeddings), max_seconds=50.0)
+    (logged,) = store.registry.trials()
+    assert len(logged.curve) == 2 and clock[0] == 20.0
+
+
 def test_a_leader_that_ranks_worse_after_training_on_gets_its_weights_back(
     chat: ChatSage, bow_embeddings, monkeypatch
 ) -> None:

@@ -69,6 +69,14 @@ class SearchConfig:
         default=2, metadata={"help": "k: configurations whose neighbourhood is searched."}
     )
     keep: int = field(default=3, metadata={"help": "Adapters kept per cluster."})
+    train_leader_on: bool = field(
+        default=True,
+        metadata={
+            "help": "The seconds the brackets leave train the best trial on, as many "
+            "optimiser steps as fit, and rank it again (its weights go back if it ranks "
+            "worse). False: a search may end with its budget unspent."
+        },
+    )
     warm_start: bool = field(
         default=True,
         metadata={

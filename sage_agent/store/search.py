@@ -88,7 +88,8 @@ def run_search(
     with tqdm(total=config.max_trials, desc=description, unit="trial", leave=False) as bar:
         search.bracket(first_bracket(config, earlier, rng, seed=train_seed), bar)
         search.bracket(search.neighbourhood(), bar)
-        search.train_leader_on()
+        if config.train_leader_on:
+            search.train_leader_on()
     if search.failed and not search.trials:
         raise StoreError(f"every trial failed: {'; '.join(f.error for f in search.failed)}")
     for trial in search.trials:
