@@ -61,7 +61,7 @@ PHASES: dict[str, tuple[Any, str]] = {
     "ranking (teacher-forced validation)": (Recipe, "rank"),
     "confirming trials (generated validation; canaries when the bound fails)": (LoRAStore, "_keep"),
     "the canary gate (teacher-forced)": (Recipe, "gate_forced"),
-    "routing all or unsure (teacher-forced canaries)": (LoRAStore, "_routes_all"),
+    "routing all or unsure (teacher-forced canaries)": (store_module, "routes_all"),
     "saving and registering": (AdapterRegistry, "register"),
     "deleting trial adapters": (ChatSage, "delete_adapter"),
 }

@@ -17,7 +17,7 @@ from sage_agent.database import transaction
 from sage_agent.records import TrainingPair
 from sage_agent.store import LoRAStore, RouterConfig, StoreConfig, affordable_loss
 from sage_agent.store import recipe as recipe_module
-from sage_agent.store.judging import Baseline
+from sage_agent.store.judging import Baseline, routes_all
 from sage_agent.store.pace import bracket_seconds, expected_seconds
 from sage_agent.store.recipe import Recipe, build_recipe
 from sage_agent.store.search import Trial, first_bracket
@@ -214,7 +214,8 @@ def test_reoptimizing_a_cluster_retires_its_old_adapters(store, bow_embeddings) 
     assert not any(Path(a.path).exists() for a in first)
 
 
-def test_a_retrain_that_lifts_less_keeps_the_old_adapters(store, bow_embeddings) -> None:
+def test_a_retrain_that_lifts_less_keeps_the_old_adapters(chat, tmp_path, bow_embeddings) -> None:
+    store = _store_with(chat, tmp_path, bow_embeddings, warm_start=False)
     first = store.optimize(make_cluster(bow_embeddings, version=1))
     _set_lift(store, first, 1.0, -0.5)  # a lift of 1.5: more than any trial can reach
     assert store.optimize(make_cluster(bow_embeddings, version=2)) == []
@@ -226,6 +227,30 @@ def test_a_retrain_that_lifts_less_keeps_the_old_adapters(store, bow_embeddings)
         for o in outcomes
     )
     assert any("it would replace" in o for o in outcomes)
+
+
+def test_a_warm_retrain_is_held_to_the_old_adapters_lift_on_its_own_split(
+    store, bow_embeddings
+) -> None:
+    first = store.optimize(make_cluster(bow_embeddings, version=1))
+    _set_lift(store, first, 1.0, -0.5)  # on their own split: a lift no trial can reach
+    store.optimize(make_cluster(bow_embeddings, version=2))
+    retrain = [t for t in store.registry.trials(1) if t.cluster_version == 2]
+    warm = [t for t in retrain if t.config["init_from"]]
+    cold = [t for t in retrain if not t.config["init_from"]]
+    assert warm and cold
+    # A cold trial faces the 1.5; a warm one the old adapters' lift on the new split.
+    assert not any("1.500" in t.outcome for t in warm)
+    assert all(t.outcome != "kept" for t in cold)
+
+
+def test_the_bar_a_trial_must_reach_to_replace() -> None:
+    from sage_agent.store.judging import ToReplace
+    from sage_agent.training.trainer import LoRATrainConfig
+
+    bar = ToReplace(own_split=0.5, this_split=0.1)
+    assert bar.lift(LoRATrainConfig()) == 0.5
+    assert bar.lift(LoRATrainConfig(init_from="kept/adapter")) == 0.1
 
 
 def test_a_retrain_starts_from_the_tags_best_configuration(store, bow_embeddings) -> None:
@@ -601,10 +626,8 @@ def test_an_adapter_routes_all_where_that_is_expected_to_answer_more_right(
     # right on every validation pair: 100% routed all, 50% as routed (two are sure)
     right = (True,) * 4
     recipe = SimpleNamespace(gate_forced=lambda _chat, _name, indices: all_canaries)
-    cluster = make_cluster(bow_embeddings)
-    trial = Trial(1, None, "t")
     # as routed: the sure canaries keep the base model's answers (canary EM 1.0)
-    assert store._routes_all(cluster, trial, recipe, base, right, 1.0) is expected
+    assert routes_all(store.model, "apples", "t", recipe, base, right, 1.0) is expected
 
 
 def test_affordable_loss() -> None:

@@ -3,10 +3,18 @@ search's validation pairs and canaries (``Baseline``), and a trial's ``Verdict``
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from sage_agent.chat import ChatSage
 from sage_agent.records import TrainingPair
+from sage_agent.store.gate import expected_accuracy
+from sage_agent.store.recipe import Recipe
+from sage_agent.tasks.plans import PLAN_TAG
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,3 +73,59 @@ class Verdict:
     canary_em: float | None = None
     generated_em: float | None = None
     agreement: float | None = None
+
+
+@dataclass(frozen=True)
+class ToReplace:
+    """The lift over the base model a retrain's trial must reach to replace the cluster's
+    adapters. A trial from peft's initialisation is held to their lift on their own
+    validation split: the grown cluster's split may hold members they trained on, which
+    would favour them. A trial that trained on from their weights (``init_from``) has seen
+    those members too, so it is held to their lift on this search's split: the same pairs,
+    without the noise of two small splits."""
+
+    own_split: float = 0.0
+    this_split: float = 0.0
+
+    def lift(self, config: Any) -> float:
+        """The bar for a trial of ``config`` (a ``LoRATrainConfig``)."""
+        return self.this_split if config.init_from else self.own_split
+
+
+def routes_all(
+    chat: ChatSage,
+    tag: str,
+    adapter: str,
+    recipe: Recipe,
+    base: Baseline,
+    right: Sequence[bool],
+    canary_em: float | None,
+) -> bool:
+    """Whether the kept trial should answer every step routed to it rather than only
+    those whose base answer is unsure: it loses none of the base model's right
+    canaries when it answers them all (it already beats the base model on validation,
+    or it would not be kept), or the tag's expected exact match
+    (``expected_accuracy``) is higher that way. Both are judged on the canaries'
+    teacher-forced lower bound, so routing all is chosen only when that bound wins.
+    Where the base model's sure answers are mostly wrong (GSM8K's "-" and "/"), the
+    confidence gate keeps them wrong; where they are mostly right ("*"), it is what
+    saves them. A planner adapter gets every question anyway."""
+    if tag == PLAN_TAG:
+        return True
+    p = base.tag_accuracy
+    everything = range(len(base.canaries))
+    on_canaries = recipe.gate_forced(chat, adapter, everything)
+    all_canaries = sum(on_canaries) / len(on_canaries) if on_canaries else 1.0
+    as_routed = expected_accuracy(
+        p, 1.0 if canary_em is None else canary_em, base.val_em_as_routed(right)
+    )
+    routed_all = expected_accuracy(p, all_canaries, sum(right) / len(right))
+    log.info(
+        "tag %r (base accuracy %.2f): expected EM %.3f routing all, %.3f routing the unsure only",
+        tag,
+        p,
+        routed_all,
+        as_routed,
+    )
+    keeps_the_canaries = bool(on_canaries) and all_canaries >= (base.canary_em or 0.0)
+    return keeps_the_canaries or routed_all > as_routed

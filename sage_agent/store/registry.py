@@ -64,7 +64,7 @@ class TrainedAdapter:
     samples: int
     route_all: bool
     """It answers every step routed to it, sure base answers too: its gate found the
-    tag's expected exact match higher that way (``LoRAStore._routes_all``)."""
+    tag's expected exact match higher that way (``judging.routes_all``)."""
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from sage_agent.chat import ChatSage
 from sage_agent.errors import AdapterError, EngineError, StoreError
 from sage_agent.records import AdapterKept, TrainingPair
 from sage_agent.store.config import StoreConfig
-from sage_agent.store.gate import CanarySet, expected_accuracy
-from sage_agent.store.judging import Baseline, Verdict
+from sage_agent.store.gate import CanarySet
+from sage_agent.store.judging import Baseline, ToReplace, Verdict, routes_all
 from sage_agent.store.policy import AdaptationPolicy
 from sage_agent.store.recipe import Recipe, build_recipe
 from sage_agent.store.registry import AdapterRecord, AdapterRegistry, NewAdapter, TrialLog
@@ -203,9 +203,12 @@ class LoRAStore:
         # split differs (comparing the old adapters on it would favour them, which may
         # have trained on its older members), and a short search can do worse than the
         # one before it.
-        replaced_lift = max((a.val_em - a.base_val_em for a in previous), default=0.0)
+        to_replace = ToReplace(
+            own_split=max((a.val_em - a.base_val_em for a in previous), default=0.0),
+            this_split=self._lift_here(previous, recipe, base) if warm else 0.0,
+        )
         try:
-            kept = self._keep(cluster, trials, recipe, base, emit, replaced_lift)
+            kept = self._keep(cluster, trials, recipe, base, emit, to_replace)
         finally:
             for trial in trials:
                 if trial.name in self.model.adapters:
@@ -273,18 +276,18 @@ class LoRAStore:
         recipe: Recipe,
         base: Baseline,
         emit: Emit,
-        replaced_lift: float = 0.0,
+        to_replace: ToReplace,
     ) -> list[AdapterRecord]:
-        """Register the best trials that beat the base model (by at least
-        ``replaced_lift``, the lift of the adapters they would replace) and pass the gate,
-        in their ranked order until ``keep`` are kept; log every trial."""
+        """Register the best trials that beat the base model (by at least the lift of
+        the adapters they would replace, ``to_replace``) and pass the gate, in their
+        ranked order until ``keep`` are kept; log every trial."""
         kept: list[AdapterRecord] = []
         keep = self.config.search.keep
         for trial in trials:  # best first
             if len(kept) == keep:
                 verdict = Verdict(f"ranked below the {keep} kept", trial.val_em, trial.exact)
             else:
-                verdict = self._judge(trial, recipe, base, replaced_lift)
+                verdict = self._judge(trial, recipe, base, to_replace.lift(trial.config))
             record = None
             if verdict.outcome == "kept":
                 record = self._register(cluster, trial, recipe, base, verdict, len(kept) + 1)
@@ -371,7 +374,9 @@ class LoRAStore:
         position: int,
     ) -> AdapterRecord:
         """Save a kept trial in peft's format and register it, with how it routes."""
-        route_all = self._routes_all(cluster, trial, recipe, base, verdict.right, verdict.canary_em)
+        route_all = routes_all(
+            self.model, cluster.tag, trial.name, recipe, base, verdict.right, verdict.canary_em
+        )
         return self.registry.register(
             NewAdapter(
                 cluster_id=cluster.id,
@@ -390,45 +395,16 @@ class LoRAStore:
             lambda folder: save_adapter(self.model, trial.name, folder),
         )
 
-    def _routes_all(
-        self,
-        cluster: Cluster,
-        trial: Trial,
-        recipe: Recipe,
-        base: Baseline,
-        right: Sequence[bool],
-        canary_em: float | None,
-    ) -> bool:
-        """Whether the kept trial should answer every step routed to it rather than only
-        those whose base answer is unsure: it loses none of the base model's right
-        canaries when it answers them all (it already beats the base model on validation,
-        or it would not be kept), or the tag's expected exact match
-        (``expected_accuracy``) is higher that way. Both are judged on the canaries'
-        teacher-forced lower bound, so routing all is chosen only when that bound wins.
-        Where the base model's sure answers are mostly wrong (GSM8K's "-" and "/"), the
-        confidence gate keeps them wrong; where they are mostly right ("*"), it is what
-        saves them. A planner adapter gets every question anyway."""
-        if cluster.tag == PLAN_TAG:
-            return True
-        p = base.tag_accuracy
-        everything = range(len(base.canaries))
-        on_canaries = recipe.gate_forced(self.model, trial.name, everything)
-        all_canaries = sum(on_canaries) / len(on_canaries) if on_canaries else 1.0
-        as_routed = expected_accuracy(
-            p, 1.0 if canary_em is None else canary_em, base.val_em_as_routed(right)
-        )
-        routed_all = expected_accuracy(p, all_canaries, sum(right) / len(right))
-        log.info(
-            "cluster %s (tag %r, base accuracy %.2f): expected EM %.3f routing all, %.3f "
-            "routing the unsure only",
-            cluster.id,
-            cluster.tag,
-            p,
-            routed_all,
-            as_routed,
-        )
-        keeps_the_canaries = bool(on_canaries) and all_canaries >= (base.canary_em or 0.0)
-        return keeps_the_canaries or routed_all > as_routed
+    def _lift_here(
+        self, previous: Sequence[AdapterRecord], recipe: Recipe, base: Baseline
+    ) -> float:
+        """The largest teacher-forced lift over the base model of the ``previous``
+        adapters on this search's validation pairs (0 with none, or where one is gone)."""
+        lifts = [0.0]
+        for old in previous:
+            with contextlib.suppress(AdapterError), self.router.pinned(old.id) as name:
+                lifts.append(recipe.rank(self.model, name).exact_match - base.em)
+        return max(lifts)
 
     def _canary_em(self, trial: Trial, recipe: Recipe, base: Baseline, floor: float) -> float:
         """The trial's canary exact match as routing would use it: the adapter answers
