@@ -23,7 +23,7 @@ import sqlite_utils
 
 from sage_agent.errors import DatabaseError, DatabaseLocked, NotFoundError, SchemaVersionError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """2: adapters.rank became adapters.position (the LoRA rank is in its config), and
 adapters.path is the folder's name under the adapter root, not a path from the working
 directory; samples.key, clusters.claimed_by / claimed_until and runs.owner were added.
@@ -239,12 +239,18 @@ def _migrate_5_to_6(db: sqlite_utils.Database) -> None:
         db["threads"].add_column("history", str)
 
 
+def _migrate_6_to_7(db: sqlite_utils.Database) -> None:
+    if "adapters" in db.table_names():  # NULL: kept by a search before versions were noted
+        db["adapters"].add_column("cluster_version", int)
+
+
 _MIGRATIONS = {
     1: _migrate_1_to_2,
     2: _migrate_2_to_3,
     3: _migrate_3_to_4,
     4: _migrate_4_to_5,
     5: _migrate_5_to_6,
+    6: _migrate_6_to_7,
 }
 """From version N to N + 1, each run inside the one transaction of the upgrade."""
 

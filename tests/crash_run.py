@@ -24,12 +24,12 @@ import sage_agent.context
 import sage_agent.graphs.sage as graph_module
 import sage_agent.store.registry as registry_module
 import sage_agent.store.store as store_module
-import sage_agent.training.trainer as trainer_module
+import sage_agent.training.adapter_files as adapter_files_module
 from sage_agent.app.cli import main
 from tests.support.tiny import NINES, BagOfWordsEmbeddings
 
 KILL_POINTS = {
-    "inside-adapter-save": (trainer_module, "save_file", "after"),
+    "inside-adapter-save": (adapter_files_module, "save_file", "after"),
     "after-rename": (registry_module, "_fsync", "after-folder"),
     "after-registry-insert": (registry_module.AdapterRegistry, "log_trial", "before"),
     "before-mark-trained": (buffer_module, "mark_trained", "before"),

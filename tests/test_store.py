@@ -156,7 +156,13 @@ def test_a_version_1_file_is_migrated(chat, tmp_path, bow_embeddings) -> None:
     old["meta"].update("schema_version", {"value": "1"})
     old["adapters"].insert_all(
         [
-            {**{k: v for k, v in row.items() if k not in ("position", "route_all")}}
+            {
+                **{
+                    k: v
+                    for k, v in row.items()
+                    if k not in ("position", "route_all", "cluster_version")
+                }
+            }
             | {"rank": row["position"]}
             | {"path": f"some/old/folder/{row['id']}"}
             for row in store.registry.db["adapters"].rows
@@ -177,6 +183,7 @@ def test_a_version_1_file_is_migrated(chat, tmp_path, bow_embeddings) -> None:
     record = migrated.get(kept.id)
     assert record.position == 1 and record.path == kept.path
     assert record.route_all is False  # version 5's column: routed as before
+    assert record.cluster_version is None and kept.cluster_version == 1  # version 7's
     assert migrated.load(kept.id) == kept.id  # found, and its checksum still matches
     assert all(t.curve == [] and t.rung is None for t in migrated.registry.trials())
     assert all(len(t.curve) > 0 for t in store.registry.trials())  # loss per optimiser step
@@ -263,6 +270,17 @@ def test_a_retrain_starts_from_the_tags_best_configuration(store, bow_embeddings
     assert (started["rank"], started["learning_rate"]) == (best["rank"], best["learning_rate"])
     assert started["init_from"] == first[0].path  # from the kept adapter's weights
     assert not Path(first[0].path).exists()  # retired once the retrain kept its own
+
+
+def test_a_search_rerun_of_the_same_version_starts_cold(store, bow_embeddings) -> None:
+    # As after a kill between registering an adapter and marking the cluster trained: the
+    # resumed run searches the same version again, and must train what an unbroken run did.
+    first = store.optimize(make_cluster(bow_embeddings, version=1))
+    _set_lift(store, first, 0.1, 0.1)
+    searched = len(store.registry.trials(1))
+    store.optimize(make_cluster(bow_embeddings, version=1))
+    rerun = store.registry.trials(1)[searched:]
+    assert rerun and all(t.config["init_from"] is None for t in rerun)
 
 
 def test_a_retrain_without_warm_start_trains_afresh(chat, tmp_path, bow_embeddings) -> None:

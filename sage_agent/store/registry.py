@@ -48,6 +48,8 @@ class TrainedAdapter:
     """What the search knows of an adapter it keeps."""
 
     cluster_id: int
+    cluster_version: int | None
+    """The cluster's version its search trained on (None in a file older than the note)."""
     tag: str
     position: int
     """Its place among its cluster's adapters: 1 is the best."""
@@ -334,6 +336,7 @@ class AdapterRegistry:
                 {
                     "id": str,
                     "cluster_id": int,
+                    "cluster_version": int,
                     "tag": str,
                     "position": int,
                     "config": str,

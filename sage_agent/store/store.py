@@ -164,9 +164,16 @@ class LoRAStore:
         base = self._baseline(cluster, recipe, [pair for pair, _ in gate], failures)
         # The tag's kept adapters, the largest lift over the base model first: where a
         # retrain or a new cluster of the tag starts its search (from their weights, warm).
+        # Those a killed search of this very version kept are not earlier: the search
+        # it reruns starts as it did, so a resumed run trains what an unbroken one would.
         warm = self.config.search.warm_start
         earlier = sorted(
-            (a for a in self.registry.adapters() if a.tag == cluster.tag),
+            (
+                a
+                for a in self.registry.adapters()
+                if a.tag == cluster.tag
+                and (a.cluster_id, a.cluster_version) != (cluster.id, cluster.version)
+            ),
             key=lambda a: a.base_val_em - a.val_em,
         )
         trials, failed = run_search(
@@ -380,6 +387,7 @@ class LoRAStore:
         return self.registry.register(
             NewAdapter(
                 cluster_id=cluster.id,
+                cluster_version=cluster.version,
                 tag=cluster.tag,
                 position=position,
                 config=config_dict(trial.config),
