@@ -1,7 +1,7 @@
 """Trainer benchmark: sage-agent's LoRA trainer against a baseline written the obvious way.
 
     python benchmarks/bench_trainer.py --data ../shared/data/gsm8k/train.jsonl
-        [--train 200] [--val 100] [--epochs 3] [--tag +]
+        [--train 200] [--val 100] [--epochs 3] [--tag +] [--out results/trainer.md]
 
 Both train rank-16 LoRA on the same GSM8K atoms of one operator signature for the same
 epochs, and are scored on the same held-out atoms (greedy answers, numbers compared).
@@ -21,7 +21,8 @@ Both use the chat template's default system prompt, as the product does.
 
 Prints samples/s, the ratio to the baseline, validation exact match, and the FLOP/s each
 trainer achieved against the machine's matmul rate measured in the same run, and writes
-benchmarks/results/trainer.md.
+benchmarks/results/trainer.md (or ``--out``: a run on a CPU of another kind goes beside
+it, as trainer-<kind>.md).
 
 FLOP count of one training sample of T tokens, A of them answer tokens (``flops``), T
 counting the tokens the trainer runs (with the shared prefix, P shared tokens count P /
@@ -196,6 +197,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--tag", default="+", help="operator signature of the atoms")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "trainer.md")
     args = parser.parse_args()
 
     pairs = load_pairs(args.data, args.tag, args.train + args.val, args.seed)
@@ -299,8 +301,8 @@ def main() -> None:
         for name, s, rate, em, achieved, fp32 in rows
     )
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "trainer.md").write_text(
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
         f"# Trainer benchmark\n\nCommand: `{command}`\n\n"
         f"Machine: {os.cpu_count()} CPU cores ({cpu_features()}), torch {torch.__version__}, "
         f"bf16 {'available' if supports_bf16('cpu') else 'not available'}.\n\n"
@@ -324,7 +326,7 @@ def main() -> None:
         "matmul ceiling |\n|---|---|---|---|---|---|---|\n"
         f"{table}\n"
     )
-    print(f"\nwritten to {RESULTS / 'trainer.md'}")
+    print(f"\nwritten to {args.out}")
 
 
 if __name__ == "__main__":
