@@ -32,7 +32,9 @@ directory; samples.key, clusters.claimed_by / claimed_until and runs.owner were 
 ranked teacher-forced and confirmed by generation).
 5: adapters.route_all (an adapter that answers sure base answers too).
 6: runs.heartbeat (a run's lease expires when its heartbeat stops), threads.history (what
-a finished thread's pruned checkpoints did)."""
+a finished thread's pruned checkpoints did).
+7: adapters.cluster_version (the version its search trained on: a rerun of that search
+does not train on from it)."""
 
 
 LOCK_TIMEOUT = 30.0

@@ -156,13 +156,7 @@ def test_a_version_1_file_is_migrated(chat, tmp_path, bow_embeddings) -> None:
     old["meta"].update("schema_version", {"value": "1"})
     old["adapters"].insert_all(
         [
-            {
-                **{
-                    k: v
-                    for k, v in row.items()
-                    if k not in ("position", "route_all", "cluster_version")
-                }
-            }
+            {k: v for k, v in row.items() if k not in ("position", "route_all", "cluster_version")}
             | {"rank": row["position"]}
             | {"path": f"some/old/folder/{row['id']}"}
             for row in store.registry.db["adapters"].rows
