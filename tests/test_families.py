@@ -31,6 +31,7 @@ from sage_agent.tasks.families import (
     family_of_tag,
 )
 from sage_agent.tasks.families.bbh import BBH_FAMILIES
+from sage_agent.tasks.families.counting import CATEGORIES, counted_in_steps, plural
 from tests.support.tiny import NINES, nines_agent
 
 
@@ -221,6 +222,57 @@ def test_a_label_cluster_trains_on_generated_items_judged_by_the_family() -> Non
     assert recipe.max_tokens == family.max_tokens
     assert len(recipe.validation) == 3 + 3 * 2  # the held-out quarter and its variants
     assert all(p.answer in ("Yes", "No") for p in recipe.train + recipe.validation)
+
+
+def test_a_count_is_written_item_by_item_with_a_running_total() -> None:
+    prompt = (
+        "I have a flute, two heads of broccoli, three pianos, four stoves, and a mouse. "
+        "How many musical instruments do I have?\nReply with the number only."
+    )
+    assert counted_in_steps(prompt, "4") == "flute 1, pianos 4"
+    assert counted_in_steps(prompt, "5") is None  # never a wrong answer in steps
+    objects = "I have a car, and two toasters. How many objects do I have?"
+    assert counted_in_steps(objects, "3") == "car 1, toasters 3"  # every item counts
+    assert counted_in_steps("I have a car and a lamp. How many cars do I have?", "1") is None
+    assert counted_in_steps("I have a spaceship. How many objects do I have?", "1") is None
+    assert counted_in_steps("What is 2+3?", "5") is None
+    assert [plural(w) for w in ("peach", "strawberry", "mouse", "donkey", "stalk of celery")] == [
+        "peaches",
+        "strawberries",
+        "mice",
+        "donkeys",
+        "stalks of celery",
+    ]
+
+
+def test_generated_counts_are_written_in_steps_that_end_in_their_target() -> None:
+    family = BBH_FAMILIES["object_counting"]
+    categories = set()
+    for pair in family.variants([], 200, random.Random(3)):
+        steps = family.in_steps(pair.prompt, pair.answer)
+        assert steps is not None and family.judge(steps, pair.answer)
+        assert len(steps.split(", ")) >= 2  # two or more of the category's items
+        categories.add(re.search(r"How many ([\w ]+) do I have", pair.prompt).group(1))
+    assert categories == set(CATEGORIES)
+
+
+def test_a_count_clusters_pairs_are_written_in_steps_unless_turned_off() -> None:
+    family = BBH_FAMILIES["object_counting"]
+    items = family.variants([], 12, random.Random(4))
+    samples = [
+        Sample(i, p.prompt, family.tag, {"reference": p.answer}) for i, p in enumerate(items)
+    ]
+    cluster = Cluster(1, family.tag, 12, np.ones(4) / 2, frozenset(), 1, None, None, samples)
+    canaries = [(p, None) for p in family.variants([], 4, random.Random(5))]
+    config = NINES.replace(train_size=40, val_variants=2).recipe
+    recipe = build_recipe(cluster, config, min_train_samples=4, seed=0, gate=canaries)
+    for pair in recipe.train + recipe.validation + recipe.gate:
+        assert pair.answer == family.in_steps(pair.prompt, str(family.answer_of(pair.answer)))
+    assert recipe.max_tokens == family.max_tokens
+    plain = build_recipe(
+        cluster, replace(config, answers_in_steps=False), min_train_samples=4, seed=0
+    )
+    assert all(p.answer.isdigit() for p in plain.train + plain.validation)
 
 
 def test_a_label_clusters_training_pairs_are_balanced_by_label() -> None:

@@ -154,6 +154,14 @@ class RecipeConfig:
             "('27*8=20*8+7*8=160+56=216')."
         },
     )
+    answers_in_steps: bool = field(
+        default=True,
+        metadata={
+            "help": "For a task family that can write an answer in steps (BIG-Bench Hard's "
+            "object_counting: 'flute 1, pianos 3, violin 4'), its training, validation and "
+            "gate answers are written so; the number read is the same."
+        },
+    )
     failure_repeats: int = field(
         default=2,
         metadata={

@@ -6,7 +6,8 @@ plan computed again, ``augment.plan_variant``), plus a ``replay_fraction`` share
 (canaries and their variants), ``train_size`` pairs in all; for a label task, each label
 takes an equal share of them (``balance_labels``). Validation: the held-out
 failures and variants of them (a few held-out samples alone make the ranking and the gate
-noise). No training pair is a gate canary or a held-out failure.
+noise). No training pair is a gate canary or a held-out failure. A family that writes
+its answers in steps (``answers_in_steps``) has every pair's answer so written.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sage_agent.records import Judge, TrainingPair
 from sage_agent.store.config import RecipeConfig
 from sage_agent.store.gate import Canaries
 from sage_agent.tasks.families import TaskFamily, family_of_tag
+from sage_agent.tasks.families.base import InSteps
 from sage_agent.tasks.plans import PLAN_MAX_TOKENS, PLAN_STOP, PLAN_TAG, plan_matches
 from sage_agent.training.augment import augment_pairs, plan_pairs
 from sage_agent.training.formats import ANSWER_FORMATS, AnswerFormat
@@ -164,6 +166,10 @@ def build_recipe(
             stop_repeated_line=True,
         )
     if not family.multi_step:
+        if config.answers_in_steps and family.in_steps is not None:
+            training, validation, gate_written = (
+                in_steps(pairs, family.in_steps) for pairs in (training, validation, gate_written)
+            )
         return Recipe(training, validation, family.max_tokens, family.judge, gate_written)
     return Recipe(training, validation, gate=gate_written)
 
@@ -186,6 +192,11 @@ def balanced_by_label(
         balanced += [own[i % len(own)] for i in range(share)]
     rng.shuffle(balanced)
     return balanced
+
+
+def in_steps(pairs: Sequence[TrainingPair], write: InSteps) -> list[TrainingPair]:
+    """Each pair with its answer written in steps by ``write``, where it can be."""
+    return [TrainingPair(p.prompt, write(p.prompt, p.answer) or p.answer) for p in pairs]
 
 
 def written(examples: Sequence[Example], answer: AnswerFormat) -> list[TrainingPair]:

@@ -31,6 +31,10 @@ another shape."""
 Generator = Callable[[random.Random, Sequence[str]], tuple[str, str]]
 """(rng, the inputs of the items to vary) -> a new (input, target), labelled exactly."""
 
+InSteps = Callable[[str, str], str | None]
+"""(an item's prompt, its target) -> the answer written in steps that end in the target,
+or None where it cannot be written so."""
+
 _CHOICE = re.compile(r"\(([A-R])\)|\b([A-R])\)|^\s*([A-R])(?:[.:]|[ \t]*(?:\n|$))")
 """An option letter: "(B)", "B)", or a bare "B" alone on the answer's first line or followed
 by "." / ":" (so an answer that starts "A man..." names no option)."""
@@ -53,6 +57,9 @@ class TaskFamily:
     """Token cap of an answer: the longest target's tokens, with room for a short lead."""
     generator: Generator | None = None
     """Makes verifier-labelled items; None where none can be made (PubMedQA)."""
+    in_steps: InSteps | None = None
+    """Writes a training answer in steps (``RecipeConfig.answers_in_steps``); None where the
+    family's answers are trained as their targets."""
 
     @property
     def tag(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import sage_agent.tasks.families.generated as generated
+from sage_agent.tasks.families import counting
 from sage_agent.tasks.families.base import TaskFamily
 
 
@@ -21,6 +22,9 @@ def _task(name: str, kind: Any, instruction: str, **more: Any) -> TaskFamily:
 
 
 _YES_NO = ("Yes", "No")
+COUNT_MAX_TOKENS = 80
+"""Room for a count written in steps (``counting.counted_in_steps``): SmolLM2 writes
+ten vegetables counted so in about seventy tokens."""
 BBH_FAMILIES = {
     family.name.removeprefix("bbh:"): family
     for family in (
@@ -36,8 +40,9 @@ BBH_FAMILIES = {
             "object_counting",
             "number",
             "Reply with the number only.",
-            max_tokens=8,
-            generator=generated.object_counting,
+            max_tokens=COUNT_MAX_TOKENS,
+            generator=counting.object_counting,
+            in_steps=counting.counted_in_steps,
         ),
         _task(
             "word_sorting",

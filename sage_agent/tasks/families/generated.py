@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 from sage_agent.scoring.numeric import format_number
 from sage_agent.scoring.verifier import evaluate_expression
+from sage_agent.tasks.families.counting import CATEGORIES
 
-_NUMBER_WORDS = ("a", "two", "three", "four", "five")
 _BRACKETS = {"(": ")", "[": "]", "{": "}", "<": ">"}
 _NAMES = [
     "Sherrie",
@@ -42,31 +42,6 @@ _NAMES = [
     "Gwenn",
     "Osvaldo",
 ]
-_CATEGORIES = {
-    "musical instruments": [
-        "flute",
-        "piano",
-        "trombone",
-        "violin",
-        "accordion",
-        "clarinet",
-        "drum",
-        "trumpet",
-    ],
-    "fruits": [
-        "apple",
-        "banana",
-        "strawberry",
-        "peach",
-        "orange",
-        "plum",
-        "raspberry",
-        "grape",
-        "nectarine",
-    ],
-    "vegetables": ["carrot", "onion", "potato", "cabbage", "yam", "lettuce head"],
-    "animals": ["cat", "dog", "rabbit", "goat", "pig", "cow", "donkey", "snake", "frog", "mouse"],
-}
 _LIST = re.compile(r"List:[ \t]*(.*)")
 
 
@@ -116,7 +91,7 @@ def word_sorting(rng: random.Random, sources: Sequence[str]) -> tuple[str, str]:
     ``sources``, as many as one of them holds."""
     lists = [m.group(1).split() for s in sources if (m := _LIST.search(s))]
     vocabulary = sorted({w for words in lists for w in words}) or sorted(
-        w for ws in _CATEGORIES.values() for w in ws
+        w for ws in CATEGORIES.values() for w in ws
     )
     size = min(len(rng.choice(lists)) if lists else rng.randint(3, 10), len(vocabulary))
     words = rng.sample(vocabulary, max(1, size))
@@ -177,24 +152,3 @@ def web_of_lies(rng: random.Random, _sources: Sequence[str]) -> tuple[str, str]:
         truthful = says_truth == truthful
     text = f"Question: {' '.join(sentences)} Does {names[-1]} tell the truth?"
     return text, "Yes" if truthful else "No"
-
-
-def object_counting(rng: random.Random, _sources: Sequence[str]) -> tuple[str, str]:
-    """ "I have a flute, two lamps, ... How many musical instruments do I have?"."""
-    category = rng.choice(list(_CATEGORIES))
-    others = [w for c, ws in _CATEGORIES.items() if c != category for w in ws]
-    wanted = rng.sample(_CATEGORIES[category], rng.randint(2, 6))
-    distractors = rng.sample(others, rng.randint(0, 3))
-    items = [(w, rng.randint(1, len(_NUMBER_WORDS))) for w in wanted + distractors]
-    rng.shuffle(items)
-    total = sum(n for w, n in items if w in wanted)
-    phrases = [_counted(w, n) for w, n in items]
-    listed = ", ".join(phrases[:-1]) + f", and {phrases[-1]}" if len(phrases) > 1 else phrases[0]
-    return f"I have {listed}. How many {category} do I have?", str(total)
-
-
-def _counted(word: str, n: int) -> str:
-    if n == 1:
-        return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
-    plural = word + ("es" if word.endswith(("sh", "ch", "o")) else "s")
-    return f"{_NUMBER_WORDS[n - 1]} {plural}"
