@@ -256,6 +256,21 @@ def test_generated_counts_are_written_in_steps_that_end_in_their_target() -> Non
     assert categories == set(CATEGORIES)
 
 
+def test_a_web_of_lies_is_worked_speaker_by_speaker_with_the_label_last() -> None:
+    family = BBH_FAMILIES["web_of_lies"]
+    prompt = family.prompt(
+        "Question: Sherrie lies. Vernell says Sherrie lies. Alexis says Vernell lies. "
+        "Does Alexis tell the truth?"
+    )
+    steps = "Sherrie lies, Vernell truth, Alexis lies. No"
+    assert family.in_steps(prompt, "No") == steps and family.answer_of(steps) == "No"
+    assert family.in_steps(prompt, "Yes") is None
+    assert family.in_steps(family.prompt("Does Sherrie tell the truth?"), "No") is None
+    for pair in family.variants([], 100, random.Random(6)):
+        steps = family.in_steps(pair.prompt, pair.answer)
+        assert steps is not None and family.judge(steps, pair.answer)
+
+
 def test_a_count_clusters_pairs_are_written_in_steps_unless_turned_off() -> None:
     family = BBH_FAMILIES["object_counting"]
     items = family.variants([], 12, random.Random(4))

@@ -64,8 +64,9 @@ BBH_FAMILIES = {
             "label",
             "Answer Yes or No.",
             labels=_YES_NO,
-            max_tokens=8,
+            max_tokens=40,  # room for the speakers worked in steps: about 25 tokens
             generator=generated.web_of_lies,
+            in_steps=generated.truth_in_steps,
         ),
         _task(
             "sports_understanding",
