@@ -271,6 +271,19 @@ def test_a_web_of_lies_is_worked_speaker_by_speaker_with_the_label_last() -> Non
         assert steps is not None and family.judge(steps, pair.answer)
 
 
+def test_a_boolean_expression_is_reduced_a_layer_at_a_time_with_the_label_last() -> None:
+    family = BBH_FAMILIES["boolean_expressions"]
+    prompt = family.prompt("False or not not ( not True ) and ( True or False ) is")
+    steps = "F or not not not T and (T or F) = F or F and T = F or F = F. False"
+    assert family.in_steps(prompt, "False") == steps and family.answer_of(steps) == "False"
+    assert family.in_steps(prompt, "True") is None
+    for hostile in ("__import__('os') is", "True + 1 is", "( True is", "print(True) is"):
+        assert family.in_steps(family.prompt(hostile), "True") is None
+    for pair in family.variants([], 200, random.Random(7)):
+        steps = family.in_steps(pair.prompt, pair.answer)
+        assert steps is not None and family.judge(steps, pair.answer)
+
+
 def test_a_count_clusters_pairs_are_written_in_steps_unless_turned_off() -> None:
     family = BBH_FAMILIES["object_counting"]
     items = family.variants([], 12, random.Random(4))

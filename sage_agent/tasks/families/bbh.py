@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import sage_agent.tasks.families.generated as generated
-from sage_agent.tasks.families import counting
+from sage_agent.tasks.families import counting, worked
 from sage_agent.tasks.families.base import TaskFamily
 
 
@@ -33,8 +33,9 @@ BBH_FAMILIES = {
             "label",
             "Answer True or False.",
             labels=("True", "False"),
-            max_tokens=8,
+            max_tokens=48,  # room for the expression reduced in steps: up to 40 tokens
             generator=generated.boolean_expression,
+            in_steps=worked.boolean_in_steps,
         ),
         _task(
             "object_counting",
@@ -66,7 +67,7 @@ BBH_FAMILIES = {
             labels=_YES_NO,
             max_tokens=40,  # room for the speakers worked in steps: about 25 tokens
             generator=generated.web_of_lies,
-            in_steps=generated.truth_in_steps,
+            in_steps=worked.truth_in_steps,
         ),
         _task(
             "sports_understanding",

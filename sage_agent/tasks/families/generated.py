@@ -43,11 +43,6 @@ _NAMES = [
     "Osvaldo",
 ]
 _LIST = re.compile(r"List:[ \t]*(.*)")
-_CHAIN = re.compile(
-    r"(\w+) (tells the truth|lies)\.((?: \w+ says \w+ (?:tells the truth|lies)\.)+) "
-    r"Does (\w+) tell the truth\?"
-)
-_CLAIM = re.compile(r"(\w+) says (\w+) (tells the truth|lies)\.")
 
 
 def boolean_expression(rng: random.Random, _sources: Sequence[str]) -> tuple[str, str]:
@@ -157,24 +152,3 @@ def web_of_lies(rng: random.Random, _sources: Sequence[str]) -> tuple[str, str]:
         truthful = says_truth == truthful
     text = f"Question: {' '.join(sentences)} Does {names[-1]} tell the truth?"
     return text, "Yes" if truthful else "No"
-
-
-def truth_in_steps(prompt: str, target: str) -> str | None:
-    """A web of lies worked speaker by speaker: ``Sherrie truth, Vernell lies, ...,
-    Elanor lies. No``: each speaker's truth follows from the one before and what the
-    speaker says of them, and the label comes last, where the family's judge finds the
-    first label of the answer. None when the prompt is not such a chain or its last
-    speaker's truth is not ``target``."""
-    found = _CHAIN.search(prompt)
-    if found is None:
-        return None
-    truth = {found.group(1): found.group(2) == "tells the truth"}
-    for speaker, about, claim in _CLAIM.findall(found.group(3)):
-        if about not in truth:
-            return None
-        truth[speaker] = truth[about] == (claim == "tells the truth")
-    asked = found.group(4)
-    label = "Yes" if truth.get(asked) else "No"
-    if asked not in truth or label != target.strip():
-        return None
-    return ", ".join(f"{n} {'truth' if t else 'lies'}" for n, t in truth.items()) + f". {label}"

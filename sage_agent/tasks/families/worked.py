@@ -1,0 +1,116 @@
+"""Answers worked in steps for BIG-Bench Hard's label tasks (``TaskFamily.in_steps``).
+
+A 135M model asked for the label alone has to do the whole task in one token; written in
+steps, each step applies one local rule to what the step before wrote. The label comes
+last, and the steps never name a label, so the family's judge (the first label of the
+answer) reads the last one. Each writer checks its own work against the target: an
+answer in steps is never a wrong one.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+_CHAIN = re.compile(
+    r"(\w+) (tells the truth|lies)\.((?: \w+ says \w+ (?:tells the truth|lies)\.)+) "
+    r"Does (\w+) tell the truth\?"
+)
+_CLAIM = re.compile(r"(\w+) says (\w+) (tells the truth|lies)\.")
+_BOOLEAN = re.compile(r"^([()\sa-zA-Z]+?)\s+is\s*$", re.MULTILINE)
+_LITERALS = {True: "T", False: "F"}
+
+
+def truth_in_steps(prompt: str, target: str) -> str | None:
+    """A web of lies worked speaker by speaker: ``Sherrie lies, Vernell truth, Alexis
+    lies. No``: each speaker's truth follows from the one before and what the speaker
+    says of them. None when the prompt is not such a chain or its last speaker's truth
+    is not ``target``."""
+    found = _CHAIN.search(prompt)
+    if found is None:
+        return None
+    truth = {found.group(1): found.group(2) == "tells the truth"}
+    for speaker, about, claim in _CLAIM.findall(found.group(3)):
+        if about not in truth:
+            return None
+        truth[speaker] = truth[about] == (claim == "tells the truth")
+    asked = found.group(4)
+    if asked not in truth or ("Yes" if truth[asked] else "No") != target.strip():
+        return None
+    steps = ", ".join(f"{name} {'truth' if t else 'lies'}" for name, t in truth.items())
+    return f"{steps}. {target.strip()}"
+
+
+def boolean_in_steps(prompt: str, target: str) -> str | None:
+    """A boolean expression reduced a layer at a time, True and False written T and F
+    (so no step names a label): ``not ( True ) and ( True ) is`` -> ``not T and T = F and
+    T = F. False``. Each step computes every operation whose operands are already
+    values. None when the prompt holds no such expression or it is not ``target``."""
+    found = _BOOLEAN.search(prompt)
+    try:
+        tree = ast.parse(found.group(1).strip(), mode="eval").body if found else None
+    except SyntaxError:
+        return None
+    if tree is None or not _is_boolean(tree):
+        return None
+    chain = [_written(tree)]
+    while not isinstance(tree, ast.Constant):
+        tree = _reduce_layer(tree)
+        chain.append(_written(tree))
+    assert isinstance(tree, ast.Constant)
+    if str(tree.value) != target.strip():
+        return None
+    return " = ".join(chain) + f". {target.strip()}"
+
+
+def _is_boolean(node: ast.expr) -> bool:
+    """Only True, False, not, and, or: nothing else is read, let alone evaluated."""
+    if isinstance(node, ast.Constant):
+        return type(node.value) is bool
+    if isinstance(node, ast.UnaryOp):
+        return isinstance(node.op, ast.Not) and _is_boolean(node.operand)
+    if isinstance(node, ast.BoolOp):
+        return all(_is_boolean(v) for v in node.values)
+    return False
+
+
+def _reduce_layer(node: ast.expr) -> ast.expr:
+    """``node`` with every operation whose operands are all values replaced by its value
+    (a run of "not"s before a value counts as one operation)."""
+    if isinstance(node, ast.Constant):
+        return node
+    if isinstance(node, ast.UnaryOp):
+        nots, inner = _nots(node)
+        if isinstance(inner, ast.Constant):
+            return ast.Constant(inner.value ^ (nots % 2 == 1))
+        return ast.UnaryOp(node.op, _reduce_layer(node.operand))
+    assert isinstance(node, ast.BoolOp)
+    if all(isinstance(v, ast.Constant) for v in node.values):
+        values = [v.value for v in node.values]  # type: ignore[attr-defined]
+        return ast.Constant(all(values) if isinstance(node.op, ast.And) else any(values))
+    return ast.BoolOp(node.op, [_reduce_layer(v) for v in node.values])
+
+
+def _nots(node: ast.expr) -> tuple[int, ast.expr]:
+    """How many "not"s lead ``node``, and what they apply to."""
+    count = 0
+    while isinstance(node, ast.UnaryOp):
+        count, node = count + 1, node.operand
+    return count, node
+
+
+_PRECEDENCE = {ast.Or: 1, ast.And: 2}
+
+
+def _written(node: ast.expr, outer: int = 0) -> str:
+    """The expression with its values as T and F and only the parentheses precedence
+    needs (or < and < not)."""
+    if isinstance(node, ast.Constant):
+        return _LITERALS[node.value]
+    if isinstance(node, ast.UnaryOp):
+        return "not " + _written(node.operand, 3)
+    assert isinstance(node, ast.BoolOp)
+    own = _PRECEDENCE[type(node.op)]
+    word = " and " if own == 2 else " or "
+    text = word.join(_written(v, own + 1) for v in node.values)
+    return f"({text})" if own < outer else text
