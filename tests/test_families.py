@@ -284,6 +284,20 @@ def test_a_boolean_expression_is_reduced_a_layer_at_a_time_with_the_label_last()
         assert steps is not None and family.judge(steps, pair.answer)
 
 
+def test_multistep_arithmetic_is_reduced_a_layer_at_a_time() -> None:
+    family = BBH_FAMILIES["multistep_arithmetic_two"]
+    prompt = family.prompt("((-1 + 2 + 9 * 5) - (-2 + -4 + -4 * -7)) =")
+    steps = "1 + 45 - (-6 + 28) = 46 - 22 = 24"
+    assert family.in_steps(prompt, "24") == steps and family.answer_of(steps) == "24"
+    assert family.in_steps(family.prompt("(7 - (2 - 1)) ="), "6") == "7 - 1 = 6"
+    assert family.in_steps(prompt, "25") is None
+    for hostile in ("9 ** 9 ** 9 =", "(1 / 0) =", "__import__('os') =", "7 ="):
+        assert family.in_steps(family.prompt(hostile), "7") is None
+    for pair in family.variants([], 200, random.Random(8)):
+        steps = family.in_steps(pair.prompt, pair.answer)
+        assert steps is not None and family.judge(steps, pair.answer)
+
+
 def test_a_count_clusters_pairs_are_written_in_steps_unless_turned_off() -> None:
     family = BBH_FAMILIES["object_counting"]
     items = family.variants([], 12, random.Random(4))

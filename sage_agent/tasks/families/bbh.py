@@ -86,8 +86,9 @@ BBH_FAMILIES = {
             "multistep_arithmetic_two",
             "number",
             "Reply with the number only.",
-            max_tokens=16,
+            max_tokens=64,  # room for the expression reduced in steps: up to 55 tokens
             generator=generated.multistep_arithmetic,
+            in_steps=worked.arithmetic_in_steps,
         ),
         _task(
             "dyck_languages",

@@ -10,7 +10,12 @@ answer in steps is never a wrong one.
 from __future__ import annotations
 
 import ast
+import operator
 import re
+from collections.abc import Callable
+
+from sage_agent.scoring.numeric import format_number
+from sage_agent.scoring.verifier import ExpressionError, evaluate_expression
 
 _CHAIN = re.compile(
     r"(\w+) (tells the truth|lies)\.((?: \w+ says \w+ (?:tells the truth|lies)\.)+) "
@@ -19,6 +24,12 @@ _CHAIN = re.compile(
 _CLAIM = re.compile(r"(\w+) says (\w+) (tells the truth|lies)\.")
 _BOOLEAN = re.compile(r"^([()\sa-zA-Z]+?)\s+is\s*$", re.MULTILINE)
 _LITERALS = {True: "T", False: "F"}
+_ARITHMETIC = re.compile(r"^([-+*()\d\s]+?)\s*=\s*$", re.MULTILINE)
+_OPERATIONS: dict[type, tuple[str, int, Callable[[int, int], int]]] = {
+    ast.Add: ("+", 1, operator.add),
+    ast.Sub: ("-", 1, operator.sub),
+    ast.Mult: ("*", 2, operator.mul),
+}
 
 
 def truth_in_steps(prompt: str, target: str) -> str | None:
@@ -114,3 +125,74 @@ def _written(node: ast.expr, outer: int = 0) -> str:
     word = " and " if own == 2 else " or "
     text = word.join(_written(v, own + 1) for v in node.values)
     return f"({text})" if own < outer else text
+
+
+def arithmetic_in_steps(prompt: str, target: str) -> str | None:
+    """An expression of whole numbers reduced a layer at a time, the way BIG-Bench Hard
+    writes it: ``((-1 + 2 + 9 * 5) - (-2 + -4 + -4 * -7)) =`` -> ``(1 + 45) - (-6 + 28)
+    = 46 - 22 = 24`` (the number after the last "=" is the answer). The verifier reads
+    the expression first, so nothing it refuses is reduced. None when the prompt holds no
+    such expression or its value is not ``target``."""
+    found = _ARITHMETIC.search(prompt)
+    if found is None:
+        return None
+    try:
+        value = evaluate_expression(found.group(1))
+        tree = ast.parse(found.group(1).strip(), mode="eval").body
+    except (ExpressionError, SyntaxError):
+        return None
+    if format_number(value) != target.strip() or not _is_whole_arithmetic(tree):
+        return None
+    chain = []
+    while _value(tree) is None:
+        tree = _reduce_arithmetic(tree)
+        chain.append(_arithmetic_written(tree))
+    return " = ".join(chain) or None
+
+
+def _value(node: ast.expr) -> int | None:
+    """The node's value when it is a whole number, negative ones included."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = _value(node.operand)
+        return None if inner is None or not isinstance(node.operand, ast.Constant) else -inner
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    return None
+
+
+def _is_whole_arithmetic(node: ast.expr) -> bool:
+    if isinstance(node, ast.BinOp):
+        return type(node.op) in _OPERATIONS and all(
+            _is_whole_arithmetic(n) for n in (node.left, node.right)
+        )
+    if isinstance(node, ast.UnaryOp):
+        return isinstance(node.op, ast.USub) and _is_whole_arithmetic(node.operand)
+    return _value(node) is not None
+
+
+def _reduce_arithmetic(node: ast.expr) -> ast.expr:
+    """``node`` with every operation on two numbers replaced by its value."""
+    if _value(node) is not None:
+        return node
+    if isinstance(node, ast.UnaryOp):
+        return ast.UnaryOp(node.op, _reduce_arithmetic(node.operand))
+    assert isinstance(node, ast.BinOp)
+    left, right = _value(node.left), _value(node.right)
+    if left is not None and right is not None:
+        return ast.Constant(_OPERATIONS[type(node.op)][2](left, right))
+    return ast.BinOp(_reduce_arithmetic(node.left), node.op, _reduce_arithmetic(node.right))
+
+
+def _arithmetic_written(node: ast.expr, outer: int = 0, right: bool = False) -> str:
+    """The expression with spaces around its operators and only the parentheses its
+    precedence needs (the right operand of a "-" keeps them at equal precedence)."""
+    value = _value(node)
+    if value is not None:
+        return str(value)
+    if isinstance(node, ast.UnaryOp):
+        return f"-({_arithmetic_written(node.operand)})"
+    assert isinstance(node, ast.BinOp)
+    sign, own, _ = _OPERATIONS[type(node.op)]
+    left = _arithmetic_written(node.left, own)
+    text = f"{left} {sign} {_arithmetic_written(node.right, own, right=sign == '-')}"
+    return f"({text})" if own < outer or (right and own == outer) else text
