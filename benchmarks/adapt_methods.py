@@ -245,16 +245,27 @@ def routed_answers(
     return result
 
 
+def share_right(right: Sequence[bool], among: np.ndarray) -> float | None:
+    """The share of ``among``'s steps answered right (None: there are none)."""
+    chosen = np.array(right, dtype=bool)[among]
+    return float(chosen.mean()) if chosen.size else None
+
+
 def record(result: SeedResult, method: MethodResult) -> None:
     """Keep ``method``'s result and print it at once, so a stopped run still has it."""
     result.methods[method.name] = method
-    base = np.array(result.methods["Base"].right)
+    base = np.array(result.methods["Base"].right, dtype=bool)
     right = np.array(method.right)
     print(
-        f"  {method.name}: EM {right.mean():.3f} (where base right {right[base].mean():.3f}, "
-        f"where base wrong {right[~base].mean():.3f}), {method.adapters} adapters, "
+        f"  {method.name}: EM {right.mean():.3f} (where base right "
+        f"{_shown(share_right(method.right, base))}, where base wrong "
+        f"{_shown(share_right(method.right, ~base))}), {method.adapters} adapters, "
         f"{method.routed} routed, {method.train_seconds:.0f} s training"
     )
+
+
+def _shown(share: float | None) -> str:
+    return "-" if share is None else f"{share:.3f}"
 
 
 def retention(

@@ -29,6 +29,7 @@ from adapt_methods import (
     SeedResult,
     Settings,
     atoms_of,
+    share_right,
     split_problems,
 )
 
@@ -78,7 +79,11 @@ def load_seeds(folder: Path, settings: Settings) -> list[SeedResult]:
     return sorted(results, key=lambda r: r.seed)
 
 
-def mean_spread(values: Sequence[float], digits: int = 3) -> str:
+def mean_spread(values: Sequence[float | None], digits: int = 3) -> str:
+    """Mean ± standard deviation over the seeds that have a value ("-": none has)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
@@ -139,13 +144,13 @@ def _method_rows(
     columns = [*scores.split(" | "), "EM where base right", "EM where base wrong"]
     columns += ["adapters", "training s", routed]
     lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    base_right = [np.array(r.methods["Base"].right) for r in results]
+    base_right = [np.array(r.methods["Base"].right, dtype=bool) for r in results]
     for name in METHODS:
         runs = [r.methods[name] for r in results if name in r.methods]
         if not runs:
             continue
-        kept = [np.array(m.right)[b].mean() for m, b in zip(runs, base_right, strict=True)]
-        fixed = [np.array(m.right)[~b].mean() for m, b in zip(runs, base_right, strict=True)]
+        kept = [share_right(m.right, b) for m, b in zip(runs, base_right, strict=True)]
+        fixed = [share_right(m.right, ~b) for m, b in zip(runs, base_right, strict=True)]
         lines.append(
             f"| {name} | {cells(runs)} "
             f"| {mean_spread(kept)} | {mean_spread(fixed)} "

@@ -150,6 +150,16 @@ def test_bench_adapt_counts_what_each_method_did_with_the_base_models_wrong_step
     assert len(table) == 3  # one row per method besides the base model
 
 
+def test_bench_adapt_shows_a_dash_where_the_base_model_got_no_step_right(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bench = load_adapt(monkeypatch)
+    base = bench.MethodResult("Base", [False, False], ["1", "2"])
+    sage = bench.MethodResult("SAGE", [True, False], ["7", "2"])
+    result = bench.SeedResult(0, 2, 0, ["7", "3"], methods={"Base": base, "SAGE": sage})
+    assert "| 1.000 | - | 0.500 |" in bench.atomic_table([result])[3]  # answered, kept, fixed
+
+
 def test_bench_adapt_reports_a_label_family_as_the_papers_table_1(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
