@@ -30,6 +30,7 @@ from sage_agent.tasks.families import (
     family_named,
     family_of_tag,
 )
+from sage_agent.tasks.families.base import TaskFamily
 from sage_agent.tasks.families.bbh import BBH_FAMILIES
 from sage_agent.tasks.families.counting import CATEGORIES, counted_in_steps, plural
 from tests.support.tiny import NINES, nines_agent
@@ -245,12 +246,20 @@ def test_a_count_is_written_item_by_item_with_a_running_total() -> None:
     ]
 
 
-def test_generated_counts_are_written_in_steps_that_end_in_their_target() -> None:
-    family = BBH_FAMILIES["object_counting"]
-    categories = set()
-    for pair in family.variants([], 200, random.Random(3)):
+def written_in_steps(family: TaskFamily, n: int, seed: int) -> list[tuple[TrainingPair, str]]:
+    """``n`` generated items of ``family`` with their answers in steps, each judged to
+    say the item's target."""
+    written = []
+    for pair in family.variants([], n, random.Random(seed)):
         steps = family.in_steps(pair.prompt, pair.answer)
         assert steps is not None and family.judge(steps, pair.answer)
+        written.append((pair, steps))
+    return written
+
+
+def test_generated_counts_are_written_in_steps_that_end_in_their_target() -> None:
+    categories = set()
+    for pair, steps in written_in_steps(BBH_FAMILIES["object_counting"], 200, seed=3):
         assert len(steps.split(", ")) >= 2  # two or more of the category's items
         categories.add(re.search(r"How many ([\w ]+) do I have", pair.prompt).group(1))
     assert categories == set(CATEGORIES)
@@ -266,36 +275,46 @@ def test_a_web_of_lies_is_worked_speaker_by_speaker_with_the_label_last() -> Non
     assert family.in_steps(prompt, "No") == steps and family.answer_of(steps) == "No"
     assert family.in_steps(prompt, "Yes") is None
     assert family.in_steps(family.prompt("Does Sherrie tell the truth?"), "No") is None
-    for pair in family.variants([], 100, random.Random(6)):
-        steps = family.in_steps(pair.prompt, pair.answer)
-        assert steps is not None and family.judge(steps, pair.answer)
+    written_in_steps(family, 100, seed=6)
 
 
-def test_a_boolean_expression_is_reduced_a_layer_at_a_time_with_the_label_last() -> None:
-    family = BBH_FAMILIES["boolean_expressions"]
-    prompt = family.prompt("False or not not ( not True ) and ( True or False ) is")
-    steps = "F or not not not T and (T or F) = F or F and T = F or F = F. False"
-    assert family.in_steps(prompt, "False") == steps and family.answer_of(steps) == "False"
-    assert family.in_steps(prompt, "True") is None
-    for hostile in ("__import__('os') is", "True + 1 is", "( True is", "print(True) is"):
-        assert family.in_steps(family.prompt(hostile), "True") is None
-    for pair in family.variants([], 200, random.Random(7)):
-        steps = family.in_steps(pair.prompt, pair.answer)
-        assert steps is not None and family.judge(steps, pair.answer)
+@pytest.mark.parametrize(
+    ("task", "text", "target", "steps", "hostile"),
+    [
+        (
+            "boolean_expressions",
+            "False or not not ( not True ) and ( True or False ) is",
+            "False",
+            "F or not not not T and (T or F) = F or F and T = F or F = F. False",
+            ("__import__('os') is", "True + 1 is", "( True is", "print(True) is"),
+        ),
+        (
+            "multistep_arithmetic_two",
+            "((-1 + 2 + 9 * 5) - (-2 + -4 + -4 * -7)) =",
+            "24",
+            "1 + 45 - (-6 + 28) = 46 - 22 = 24",
+            ("9 ** 9 ** 9 =", "(1 / 0) =", "__import__('os') =", "7 ="),
+        ),
+    ],
+)
+def test_an_expression_is_reduced_a_layer_at_a_time(
+    task: str, text: str, target: str, steps: str, hostile: tuple[str, ...]
+) -> None:
+    """Every operation whose operands are values, at once; a label comes last."""
+    family = BBH_FAMILIES[task]
+    prompt = family.prompt(text)
+    assert family.in_steps(prompt, target) == steps and family.answer_of(steps) == target
+    assert family.in_steps(prompt, "other") is None
+    for refused in hostile:  # read as nothing, never evaluated, whatever the target
+        for claimed in ("True", "False", "7", "1"):
+            assert family.in_steps(family.prompt(refused), claimed) is None
+    written_in_steps(family, 200, seed=7)
 
 
-def test_multistep_arithmetic_is_reduced_a_layer_at_a_time() -> None:
+def test_a_subtraction_keeps_the_parentheses_of_its_right_operand() -> None:
     family = BBH_FAMILIES["multistep_arithmetic_two"]
-    prompt = family.prompt("((-1 + 2 + 9 * 5) - (-2 + -4 + -4 * -7)) =")
-    steps = "1 + 45 - (-6 + 28) = 46 - 22 = 24"
-    assert family.in_steps(prompt, "24") == steps and family.answer_of(steps) == "24"
     assert family.in_steps(family.prompt("(7 - (2 - 1)) ="), "6") == "7 - 1 = 6"
-    assert family.in_steps(prompt, "25") is None
-    for hostile in ("9 ** 9 ** 9 =", "(1 / 0) =", "__import__('os') =", "7 ="):
-        assert family.in_steps(family.prompt(hostile), "7") is None
-    for pair in family.variants([], 200, random.Random(8)):
-        steps = family.in_steps(pair.prompt, pair.answer)
-        assert steps is not None and family.judge(steps, pair.answer)
+    assert family.in_steps(family.prompt("(9 - (5 - (2 - 1))) ="), "5") == "9 - (5 - 1) = 9 - 4 = 5"
 
 
 def test_a_count_clusters_pairs_are_written_in_steps_unless_turned_off() -> None:
