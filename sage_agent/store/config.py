@@ -158,8 +158,9 @@ class RecipeConfig:
         default=True,
         metadata={
             "help": "For a task family that can write an answer in steps (BIG-Bench Hard's "
-            "object_counting: 'flute 1, pianos 3, violin 4'), its training, validation and "
-            "gate answers are written so; the number read is the same."
+            "object_counting: 'flute 1, pianos 3, violin 4'; web_of_lies, "
+            "boolean_expressions, multistep_arithmetic_two), its training, validation and "
+            "gate answers are written so; the judge reads the same number or label."
         },
     )
     failure_repeats: int = field(

@@ -54,7 +54,8 @@ class TaskFamily:
     labels: tuple[str, ...] = ()
     """The label space, for kind "label" (in its canonical spelling)."""
     max_tokens: int = 16
-    """Token cap of an answer: the longest target's tokens, with room for a short lead."""
+    """Token cap of an answer: the longest target's tokens, with room for a short lead, or
+    the longest answer ``in_steps`` writes."""
     generator: Generator | None = None
     """Makes verifier-labelled items; None where none can be made (PubMedQA)."""
     in_steps: InSteps | None = None

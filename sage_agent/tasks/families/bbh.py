@@ -22,9 +22,6 @@ def _task(name: str, kind: Any, instruction: str, **more: Any) -> TaskFamily:
 
 
 _YES_NO = ("Yes", "No")
-COUNT_MAX_TOKENS = 80
-"""Room for a count written in steps (``counting.counted_in_steps``): SmolLM2 writes
-ten vegetables counted so in about seventy tokens."""
 BBH_FAMILIES = {
     family.name.removeprefix("bbh:"): family
     for family in (
@@ -41,7 +38,7 @@ BBH_FAMILIES = {
             "object_counting",
             "number",
             "Reply with the number only.",
-            max_tokens=COUNT_MAX_TOKENS,
+            max_tokens=80,  # room for the count in steps: up to 71 tokens
             generator=counting.object_counting,
             in_steps=counting.counted_in_steps,
         ),
