@@ -286,14 +286,28 @@ def test_a_web_of_lies_is_worked_speaker_by_speaker_with_the_label_last() -> Non
             "False or not not ( not True ) and ( True or False ) is",
             "False",
             "F or not not not T and (T or F) = F or F and T = F or F = F. False",
-            ("__import__('os') is", "True + 1 is", "( True is", "print(True) is"),
+            (
+                "__import__('os') is",
+                "True + 1 is",
+                "( True is",
+                "print(True) is",
+                "not " * 240 + "True is",  # deeper than the verifier allows
+                "not " * 5000 + "True is",  # longer
+            ),
         ),
         (
             "multistep_arithmetic_two",
             "((-1 + 2 + 9 * 5) - (-2 + -4 + -4 * -7)) =",
             "24",
             "1 + 45 - (-6 + 28) = 46 - 22 = 24",
-            ("9 ** 9 ** 9 =", "(1 / 0) =", "__import__('os') =", "7 ="),
+            (
+                "9 ** 9 ** 9 =",
+                "(1 / 0) =",
+                "__import__('os') =",
+                "7 =",
+                "-" * 240 + "7 =",  # deeper than the verifier allows
+                "1 + " * 2000 + "1 =",  # longer
+            ),
         ),
     ],
 )

@@ -1,10 +1,11 @@
-"""Answers worked in steps for BIG-Bench Hard's label tasks (``TaskFamily.in_steps``).
+"""Answers worked in steps for BIG-Bench Hard's tasks of rules applied in turn
+(``TaskFamily.in_steps``): web_of_lies, boolean_expressions, multistep_arithmetic_two.
 
-A 135M model asked for the label alone has to do the whole task in one token; written in
-steps, each step applies one local rule to what the step before wrote. The label comes
-last, and the steps never name a label, so the family's judge (the first label of the
-answer) reads the last one. Each writer checks its own work against the target: an
-answer in steps is never a wrong one.
+A 135M model asked for the label or number alone has to do the whole task in one token;
+written in steps, each step applies one local rule to what the step before wrote. A
+label comes last, and the steps never name a label, so the family's judge (the first
+label of the answer) reads the last one; a number comes after the last "=". Each writer
+checks its own work against the target: an answer in steps is never a wrong one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import re
 from collections.abc import Callable
 
 from sage_agent.scoring.numeric import format_number
-from sage_agent.scoring.verifier import ExpressionError, evaluate_expression
+from sage_agent.scoring.verifier import (
+    MAX_DEPTH,
+    MAX_LENGTH,
+    ExpressionError,
+    evaluate_expression,
+)
 
 _CHAIN = re.compile(
     r"(\w+) (tells the truth|lies)\.((?: \w+ says \w+ (?:tells the truth|lies)\.)+) "
@@ -58,11 +64,13 @@ def boolean_in_steps(prompt: str, target: str) -> str | None:
     T = F. False``. Each step computes every operation whose operands are already
     values. None when the prompt holds no such expression or it is not ``target``."""
     found = _BOOLEAN.search(prompt)
-    try:
-        tree = ast.parse(found.group(1).strip(), mode="eval").body if found else None
-    except SyntaxError:
+    if found is None or len(found.group(1)) > MAX_LENGTH:  # the verifier's bound
         return None
-    if tree is None or not _is_boolean(tree):
+    try:
+        tree = ast.parse(found.group(1).strip(), mode="eval").body
+    except (SyntaxError, RecursionError, MemoryError):
+        return None
+    if _depth(tree) > MAX_DEPTH or not _is_boolean(tree):
         return None
     chain = [_written(tree)]
     while not isinstance(tree, ast.Constant):
@@ -72,6 +80,17 @@ def boolean_in_steps(prompt: str, target: str) -> str | None:
     if str(tree.value) != target.strip():
         return None
     return " = ".join(chain) + f". {target.strip()}"
+
+
+def _depth(node: ast.expr) -> int:
+    """How deep the tree nests, counted without recursing (a long run of "not"s would
+    overflow the stack of the functions that walk it)."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack += [(child, depth + 1) for child in ast.iter_child_nodes(current)]
+    return deepest
 
 
 def _is_boolean(node: ast.expr) -> bool:
