@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import sage_agent.tasks.families.counting as counting
 import sage_agent.tasks.families.generated as generated
-from sage_agent.tasks.families import counting, worked
+import sage_agent.tasks.families.worked as worked
 from sage_agent.tasks.families.base import TaskFamily
 
 
