@@ -210,13 +210,18 @@ def test_the_trigger_takes_a_judge(bow_embeddings) -> None:
     assert trigger.score("Yes.", "yes").numeric_match is None
 
 
-def test_a_label_cluster_trains_on_generated_items_judged_by_the_family() -> None:
-    family = BBH_FAMILIES["navigate"]
-    items = family.variants([], 12, random.Random(2))
+def generated_cluster(family: TaskFamily, seed: int) -> Cluster:
+    """A cluster of 12 items the family generates, each with its reference."""
+    items = family.variants([], 12, random.Random(seed))
     samples = [
         Sample(i, p.prompt, family.tag, {"reference": p.answer}) for i, p in enumerate(items)
     ]
-    cluster = Cluster(1, family.tag, 12, np.ones(4) / 2, frozenset(), 1, None, None, samples)
+    return Cluster(1, family.tag, 12, np.ones(4) / 2, frozenset(), 1, None, None, samples)
+
+
+def test_a_label_cluster_trains_on_generated_items_judged_by_the_family() -> None:
+    family = BBH_FAMILIES["navigate"]
+    cluster = generated_cluster(family, seed=2)
     config = NINES.replace(train_size=40, val_variants=2).recipe
     recipe = build_recipe(cluster, config, min_train_samples=4, seed=0)
     assert len(recipe.train) == 40 and recipe.judge == family.judge
@@ -333,11 +338,7 @@ def test_a_subtraction_keeps_the_parentheses_of_its_right_operand() -> None:
 
 def test_a_count_clusters_pairs_are_written_in_steps_unless_turned_off() -> None:
     family = BBH_FAMILIES["object_counting"]
-    items = family.variants([], 12, random.Random(4))
-    samples = [
-        Sample(i, p.prompt, family.tag, {"reference": p.answer}) for i, p in enumerate(items)
-    ]
-    cluster = Cluster(1, family.tag, 12, np.ones(4) / 2, frozenset(), 1, None, None, samples)
+    cluster = generated_cluster(family, seed=4)
     canaries = [(p, None) for p in family.variants([], 4, random.Random(5))]
     config = NINES.replace(train_size=40, val_variants=2).recipe
     recipe = build_recipe(cluster, config, min_train_samples=4, seed=0, gate=canaries)
