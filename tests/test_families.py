@@ -334,6 +334,9 @@ def test_a_subtraction_keeps_the_parentheses_of_its_right_operand() -> None:
     family = BBH_FAMILIES["multistep_arithmetic_two"]
     assert family.in_steps(family.prompt("(7 - (2 - 1)) ="), "6") == "7 - 1 = 6"
     assert family.in_steps(family.prompt("(9 - (5 - (2 - 1))) ="), "5") == "9 - (5 - 1) = 9 - 4 = 5"
+    # a minus before a minus: each reduction makes progress (this once looped forever)
+    assert family.in_steps(family.prompt("- -5 ="), "5") == "5"
+    assert family.in_steps(family.prompt("-(-(2 + 3)) ="), "5") == "-(-5) = 5"
 
 
 def test_a_count_clusters_pairs_are_written_in_steps_unless_turned_off() -> None:

@@ -148,8 +148,8 @@ def _written(node: ast.expr, outer: int = 0) -> str:
 
 def arithmetic_in_steps(prompt: str, target: str) -> str | None:
     """An expression of whole numbers reduced a layer at a time, the way BIG-Bench Hard
-    writes it: ``((-1 + 2 + 9 * 5) - (-2 + -4 + -4 * -7)) =`` -> ``(1 + 45) - (-6 + 28)
-    = 46 - 22 = 24`` (the number after the last "=" is the answer). The verifier reads
+    writes it: ``((-1 + 2 + 9 * 5) - (-2 + -4 + -4 * -7)) =`` -> ``1 + 45 - (-6 + 28) =
+    46 - 22 = 24`` (the number after the last "=" is the answer). The verifier reads
     the expression first, so nothing it refuses is reduced. None when the prompt holds no
     such expression or its value is not ``target``."""
     found = _ARITHMETIC.search(prompt)
@@ -194,6 +194,9 @@ def _reduce_arithmetic(node: ast.expr) -> ast.expr:
     if _value(node) is not None:
         return node
     if isinstance(node, ast.UnaryOp):
+        inner = _value(node.operand)  # "- -5": a minus of a negative number is one step
+        if inner is not None:
+            return ast.Constant(-inner)
         return ast.UnaryOp(node.op, _reduce_arithmetic(node.operand))
     assert isinstance(node, ast.BinOp)
     left, right = _value(node.left), _value(node.right)
