@@ -122,13 +122,15 @@ def test_detection_and_tags() -> None:
 
 
 def _simulate_navigation(text: str) -> str:
-    x = y = 0
-    for n, direction in re.findall(r"Take (\d+) steps? (\w+)\.", text):
-        dx, dy = {"left": (-1, 0), "right": (1, 0), "forward": (0, 1), "backward": (0, -1)}[
-            direction
-        ]
-        x, y = x + dx * int(n), y + dy * int(n)
-    return "Yes" if x == y == 0 else "No"
+    """The walk on the complex plane: facing 1j, a right turn multiplies by -1j."""
+    position, facing = 0j, 1j
+    relative = {"": 1, "forward": 1, "right": -1j, "backward": -1, "left": 1j}
+    for n, direction, turn in re.findall(r"Take (\d+) steps? ?(\w*)\.|Turn (\w+)\.", text):
+        if turn:
+            facing *= {"right": -1j, "around": -1, "left": 1j}[turn]
+        else:
+            position += facing * relative[direction] * int(n)
+    return "Yes" if position == 0 else "No"
 
 
 def _closes(text: str, target: str) -> bool:
@@ -227,7 +229,9 @@ def test_a_label_cluster_trains_on_generated_items_judged_by_the_family() -> Non
     assert len(recipe.train) == 40 and recipe.judge == family.judge
     assert recipe.max_tokens == family.max_tokens
     assert len(recipe.validation) == 3 + 3 * 2  # the held-out quarter and its variants
-    assert all(p.answer in ("Yes", "No") for p in recipe.train + recipe.validation)
+    pairs = recipe.train + recipe.validation  # walked in steps, the label last
+    assert all(family.answer_of(p.answer) == p.answer[-3:].strip(" .") for p in pairs)
+    assert {family.answer_of(p.answer) for p in pairs} == {"Yes", "No"}
 
 
 def test_a_count_is_written_item_by_item_with_a_running_total() -> None:
@@ -337,6 +341,31 @@ def test_a_subtraction_keeps_the_parentheses_of_its_right_operand() -> None:
     # a minus before a minus: each reduction makes progress (this once looped forever)
     assert family.in_steps(family.prompt("- -5 ="), "5") == "5"
     assert family.in_steps(family.prompt("-(-(2 + 3)) ="), "5") == "-(-5) = 5"
+
+
+def test_a_walk_is_written_position_by_position_and_turn_by_turn() -> None:
+    family = BBH_FAMILIES["navigate"]
+    question = "If you follow these instructions, do you return to the starting point? "
+    options = "\nOptions:\n- Yes\n- No"
+    turning = family.prompt(
+        question + "Take 8 steps. Turn left. Take 2 steps. Turn around. "
+        "Take 2 steps. Turn left. Take 8 steps." + options
+    )
+    steps = "0,8; face W; -2,8; face E; 0,8; face N; 0,16. No"
+    assert family.in_steps(turning, "No") == steps and family.answer_of(steps) == "No"
+    assert family.in_steps(turning, "Yes") is None  # never a wrong answer in steps
+    forward = family.prompt(
+        question + "Always face forward. Take 1 step right. Take 3 steps left. "
+        "Take 2 steps right." + options
+    )
+    assert family.in_steps(forward, "Yes") == "1,0; -2,0; 0,0. Yes"
+    for odd in ("Take 3 steps up.", "Jump.", "", "Take 99999999999999999999999 steps."):
+        written = family.in_steps(family.prompt(question + odd + options), "No")
+        assert written is None or written.endswith("No")
+    assert family.in_steps(family.prompt("Take 1 step."), "No") is None  # not the question
+    walks = written_in_steps(family, 200, seed=8)
+    assert {"Always face" in p.prompt for p, _ in walks} == {True, False}  # both kinds
+    assert {p.answer for p, _ in walks} == {"Yes", "No"}
 
 
 def test_a_count_clusters_pairs_are_written_in_steps_unless_turned_off() -> None:

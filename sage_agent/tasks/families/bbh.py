@@ -9,6 +9,7 @@ from typing import Any
 
 import sage_agent.tasks.families.counting as counting
 import sage_agent.tasks.families.generated as generated
+import sage_agent.tasks.families.navigation as navigation
 import sage_agent.tasks.families.worked as worked
 from sage_agent.tasks.families.base import TaskFamily
 
@@ -55,8 +56,9 @@ BBH_FAMILIES = {
             "label",
             "Answer Yes or No.",
             labels=_YES_NO,
-            max_tokens=8,
-            generator=generated.navigate,
+            max_tokens=64,  # room for the walk in steps: up to 52 tokens on BBH's items
+            generator=navigation.navigate,
+            in_steps=navigation.walked_in_steps,
         ),
         _task(
             "web_of_lies",

@@ -119,28 +119,6 @@ def dyck_completion(rng: random.Random, _sources: Sequence[str]) -> tuple[str, s
     return text, " ".join(_BRACKETS[b] for b in reversed(stack))
 
 
-def navigate(rng: random.Random, _sources: Sequence[str]) -> tuple[str, str]:
-    """ "Always face forward. Take 3 steps left. ...": half of them return to the start."""
-    moves = []
-    for _ in range(rng.randint(2, 6)):
-        moves.append((rng.choice(("forward", "backward", "left", "right")), rng.randint(1, 10)))
-    if rng.random() < 0.5:  # close the walk: undo the net displacement
-        x = sum(n * {"right": 1, "left": -1}.get(d, 0) for d, n in moves)
-        y = sum(n * {"forward": 1, "backward": -1}.get(d, 0) for d, n in moves)
-        if x:
-            moves.append(("left" if x > 0 else "right", abs(x)))
-        if y:
-            moves.append(("backward" if y > 0 else "forward", abs(y)))
-    x = sum(n * {"right": 1, "left": -1}.get(d, 0) for d, n in moves)
-    y = sum(n * {"forward": 1, "backward": -1}.get(d, 0) for d, n in moves)
-    steps = " ".join(f"Take {n} step{'s' * (n != 1)} {d}." for d, n in moves)
-    text = (
-        "If you follow these instructions, do you return to the starting point? Always "
-        f"face forward. {steps}\nOptions:\n- Yes\n- No"
-    )
-    return text, "Yes" if x == y == 0 else "No"
-
-
 def web_of_lies(rng: random.Random, _sources: Sequence[str]) -> tuple[str, str]:
     """ "Sherrie tells the truth. Vernell says Sherrie lies. ...": a chain of five."""
     names = rng.sample(_NAMES, 5)
