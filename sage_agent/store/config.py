@@ -158,7 +158,7 @@ class RecipeConfig:
         default=True,
         metadata={
             "help": "For a task family that can write an answer in steps (BIG-Bench Hard's "
-            "object_counting: 'flute 1, pianos 3, violin 4'; web_of_lies, "
+            "object_counting: 'flute 1, pianos 3, violin 4'; web_of_lies, navigate, "
             "boolean_expressions, multistep_arithmetic_two), its training, validation and "
             "gate answers are written so; the judge reads the same number or label."
         },
