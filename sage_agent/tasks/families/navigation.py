@@ -54,8 +54,8 @@ def walked_in_steps(prompt: str, target: str) -> str | None:
 
 
 def navigate(rng: random.Random, _sources: Sequence[str]) -> tuple[str, str]:
-    """A walk of BBH's either kind, two to six moves, half of them closed: the last
-    instructions (turns and moves) bring the walker back to 0,0."""
+    """A walk of BBH's either kind, two to six moves, half of them closed: up to two
+    more moves (and the turns before them) bring the walker back to 0,0."""
     facing_forward = rng.random() < 0.5
     instructions: list[str] = ["Always face forward"] if facing_forward else []
     x, y, heading = 0, 0, 0
