@@ -359,9 +359,8 @@ def test_a_walk_is_written_position_by_position_and_turn_by_turn() -> None:
         "Take 2 steps right." + options
     )
     assert family.in_steps(forward, "Yes") == "1,0; -2,0; 0,0. Yes"
-    for odd in ("Take 3 steps up.", "Jump.", "", "Take 99999999999999999999999 steps."):
-        written = family.in_steps(family.prompt(question + odd + options), "No")
-        assert written is None or written.endswith("No")
+    for odd in ("Take 3 steps up.", "Jump.", "", f"Take {'9' * 5000} steps."):
+        assert family.in_steps(family.prompt(question + odd + options), "No") is None
     assert family.in_steps(family.prompt("Take 1 step."), "No") is None  # not the question
     walks = written_in_steps(family, 200, seed=8)
     assert {"Always face" in p.prompt for p, _ in walks} == {True, False}  # both kinds

@@ -20,7 +20,8 @@ _RELATIVE = {"forward": 0, "right": 1, "backward": 2, "left": 3}  # places clock
 _TURNS = {"right": 1, "around": 2, "left": 3}
 _QUESTION = "If you follow these instructions, do you return to the starting point?"
 _INSTRUCTION = re.compile(
-    r"Always face forward|Take (\d+) steps?(?: (forward|backward|left|right))?"
+    # BBH's steps are 1 to 10; a longer number is no step (and int() refuses 4,300 digits)
+    r"Always face forward|Take (\d{1,9}) steps?(?: (forward|backward|left|right))?"
     r"|Turn (left|right|around)"
 )
 
