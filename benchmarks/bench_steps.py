@@ -16,6 +16,7 @@ same 40 items its tables score) by greedy generation, capped at the family's ans
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 from collections import Counter
@@ -70,7 +71,7 @@ def main() -> None:
     rows = [row("base model", None, 0, 0.0)]
     run = LoRARun(chat, "steps", train, LoRATrainConfig(epochs=1))
     for samples in sorted(int(c) for c in args.checkpoints.split(",")):
-        run.train(-(-(samples - run.samples) // run.config.batch_size))
+        run.train(math.ceil((samples - run.samples) / run.config.batch_size))  # steps
         rows.append(row("in steps", "steps", run.samples, run.seconds))
     chat.delete_adapter("steps")
     task = family.name.removeprefix("bbh:")
