@@ -6,7 +6,7 @@
 bench_adapt's BBH runs found that on a CPU without bf16 a search trains one or two
 trials of a few dozen steps, and that the label tasks' adapters then do not write their
 steps right. This measures what they would need: one LoRA configuration
-(LoRATrainConfig's defaults, as a search's first trial) trains on ``--pairs`` items the
+(LoRATrainConfig's defaults but one epoch) trains on ``--pairs`` items the
 family generates, each answer written in steps (``TaskFamily.in_steps``), and after
 each checkpoint (samples seen) answers bench_adapt's held-out items of ``--seed`` (the
 same 40 items its tables score) by greedy generation, capped at the family's answer cap.

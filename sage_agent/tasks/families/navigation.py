@@ -45,13 +45,18 @@ def walked_in_steps(prompt: str, target: str) -> str | None:
             heading = (heading + _TURNS[turn]) % 4
             steps.append(f"face {_HEADINGS[heading]}")
         elif number:
-            dx, dy = _UNIT[_HEADINGS[(heading + _RELATIVE.get(direction, 0)) % 4]]
-            x, y = x + dx * int(number), y + dy * int(number)
+            x, y = _moved(x, y, heading + _RELATIVE.get(direction, 0), int(number))
             steps.append(f"{x},{y}")
     label = "Yes" if x == y == 0 else "No"
     if not steps or label != target.strip():
         return None
     return "; ".join(steps) + f". {label}"
+
+
+def _moved(x: int, y: int, facing: int, n: int) -> tuple[int, int]:
+    """Where ``n`` steps towards ``facing`` (places clockwise from N) lead from x,y."""
+    dx, dy = _UNIT[_HEADINGS[facing % 4]]
+    return x + dx * n, y + dy * n
 
 
 def navigate(rng: random.Random, _sources: Sequence[str]) -> tuple[str, str]:
@@ -66,12 +71,10 @@ def navigate(rng: random.Random, _sources: Sequence[str]) -> tuple[str, str]:
         if facing_forward:
             word = next(w for w, p in _RELATIVE.items() if p == places)
             instructions.append(f"Take {n} step{'s' * (n != 1)} {word}")
-            dx, dy = _UNIT[_HEADINGS[places]]
         else:
             turn(places)
             instructions.append(f"Take {n} step{'s' * (n != 1)}")
-            dx, dy = _UNIT[_HEADINGS[heading]]
-        x, y = x + dx * n, y + dy * n
+        x, y = _moved(x, y, places if facing_forward else heading, n)
 
     def turn(places: int) -> None:
         nonlocal heading
