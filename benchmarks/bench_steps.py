@@ -1,12 +1,14 @@
 """Answers in steps: how much training a family's steps need before they pay.
 
     python benchmarks/bench_steps.py --data ../shared/data/bbh/navigate.jsonl
-        [--pairs 1024] [--checkpoints 256,512,1024] [--seed 0] [--out ...]
+        [--pairs 1024] [--checkpoints 256,512,1024] [--batch-size 16]
+        [--learning-rate 1e-3] [--seed 0] [--out ...]
 
 bench_adapt's BBH runs found that on a CPU without bf16 a search trains one or two
 trials of a few dozen steps, and that the label tasks' adapters then do not write their
 steps right. This measures what they would need: one LoRA configuration
-(LoRATrainConfig's defaults but one epoch) trains on ``--pairs`` items the
+(LoRATrainConfig's defaults but one epoch, and ``--batch-size`` and
+``--learning-rate`` when given) trains on ``--pairs`` items the
 family generates, each answer written in steps (``TaskFamily.in_steps``), and after
 each checkpoint (samples seen) answers bench_adapt's held-out items of ``--seed`` (the
 same 40 items its tables score) by greedy generation, capped at the family's answer cap.
@@ -41,6 +43,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--pairs", type=int, default=1024, help="generated training pairs")
     parser.add_argument("--checkpoints", default="256,512,1024", help="samples seen")
+    parser.add_argument("--batch-size", type=int, default=16, help="pairs per optimiser step")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -69,7 +73,10 @@ def main() -> None:
         return text
 
     rows = [row("base model", None, 0, 0.0)]
-    run = LoRARun(chat, "steps", train, LoRATrainConfig(epochs=1))
+    config = LoRATrainConfig(
+        epochs=1, batch_size=args.batch_size, learning_rate=args.learning_rate
+    )
+    run = LoRARun(chat, "steps", train, config)
     for samples in sorted(int(c) for c in args.checkpoints.split(",")):
         run.train(math.ceil((samples - run.samples) / run.config.batch_size))  # steps
         rows.append(row("in steps", "steps", run.samples, run.seconds))
@@ -79,7 +86,7 @@ def main() -> None:
         f"Answers in steps: {task}",
         f"{len(train)} generated {task} items with their answers in steps (example: "
         f"`{train[0].answer}`), one LoRA configuration (rank 16, alpha 32, learning rate "
-        f"1e-3, batch 16), one epoch; scored after each checkpoint on bench_adapt's 40 "
+        f"{config.learning_rate:g}, batch {config.batch_size}), one epoch; scored after each checkpoint on bench_adapt's 40 "
         f"held-out items of seed {args.seed}, greedy answers of at most "
         f"{family.max_tokens} tokens.",
     )
