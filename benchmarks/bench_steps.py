@@ -73,9 +73,7 @@ def main() -> None:
         return text
 
     rows = [row("base model", None, 0, 0.0)]
-    config = LoRATrainConfig(
-        epochs=1, batch_size=args.batch_size, learning_rate=args.learning_rate
-    )
+    config = LoRATrainConfig(epochs=1, batch_size=args.batch_size, learning_rate=args.learning_rate)
     run = LoRARun(chat, "steps", train, config)
     for samples in sorted(int(c) for c in args.checkpoints.split(",")):
         run.train(math.ceil((samples - run.samples) / run.config.batch_size))  # steps
@@ -86,9 +84,9 @@ def main() -> None:
         f"Answers in steps: {task}",
         f"{len(train)} generated {task} items with their answers in steps (example: "
         f"`{train[0].answer}`), one LoRA configuration (rank 16, alpha 32, learning rate "
-        f"{config.learning_rate:g}, batch {config.batch_size}), one epoch; scored after each checkpoint on bench_adapt's 40 "
-        f"held-out items of seed {args.seed}, greedy answers of at most "
-        f"{family.max_tokens} tokens.",
+        f"{config.learning_rate:g}, batch {config.batch_size}), one epoch; scored after each "
+        f"checkpoint on bench_adapt's 40 held-out items of seed {args.seed}, greedy answers "
+        f"of at most {family.max_tokens} tokens.",
     )
     lines += [
         "| adapter | samples seen | training s | samples/s | accuracy | answered | labels said |",

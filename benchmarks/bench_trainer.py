@@ -11,7 +11,7 @@ epochs, and are scored on the same held-out atoms (greedy answers, numbers compa
 * sage-agent: ``train_lora`` on ChatSage's model: loss and output head on answer tokens
   only, the tokens every row of a batch shares (the system turn) run once per batch, bf16
   where the CPU has it (the model held in bf16 with float32 masters of the LoRA weights,
-  math attention); all layers (batch 16 and 64, once in float32, once without the shared
+  math attention); all layers (batch 4, 8, 16 and 64, once in float32, once without the shared
   prefix, once with batches of pairs of similar length: ``group_by_length``), batch 64
   without the shared prefix, eager and with each decoder layer compiled by
   ``torch.compile`` (dynamic shapes; the compile time counts in its training seconds),
@@ -246,6 +246,8 @@ def main() -> None:
                 (FLOAT32, None, 16, True, False),
                 ("all layers, no shared prefix", None, 16, False, False),
                 ("all layers, batches grouped by length", None, 16, True, True),
+                ("all layers, batch 8", None, 8, True, False),
+                ("all layers, batch 4", None, 4, True, False),
                 ("all layers, batch 64", None, 64, True, False),
                 ("all layers, batch 64, no shared prefix", None, 64, False, False),
                 (COMPILED, None, 64, False, False),
@@ -307,8 +309,9 @@ def main() -> None:
         f"Machine: {os.cpu_count()} CPU cores ({cpu_features()}), torch {torch.__version__}, "
         f"bf16 {'available' if supports_bf16('cpu') else 'not available'}.\n\n"
         f"{args.train} GSM8K atoms with operator signature `{args.tag}` "
-        f'("{ATOMIC_PROMPT}"), {args.epochs} epochs, rank 16, batch 16, lr 1e-3, '
-        f"seed {args.seed}; validation: {args.val} held-out atoms of the same signature. "
+        f'("{ATOMIC_PROMPT}"), {args.epochs} epochs, rank 16, '
+        f"batch 16 unless the row says, lr 1e-3, seed {args.seed}; validation: {args.val} "
+        "held-out atoms of the same signature. "
         f"A sample is {baseline_tokens:.1f} tokens as the baseline's template writes it, "
         f"{tokens:.1f} in sage-agent's ({answer:.1f} of them the answer's; {shared} shared "
         f"by every row). Base model validation EM: {base_eval.exact_match:.1%}.\n\n"
