@@ -83,10 +83,11 @@ def main() -> None:
     lines = results_header(
         f"Answers in steps: {task}",
         f"{len(train)} generated {task} items with their answers in steps (example: "
-        f"`{train[0].answer}`), one LoRA configuration (rank 16, alpha 32, learning rate "
-        f"{config.learning_rate:g}, batch {config.batch_size}), one epoch; scored after each "
-        f"checkpoint on bench_adapt's 40 held-out items of seed {args.seed}, greedy answers "
-        f"of at most {family.max_tokens} tokens.",
+        f"`{train[0].answer}`), one LoRA configuration (rank {config.rank}, alpha "
+        f"{config.alpha:g}, learning rate {config.learning_rate:g}, batch "
+        f"{config.batch_size}), one epoch; scored after each checkpoint on bench_adapt's 40 "
+        f"held-out items of seed {args.seed}, greedy answers of at most "
+        f"{family.max_tokens} tokens.",
     )
     lines += [
         "| adapter | samples seen | training s | samples/s | accuracy | answered | labels said |",

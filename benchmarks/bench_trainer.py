@@ -309,8 +309,9 @@ def main() -> None:
         f"Machine: {os.cpu_count()} CPU cores ({cpu_features()}), torch {torch.__version__}, "
         f"bf16 {'available' if supports_bf16('cpu') else 'not available'}.\n\n"
         f"{args.train} GSM8K atoms with operator signature `{args.tag}` "
-        f'("{ATOMIC_PROMPT}"), {args.epochs} epochs, rank 16, '
-        f"batch 16 unless the row says, lr 1e-3, seed {args.seed}; validation: {args.val} "
+        f'("{ATOMIC_PROMPT}"), {args.epochs} epochs, rank {config.rank}, '
+        f"batch {config.batch_size} unless the row says, lr {config.learning_rate:g}, "
+        f"seed {args.seed}; validation: {args.val} "
         "held-out atoms of the same signature. "
         f"A sample is {baseline_tokens:.1f} tokens as the baseline's template writes it, "
         f"{tokens:.1f} in sage-agent's ({answer:.1f} of them the answer's; {shared} shared "
