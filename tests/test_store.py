@@ -754,6 +754,76 @@ def test_without_training_the_leader_on_the_seconds_stay_unspent(
     assert len(logged.curve) == 2 and clock[0] == 20.0
 
 
+def test_a_family_rule_sets_the_batch_the_epochs_and_the_leader_samples() -> None:
+    from sage_agent.store.config import SearchConfig
+    from sage_agent.store.search import family_search
+    from sage_agent.tasks.families.base import RuleTraining
+
+    config = SearchConfig(epochs=(3,), batch_size=16)
+    assert family_search(config, None, 256) == (config, 0)
+    found, samples = family_search(config, RuleTraining(batch_size=4, samples=512), 256)
+    assert (found.batch_size, found.epochs, samples) == (4, (3,), 512)
+    # 1,024 samples of 256 pairs take four epochs, whatever fewer the space offers
+    found, samples = family_search(
+        SearchConfig(epochs=(2, 6)), RuleTraining(batch_size=16, samples=1024), 256
+    )
+    assert (found.epochs, samples) == ((4, 6), 1024)
+    off = SearchConfig(family_rules=False)
+    assert family_search(off, RuleTraining(batch_size=4, samples=512), 256) == (off, 0)
+
+
+def test_the_leader_trains_on_to_its_rule_samples_past_the_budget(
+    chat: ChatSage, monkeypatch
+) -> None:
+    from sage_agent.store.config import SearchConfig
+    from sage_agent.store.search import run_search
+
+    clock = _training_clock(monkeypatch)
+    pairs = [TrainingPair(f"Compute {i} + 1.", str(i + 1)) for i in range(16)]
+    config = SearchConfig(epochs=(6,), n_random=1, max_trials=1, rungs=(0.25, 1.0), batch_size=16)
+
+    def search(leader_samples: int) -> Trial:
+        (trial,), _ = run_search(
+            chat,
+            Recipe(pairs, pairs[:4]),
+            config,
+            rng=random.Random(0),
+            train_seed=0,
+            cluster_id=1,
+            max_seconds=30.0,
+            emit=lambda _e: None,
+            leader_samples=leader_samples,
+        )
+        return trial
+
+    # 30 s: the first rung (2 steps of 16 samples, 20 s) and one more step; a rule of
+    # 80 samples trains the leader to 5 steps, 50 s.
+    assert search(0).samples == 48
+    clock[0] = 0.0
+    assert search(80).samples == 80 and clock[0] == 50.0
+
+
+def test_the_store_searches_a_rule_family_as_its_rule_says(
+    store: LoRAStore, bow_embeddings, monkeypatch
+) -> None:
+    import dataclasses
+
+    import sage_agent.store.store as store_module
+
+    seen = {}
+
+    def no_search(model, recipe, config, **options):
+        seen.update(batch=config.batch_size, leader=options["leader_samples"])
+        return [], []
+
+    monkeypatch.setattr(store_module, "run_search", no_search)
+    for tag, expected in (("+", (16, 0)), ("bbh:web_of_lies", (4, 512))):
+        cluster = dataclasses.replace(make_cluster(bow_embeddings), tag=tag)
+        with pytest.raises(StoreError, match="before the first trial"):
+            store.optimize(cluster)
+        assert (seen["batch"], seen["leader"]) == expected
+
+
 def test_a_leader_that_ranks_worse_after_training_on_gets_its_weights_back(
     chat: ChatSage, bow_embeddings, monkeypatch
 ) -> None:

@@ -105,6 +105,16 @@ class SearchConfig:
         },
     )
     batch_size: int = field(default=16, metadata={"help": "Training batch size."})
+    family_rules: bool = field(
+        default=True,
+        metadata={
+            "help": "A task family that says how its rule is learnt (TaskFamily.rule: "
+            "BIG-Bench Hard's web_of_lies and boolean_expressions) has its searches train "
+            "at the rule's batch size, for enough epochs to reach the rule's samples, and "
+            "their leader trained on to those samples even past max_seconds. False: "
+            "every family searches as configured."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("ranks", "alpha_ratios", "dropouts", "epochs", "last_layers"):

@@ -20,7 +20,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -32,6 +32,7 @@ from sage_agent.records import StoreEvent, TrialDone, TrialFailed, TrialStarted
 from sage_agent.store.config import SearchConfig
 from sage_agent.store.pace import affordable_samples, bracket_seconds, expected_seconds, rung_steps
 from sage_agent.store.recipe import Recipe
+from sage_agent.tasks.families.base import RuleTraining
 from sage_agent.training.trainer import FrozenPrefix, LoRARun, LoRATrainConfig
 
 log = logging.getLogger(__name__)
@@ -76,14 +77,17 @@ def run_search(
     max_seconds: float,
     emit: Emit,
     earlier: Sequence[Mapping[str, Any]] = (),
+    leader_samples: int = 0,
 ) -> tuple[list[Trial], list[FailedTrial]]:
     """Train and rank configurations until the trial or time budget is spent; returns
     the trials run, best first (at least one: the first always runs), and the failed
     ones. A trial that runs out of memory is dropped, reported as a ``trial_failed``
     event, and the search goes on; StoreError if every trial fails. ``rng`` draws the
     configurations; every trial trains with ``train_seed``. ``earlier``: the best
-    configurations of earlier searches on the same tag (``first_bracket``)."""
-    search = Search(model, recipe, config, cluster_id, max_seconds, emit)
+    configurations of earlier searches on the same tag (``first_bracket``).
+    ``leader_samples``: the samples the leader trains on to at the least, past the
+    budget if need be (``family_search``)."""
+    search = Search(model, recipe, config, cluster_id, max_seconds, emit, leader_samples)
     description = f"LoRA search, cluster {cluster_id}"
     with tqdm(total=config.max_trials, desc=description, unit="trial", leave=False) as bar:
         search.bracket(first_bracket(config, earlier, rng, seed=train_seed), bar)
@@ -108,9 +112,11 @@ class Search:
         cluster_id: int,
         max_seconds: float,
         emit: Emit,
+        leader_samples: int = 0,
     ) -> None:
         self.model, self.recipe, self.config = model, recipe, config
         self.cluster_id, self.max_seconds, self.emit = cluster_id, max_seconds, emit
+        self.leader_samples = leader_samples
         self.started = time.perf_counter()
         self.run_id = uuid.uuid4().hex[:8]
         # Trials on the last N layers share the frozen layers' output (computed once).
@@ -270,13 +276,15 @@ class Search:
         steps as the pace so far says fit (at most to the end of its training), and rank
         it again; its weights and ranking go back if it ranks worse. Without this, a
         budget that affords one trial's first rung keeps an adapter trained an eighth of
-        its way (a Dyck search on a CPU without bf16: 6 of 48 steps, the rest unspent)."""
+        its way (a Dyck search on a CPU without bf16: 6 of 48 steps, the rest unspent).
+        The leader trains on to ``leader_samples`` at the least, whatever the seconds."""
         leader = min(self.trials, key=ranking, default=None)
         run = leader.run if leader is not None else None
         if leader is None or run is None or run.done:
             return
         samples_per_step = run.samples / len(run.losses)
         samples = affordable_samples(self.trials, leader.config, self.left(), self.layers)
+        samples = max(samples, self.leader_samples - run.samples)
         steps = min(len(run.batches) - len(run.losses), int(samples / samples_per_step))
         if steps < 1:
             return
@@ -306,6 +314,21 @@ class FailedTrial:
     number: int
     config: LoRATrainConfig
     error: str
+
+
+def family_search(
+    config: SearchConfig, rule: RuleTraining | None, train_size: int
+) -> tuple[SearchConfig, int]:
+    """The search of a cluster whose family learns its rule as ``rule`` says, on
+    ``train_size`` training pairs: at the rule's batch size, with enough epochs for its
+    samples, and the samples its leader trains on to (``run_search``'s
+    ``leader_samples``). ``config`` and 0 where there is no rule or
+    ``config.family_rules`` is off."""
+    if rule is None or not config.family_rules or train_size < 1:
+        return config, 0
+    fewest = math.ceil(rule.samples / train_size)
+    epochs = tuple(sorted({max(e, fewest) for e in config.epochs}))
+    return replace(config, batch_size=rule.batch_size, epochs=epochs), rule.samples
 
 
 def sample_config(config: SearchConfig, rng: random.Random, *, seed: int) -> LoRATrainConfig:

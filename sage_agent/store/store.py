@@ -32,7 +32,8 @@ from sage_agent.store.policy import AdaptationPolicy
 from sage_agent.store.recipe import Recipe, build_recipe
 from sage_agent.store.registry import AdapterRecord, AdapterRegistry, NewAdapter, TrialLog
 from sage_agent.store.router import Router
-from sage_agent.store.search import Emit, Trial, config_dict, run_search
+from sage_agent.store.search import Emit, Trial, config_dict, family_search, run_search
+from sage_agent.tasks.families import family_of_tag
 from sage_agent.tasks.plans import PLAN_TAG
 from sage_agent.training.adapter_files import save_adapter
 from sage_agent.training.validation import judge_answers
@@ -176,16 +177,20 @@ class LoRAStore:
             ),
             key=lambda a: a.base_val_em - a.val_em,
         )
+        search, leader_samples = family_search(
+            self.config.search, family_of_tag(cluster.tag).rule, len(recipe.train)
+        )
         trials, failed = run_search(
             self.model,
             recipe,
-            self.config.search,
+            search,
             rng=random.Random(f"{self.config.seed}:{cluster.id}:{cluster.version}"),
             train_seed=self.config.seed,
             cluster_id=cluster.id,
             max_seconds=max(0.0, budget - (time.perf_counter() - started)),
             emit=emit,
             earlier=[{**a.config, "init_from": a.path if warm else None} for a in earlier],
+            leader_samples=leader_samples,
         )
         if not trials:
             raise StoreError(f"time budget of {budget:g} s was used up before the first trial")

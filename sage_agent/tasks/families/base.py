@@ -42,6 +42,18 @@ _SPACES = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
+class RuleTraining:
+    """How a family whose answer applies a rule step after step is learnt: at this batch
+    size, from this many training samples (``benchmarks/bench_steps.py`` measures both on
+    held-out items). A short search ranks several configurations and trains none that
+    far, so a search of such a family trains its leader on to ``samples``
+    (``SearchConfig.family_rules``)."""
+
+    batch_size: int
+    samples: int
+
+
+@dataclass(frozen=True)
 class TaskFamily:
     """One kind of task (see the module docstring). ``tag`` is the buffer's tag of its
     failures (the family's name: its steps cluster by embedding within it)."""
@@ -61,6 +73,9 @@ class TaskFamily:
     in_steps: InSteps | None = None
     """Writes a training answer in steps (``RecipeConfig.answers_in_steps``); None where the
     family's answers are trained as their targets."""
+    rule: RuleTraining | None = None
+    """What learning its rule takes, where that is measured; None: the store's search as
+    configured."""
 
     @property
     def tag(self) -> str:
