@@ -775,32 +775,37 @@ def test_a_family_rule_sets_the_batch_the_epochs_and_the_leader_samples() -> Non
 def test_the_leader_trains_on_to_its_rule_samples_past_the_budget(
     chat: ChatSage, monkeypatch
 ) -> None:
-    from sage_agent.store.config import SearchConfig
-    from sage_agent.store.search import run_search
 
     clock = _training_clock(monkeypatch)
     pairs = [TrainingPair(f"Compute {i} + 1.", str(i + 1)) for i in range(16)]
-    config = SearchConfig(epochs=(6,), n_random=1, max_trials=1, rungs=(0.25, 1.0), batch_size=16)
-
-    def search(leader_samples: int) -> Trial:
-        (trial,), _ = run_search(
-            chat,
-            Recipe(pairs, pairs[:4]),
-            config,
-            rng=random.Random(0),
-            train_seed=0,
-            cluster_id=1,
-            max_seconds=30.0,
-            emit=lambda _e: None,
-            leader_samples=leader_samples,
-        )
-        return trial
-
     # 30 s: the first rung (2 steps of 16 samples, 20 s) and one more step; a rule of
     # 80 samples trains the leader to 5 steps, 50 s.
-    assert search(0).samples == 48
+    assert _one_trial_search(chat, Recipe(pairs, pairs[:4]), 30.0).samples == 48
     clock[0] = 0.0
-    assert search(80).samples == 80 and clock[0] == 50.0
+    trial = _one_trial_search(chat, Recipe(pairs, pairs[:4]), 30.0, leader_samples=80)
+    assert trial.samples == 80 and clock[0] == 50.0
+
+
+def _one_trial_search(
+    chat: ChatSage, recipe: Recipe, max_seconds: float, leader_samples: int = 0
+) -> Trial:
+    """The one trial of a search of one configuration: 6 epochs of one batch of 16."""
+    from sage_agent.store.config import SearchConfig
+    from sage_agent.store.search import run_search
+
+    config = SearchConfig(epochs=(6,), n_random=1, max_trials=1, rungs=(0.25, 1.0), batch_size=16)
+    (trial,), _ = run_search(
+        chat,
+        recipe,
+        config,
+        rng=random.Random(0),
+        train_seed=0,
+        cluster_id=1,
+        max_seconds=max_seconds,
+        emit=lambda _e: None,
+        leader_samples=leader_samples,
+    )
+    return trial
 
 
 def test_the_store_searches_a_rule_family_as_its_rule_says(
@@ -827,8 +832,6 @@ def test_the_store_searches_a_rule_family_as_its_rule_says(
 def test_a_leader_that_ranks_worse_after_training_on_gets_its_weights_back(
     chat: ChatSage, bow_embeddings, monkeypatch
 ) -> None:
-    from sage_agent.store.config import SearchConfig
-    from sage_agent.store.search import run_search
     from sage_agent.training.validation import TeacherForced
 
     _training_clock(monkeypatch)
@@ -847,17 +850,7 @@ def test_a_leader_that_ranks_worse_after_training_on_gets_its_weights_back(
         return TeacherForced(em, 1.0, (True, False, False, False))
 
     monkeypatch.setattr(Recipe, "rank", lambda self, c, a: rank(c, a))
-    config = SearchConfig(epochs=(6,), n_random=1, max_trials=1, rungs=(0.25, 1.0), batch_size=16)
-    (trial,), _ = run_search(
-        chat,
-        recipe,
-        config,
-        rng=random.Random(0),
-        train_seed=0,
-        cluster_id=1,
-        max_seconds=50.0,
-        emit=lambda _e: None,
-    )
+    trial = _one_trial_search(chat, recipe, 50.0)
     assert len(seen) == 2 and (trial.val_em, trial.rung) == (0.5, 0)
     now = {n: p for n, p in chat.hf_model.named_parameters() if f".{trial.name}." in n}
     assert any(not (seen[1][n] == seen[0][n]).all() for n in now)  # training on moved them
