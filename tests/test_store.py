@@ -775,7 +775,6 @@ def test_a_family_rule_sets_the_batch_the_epochs_and_the_leader_samples() -> Non
 def test_the_leader_trains_on_to_its_rule_samples_past_the_budget(
     chat: ChatSage, monkeypatch
 ) -> None:
-
     clock = _training_clock(monkeypatch)
     pairs = [TrainingPair(f"Compute {i} + 1.", str(i + 1)) for i in range(16)]
     # 30 s: the first rung (2 steps of 16 samples, 20 s) and one more step; a rule of

@@ -111,7 +111,8 @@ class SearchConfig:
             "help": "A task family that says how its rule is learnt (TaskFamily.rule: "
             "BIG-Bench Hard's web_of_lies and boolean_expressions) has its searches train "
             "at the rule's batch size, for enough epochs to reach the rule's samples, and "
-            "their leader trained on to those samples even past max_seconds. False: "
+            "their leader trained on to those samples even past max_seconds (with "
+            "train_leader_on). False: "
             "every family searches as configured."
         },
     )

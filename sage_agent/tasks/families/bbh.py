@@ -71,7 +71,7 @@ BBH_FAMILIES = {
             max_tokens=40,  # room for the speakers worked in steps: about 25 tokens
             generator=generated.web_of_lies,
             in_steps=worked.truth_in_steps,
-            # bench_steps: 0.525 -> 1.000 after 512 samples at batch 4 (batch 16: 0.575).
+            # bench_steps: 0.525 -> 1.000 after 512 samples at batch 4 (batch 16: 0.575 at 512).
             rule=RuleTraining(batch_size=4, samples=512),
         ),
         _task(
