@@ -20,7 +20,9 @@ epochs, and are scored on the same held-out atoms (greedy answers, numbers compa
 Both use the chat template's default system prompt, as the product does.
 
 Prints samples/s, the ratio to the baseline, validation exact match, and the FLOP/s each
-trainer achieved against the machine's matmul rate measured in the same run, and writes
+trainer achieved against two matmul rates measured in the same run: a 2048 cube's (the
+machine's ceiling) and that of the model's own weight matmuls at a batch's shapes
+(``layer_matmul_rate``: the ceiling a step of this model can reach), and writes
 benchmarks/results/trainer.md (or ``--out``: a run on a CPU of another kind goes beside
 it, as trainer-<kind>.md).
 
@@ -85,6 +87,41 @@ def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 4, bursts: 
         for _ in range(repeats):
             a @ b
         best = max(best, repeats * 2 * size**3 / (time.perf_counter() - started))
+    return best
+
+
+def layer_matmul_rate(
+    model: torch.nn.Module, rows: int, dtype: torch.dtype, bursts: int = 6
+) -> float:
+    """FLOP/s of one decoder layer's weight matmuls at ``rows`` token rows: each weight's
+    forward product ``x @ W.T`` and its input's gradient ``g @ W`` (the frozen weights
+    get no gradient of their own), the best of ``bursts`` bursts. The ceiling of the
+    matmuls a training step runs, at their own shapes: SmolLM2-135M's are 576 wide and a
+    batch has a few hundred rows, where a 2048 cube runs several times faster."""
+    weights = [
+        torch.randn(module.weight.shape, dtype=dtype)
+        for name, module in model.get_decoder().layers[0].named_modules()
+        if isinstance(module, torch.nn.Linear) and "lora_" not in name
+    ]
+    operands = [
+        (torch.randn(rows, w.shape[1], dtype=dtype), torch.randn(rows, w.shape[0], dtype=dtype))
+        for w in weights
+    ]
+    work = sum(2 * 2 * rows * w.shape[0] * w.shape[1] for w in weights)
+    repeats = 8
+
+    def burst() -> None:
+        for _ in range(repeats):
+            for w, (x, g) in zip(weights, operands, strict=True):
+                x @ w.T
+                g @ w
+
+    burst()  # warm-up
+    best = 0.0
+    for _ in range(bursts):
+        started = time.perf_counter()
+        burst()
+        best = max(best, repeats * work / (time.perf_counter() - started))
     return best
 
 
@@ -239,6 +276,15 @@ def main() -> None:
         shared = shared_prefix(collate(encoded, chat))
         model = chat.hf_model
         layers = model.config.num_hidden_layers
+        # A batch-16 step's own rows: the shared prefix runs once, beside them.
+        step_rows = round(config.batch_size * (tokens - shared))
+        dtypes = (training_dtype, torch.float32)
+        shape_before = {d: layer_matmul_rate(model, step_rows, d) for d in dtypes}
+        print(
+            f"matmul ceiling at the model's shapes ({step_rows} rows): "
+            + ", ".join(f"{d}: {r / 1e9:.0f} GFLOP/s" for d, r in shape_before.items()),
+            flush=True,
+        )
         minimum = answer_batches.MIN_SHARED_PREFIX
         for row, (name, last_layers, batch, share, grouped) in enumerate(
             (
@@ -296,10 +342,16 @@ def main() -> None:
     ceiling_after = matmul_rate(training_dtype)
     fp32_after = matmul_rate(torch.float32)
     ceilings = {False: max(ceiling, ceiling_after), True: max(fp32_ceiling, fp32_after)}
+    shape_after = {d: layer_matmul_rate(model, step_rows, d) for d in dtypes}
+    shape_ceilings = {
+        False: max(shape_before[training_dtype], shape_after[training_dtype]),
+        True: max(shape_before[torch.float32], shape_after[torch.float32]),
+    }
     baseline_rate = rows[0][2]
     table = "\n".join(
         f"| {name} | {s:.0f} | {rate:.1f} | {rate / baseline_rate:.1f}x | {em:.1%} | "
-        f"{achieved / 1e9:.0f} | {achieved / ceilings[fp32]:.0%} |"
+        f"{achieved / 1e9:.0f} | {achieved / ceilings[fp32]:.0%} | "
+        f"{achieved / shape_ceilings[fp32]:.0%} |"
         for name, s, rate, em, achieved, fp32 in rows
     )
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
@@ -325,9 +377,18 @@ def main() -> None:
             if training_dtype == torch.bfloat16
             else " (this CPU has no native bf16, so sage-agent trains in float32)"
         )
+        + ". The model's own matmuls (one decoder layer's weights, forward and the input's "
+        f"gradient, {step_rows} rows: a batch-16 step's rows beyond the shared prefix; the "
+        "best of six bursts, before the rows and after them): "
+        + "; ".join(
+            f"{str(d).removeprefix('torch.')} {shape_before[d] / 1e9:.0f} and "
+            f"{shape_after[d] / 1e9:.0f} GFLOP/s"
+            for d in shape_before  # one entry where training is float32 already
+        )
         + ". FLOPs per sample: the module docstring of benchmarks/bench_trainer.py.\n\n"
         "| trainer | train s | samples/s | vs baseline | val EM | GFLOP/s | share of the "
-        "matmul ceiling |\n|---|---|---|---|---|---|---|\n"
+        "matmul ceiling | share of the model-shape ceiling |\n"
+        "|---|---|---|---|---|---|---|---|\n"
         f"{table}\n"
     )
     print(f"\nwritten to {args.out}")
