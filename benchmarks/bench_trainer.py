@@ -22,7 +22,7 @@ Both use the chat template's default system prompt, as the product does.
 Prints samples/s, the ratio to the baseline, validation exact match, and the FLOP/s each
 trainer achieved against two matmul rates measured in the same run: a 2048 cube's (the
 machine's ceiling) and that of the model's own weight matmuls at a batch's shapes
-(``layer_matmul_rate``: the ceiling a step of this model can reach), and writes
+(``layer_matmul_rate``: the ceiling of those matmuls, as a step runs them), and writes
 benchmarks/results/trainer.md (or ``--out``: a run on a CPU of another kind goes beside
 it, as trainer-<kind>.md).
 
@@ -47,7 +47,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -75,29 +75,36 @@ FLOAT32 = "all layers, float32"
 COMPILED = "all layers, batch 64, no shared prefix, torch.compile per layer"
 
 
-def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 4, bursts: int = 6) -> float:
-    """FLOP/s of a ``size`` squared matmul in ``dtype``, the best of ``bursts`` bursts: the
-    ceiling a trainer is held to. The best, because on a shared AMX host one burst can
-    run at a third of the next (measured: 516 to 1999 GFLOP/s in five bursts)."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b  # warm-up
+def best_rate(burst: Callable[[], None], work: float, bursts: int = 6) -> float:
+    """FLOP/s of ``burst`` (``work`` FLOPs), the best of ``bursts`` timed runs after one
+    untimed one. The best, because on a shared AMX host one burst can run at a third of
+    the next (measured: 516 to 1999 GFLOP/s in five bursts)."""
+    burst()  # warm-up
     best = 0.0
     for _ in range(bursts):
         started = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = max(best, repeats * 2 * size**3 / (time.perf_counter() - started))
+        burst()
+        best = max(best, work / (time.perf_counter() - started))
     return best
 
 
-def layer_matmul_rate(
-    model: torch.nn.Module, rows: int, dtype: torch.dtype, bursts: int = 6
-) -> float:
+def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 4) -> float:
+    """FLOP/s of a ``size`` squared matmul in ``dtype``: the ceiling a trainer is held to."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+
+    def burst() -> None:
+        for _ in range(repeats):
+            a @ b
+
+    return best_rate(burst, repeats * 2 * size**3)
+
+
+def layer_matmul_rate(model: torch.nn.Module, rows: int, dtype: torch.dtype) -> float:
     """FLOP/s of one decoder layer's weight matmuls at ``rows`` token rows: each weight's
     forward product ``x @ W.T`` and its input's gradient ``g @ W`` (the frozen weights
-    get no gradient of their own), the best of ``bursts`` bursts. The ceiling of the
-    matmuls a training step runs, at their own shapes: SmolLM2-135M's are 576 wide and a
-    batch has a few hundred rows, where a 2048 cube runs several times faster."""
+    get no gradient of their own). The ceiling of the matmuls a training step runs, at
+    their own shapes: SmolLM2-135M's are 576 wide and a batch has a few hundred rows,
+    where a 2048 cube runs faster."""
     weights = [
         torch.randn(module.weight.shape, dtype=dtype)
         for name, module in model.get_decoder().layers[0].named_modules()
@@ -107,7 +114,6 @@ def layer_matmul_rate(
         (torch.randn(rows, w.shape[1], dtype=dtype), torch.randn(rows, w.shape[0], dtype=dtype))
         for w in weights
     ]
-    work = sum(2 * 2 * rows * w.shape[0] * w.shape[1] for w in weights)
     repeats = 8
 
     def burst() -> None:
@@ -116,13 +122,7 @@ def layer_matmul_rate(
                 x @ w.T
                 g @ w
 
-    burst()  # warm-up
-    best = 0.0
-    for _ in range(bursts):
-        started = time.perf_counter()
-        burst()
-        best = max(best, repeats * work / (time.perf_counter() - started))
-    return best
+    return best_rate(burst, repeats * sum(2 * 2 * rows * w.numel() for w in weights))
 
 
 @contextlib.contextmanager
