@@ -276,7 +276,7 @@ def main() -> None:
         shared = shared_prefix(collate(encoded, chat))
         model = chat.hf_model
         layers = model.config.num_hidden_layers
-        # A batch-16 step's own rows: the shared prefix runs once, beside them.
+        # A step's own rows at the default batch: the shared prefix runs once, beside them.
         step_rows = round(config.batch_size * (tokens - shared))
         dtypes = (training_dtype, torch.float32)
         shape_before = {d: layer_matmul_rate(model, step_rows, d) for d in dtypes}
@@ -378,7 +378,8 @@ def main() -> None:
             else " (this CPU has no native bf16, so sage-agent trains in float32)"
         )
         + ". The model's own matmuls (one decoder layer's weights, forward and the input's "
-        f"gradient, {step_rows} rows: a batch-16 step's rows beyond the shared prefix; the "
+        f"gradient, {step_rows} rows: a batch-{config.batch_size} step's rows beyond the "
+        "shared prefix; the "
         "best of six bursts, before the rows and after them): "
         + "; ".join(
             f"{str(d).removeprefix('torch.')} {shape_before[d] / 1e9:.0f} and "
